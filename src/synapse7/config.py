@@ -1,0 +1,144 @@
+"""Frozen run configuration: data / model / train, loaded from YAML plus overrides.
+
+A YAML file only sets defaults; command-line flags override it, and the resolved config is written next to
+each run and stored inside every checkpoint, so a checkpoint alone is enough to rebuild its model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is invalid."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str | None = None
+    image_size: int = 224  # centre-crop size
+    resize_size: int | None = None  # None: scaled with image_size as 256/224, as in the reference
+    preprocess: str = "resize"  # resize: resize then centre-crop; crop: centre-crop at native resolution
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    batch_size: int = 32
+    num_workers: int = 2
+    on_bad_image: str = "skip"  # skip | error
+    train_split: str = "train"
+    val_split: str = "val"
+    train_generators: tuple[str, ...] | None = None  # None: every generator found
+    test_generators: tuple[str, ...] | None = None
+    align: str | None = None  # None | png | jpeg:Q — re-encode both classes identically
+    max_pixels: int = 89_478_485  # PIL's own bomb limit; larger images are rejected before decoding
+
+    @property
+    def resolved_resize(self) -> int:
+        if self.resize_size is not None:
+            return self.resize_size
+        return max(self.image_size, round(self.image_size * 256 / 224))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "resnet34"
+    weights: str = "imagenet"  # imagenet | none | PATH to a state_dict or checkpoint
+    input: str = "fft"  # fft | rgb | rgb+fft
+    trainable: str | None = None  # None: policy default; or "all" or a comma list (stage4,head / layer4,fc)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    seed: int = 42
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | ...
+    precision: str = "32-true"
+    ckpt_every_n_steps: int = 50  # last.ckpt is refreshed this often so --resume loses little
+    limit_train_batches: float | int | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def override(self, **sections: dict[str, Any]) -> RunConfig:
+        """Return a copy with `section={key: value}` overrides applied (None values are ignored)."""
+        out = self
+        for section, values in sections.items():
+            current = getattr(out, section)
+            clean = {k: v for k, v in values.items() if v is not None}
+            _check_keys(type(current), clean, section)
+            out = replace(out, **{section: replace(current, **_coerce(type(current), clean))})
+        return out
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _check_keys(cls: type, values: dict[str, Any], section: str) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown {section} option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+def _coerce(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    # YAML and JSON give lists where the dataclasses hold tuples (hashable, frozen).
+    out = {}
+    for k, v in values.items():
+        out[k] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def config_from_dict(d: dict[str, Any] | None) -> RunConfig:
+    """Build a RunConfig from a nested dict (as written by `to_dict`)."""
+    d = d or {}
+    unknown = sorted(set(d) - {"data", "model", "train"})
+    if unknown:
+        raise ConfigError(f"unknown config section(s): {', '.join(unknown)}; known: data, model, train")
+    return RunConfig().override(**{k: dict(v or {}) for k, v in d.items()})
+
+
+def load_config(path: str | Path | None = None, **sections: dict[str, Any]) -> RunConfig:
+    """Load YAML defaults from `path` (optional) and apply per-section overrides."""
+    base = RunConfig()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {p} must hold a mapping with sections data/model/train")
+        base = config_from_dict(raw)
+    return base.override(**sections)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    from synapse7.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,268 @@
+"""GenImage-layout discovery, MultiGenDataset and the Lightning data module.
+
+Layouts accepted (class folders `ai`/`nature` or CNNDetection's `1_fake`/`0_real`, any depth of files below):
+    ROOT/<generator>/<split>/{ai,nature}/...     Tiny GenImage: every generator folder is merged
+    ROOT/<split>/{ai,nature}/...                 a single generator folder (named after ROOT)
+Generators are found from folder names; nothing here lists them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from synapse7.config import DataConfig
+from synapse7.io import BadImageError, is_image_file, open_image
+from synapse7.transforms import ClassificationPreset, PilOp, build_preset
+
+CLASS_DIRS = {"ai": 1, "nature": 0, "1_fake": 1, "0_real": 0}
+CLASS_NAMES = ("REAL", "AI")  # index = label
+
+EXPECTED_TREE = """expected layout (class folders may also be named 0_real / 1_fake):
+  ROOT/<generator>/{split}/ai/*.png|jpg|...       label 1 (AI-generated)
+  ROOT/<generator>/{split}/nature/*.png|jpg|...   label 0 (real)
+or, for a single generator:
+  ROOT/{split}/ai/...  and  ROOT/{split}/nature/..."""
+
+
+class LayoutError(ValueError):
+    """The dataset root does not follow the expected layout, or a split is empty."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int  # 1 = AI, 0 = real
+    generator: str
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A printable form of a path, even when its name is not valid UTF-8."""
+    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _class_dirs(split_dir: Path) -> dict[str, int]:
+    if not split_dir.is_dir():
+        return {}
+    return {d.name: CLASS_DIRS[d.name] for d in sorted(split_dir.iterdir()) if d.name in CLASS_DIRS and d.is_dir()}
+
+
+def _walk_images(root: Path) -> tuple[list[str], int]:
+    """Image files under `root` (sorted, recursive, symlinked dirs not followed) and a count of other files."""
+    found, other = [], 0
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for f in sorted(filenames):
+            if f.startswith("."):
+                continue
+            if is_image_file(f):
+                found.append(os.path.join(dirpath, f))
+            else:
+                other += 1
+    return found, other
+
+
+def find_generators(root: str | os.PathLike, split: str) -> dict[str, Path]:
+    """Map generator name -> its split folder. Raises LayoutError with the expected tree if none is found."""
+    r = Path(root)
+    if not r.is_dir():
+        raise LayoutError(f"dataset root {display_path(r)} is not a directory\n" + EXPECTED_TREE.format(split=split))
+    if _class_dirs(r / split):
+        return {r.resolve().name: r / split}
+    gens = {g.name: g / split for g in sorted(r.iterdir()) if g.is_dir() and _class_dirs(g / split)}
+    if not gens:
+        seen = sorted(p.name for p in r.iterdir())[:20]
+        raise LayoutError(
+            f"no '{split}' split with ai/nature folders found under {display_path(r)} "
+            f"(it contains: {', '.join(seen) or 'nothing'})\n" + EXPECTED_TREE.format(split=split)
+        )
+    return gens
+
+
+def discover_samples(root: str | os.PathLike, split: str, generators: Sequence[str] | None = None) -> list[Sample]:
+    """All labelled image files of a split, in a stable order, each tagged with its generator."""
+    found = find_generators(root, split)
+    if generators:
+        missing = sorted(set(generators) - set(found))
+        if missing:
+            raise LayoutError(f"generator(s) {', '.join(missing)} not found under {display_path(root)} "
+                              f"for split '{split}'; available: {', '.join(found)}")
+        found = {g: found[g] for g in generators}
+    samples: list[Sample] = []
+    ignored = 0
+    for gen, split_dir in found.items():
+        counts = Counter()
+        for cls, label in _class_dirs(split_dir).items():
+            files, other = _walk_images(split_dir / cls)
+            ignored += other
+            counts[label] += len(files)
+            samples.extend(Sample(f, label, gen) for f in files)
+        if counts[0] == 0 or counts[1] == 0:
+            which = "nature/0_real" if counts[0] == 0 else "ai/1_fake"
+            warnings.warn(f"generator {gen} has no {which} images in split '{split}'", stacklevel=2)
+    if not samples:
+        raise LayoutError(f"split '{split}' under {display_path(root)} holds no images "
+                          f"(generators: {', '.join(found)})\n" + EXPECTED_TREE.format(split=split))
+    if ignored:
+        print(f"note: ignored {ignored} non-image file(s) under {display_path(root)}/{split}", file=sys.stderr)
+    return samples
+
+
+class MultiGenDataset(Dataset):
+    """Every generator folder of a split merged into one stream; each item remembers its generator.
+
+    Items are dicts: image (3, S, S) float, label (0/1), generator (index into `.generators`), index.
+    With on_bad_image="skip", an undecodable file gives {"index", "bad": reason} instead, which
+    `collate_skip_bad` drops from the batch and reports; with "error" it raises BadImageError.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike | None = None,
+        split: str = "train",
+        transform: ClassificationPreset | None = None,
+        *,
+        generators: Sequence[str] | None = None,
+        on_bad_image: str = "skip",
+        samples: Sequence[Sample] | None = None,
+        max_pixels: int = DataConfig.max_pixels,
+    ) -> None:
+        if on_bad_image not in ("skip", "error"):
+            raise ValueError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
+        if samples is None:
+            if root is None:
+                raise ValueError("give a dataset root or a list of samples")
+            samples = discover_samples(root, split, generators)
+        self.samples = list(samples)
+        self.generators = sorted({s.generator for s in self.samples})
+        self._gen_index = {g: i for i, g in enumerate(self.generators)}
+        self.transform = transform or ClassificationPreset()
+        self.on_bad_image = on_bad_image
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s = self.samples[i]
+        try:
+            img = open_image(s.path, max_pixels=self.max_pixels, name=display_path(s.path))
+            x = self.transform(img)
+        except BadImageError as e:
+            if self.on_bad_image == "error":
+                raise
+            return {"index": i, "bad": e.reason}
+        return {"image": x, "label": s.label, "generator": self._gen_index[s.generator], "index": i}
+
+    def class_counts(self) -> dict[str, Counter]:
+        out: dict[str, Counter] = {}
+        for s in self.samples:
+            out.setdefault(s.generator, Counter())[CLASS_NAMES[s.label]] += 1
+        return out
+
+
+def collate_skip_bad(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack good items; bad ones are listed as (index, reason) under "bad". Batch may be empty."""
+    good = [it for it in items if "bad" not in it]
+    batch: dict[str, Any] = {"bad": [(it["index"], it["bad"]) for it in items if "bad" in it]}
+    if good:
+        batch["image"] = torch.stack([it["image"] for it in good])
+        batch["label"] = torch.tensor([it["label"] for it in good], dtype=torch.long)
+        batch["generator"] = torch.tensor([it["generator"] for it in good], dtype=torch.long)
+        batch["index"] = torch.tensor([it["index"] for it in good], dtype=torch.long)
+    else:
+        batch["index"] = torch.zeros(0, dtype=torch.long)
+    return batch
+
+
+def build_loader(dataset: Dataset, *, batch_size: int, num_workers: int, shuffle: bool = False,
+                 drop_last: bool = False) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        collate_fn=collate_skip_bad,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+        drop_last=drop_last,
+    )
+
+
+class BadImageLog:
+    """Collects (path, reason) for skipped images, once per path, and writes them as CSV."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, str] = {}
+
+    def add(self, dataset: MultiGenDataset, bad: list[tuple[int, str]]) -> None:
+        for idx, reason in bad:
+            path = display_path(dataset.samples[idx].path)
+            if path not in self.items:
+                self.items[path] = reason
+                print(f"warning: skipped bad image {path}: {reason}", file=sys.stderr)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def to_csv(self) -> str:
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["path", "reason"])
+        for p, r in sorted(self.items.items()):
+            w.writerow([p, r])
+        return buf.getvalue()
+
+
+def build_datasets(cfg: DataConfig, *, train_pre_ops: Sequence[PilOp] = ()) -> tuple[MultiGenDataset, MultiGenDataset]:
+    """Train and validation datasets for a data config. Augmentations apply to training only."""
+    if cfg.root is None:
+        raise LayoutError("no dataset root given (--data ROOT)")
+    common = dict(on_bad_image=cfg.on_bad_image, max_pixels=cfg.max_pixels)
+    train = MultiGenDataset(cfg.root, cfg.train_split, build_preset(cfg, pre_ops=train_pre_ops),
+                            generators=cfg.train_generators, **common)
+    val = MultiGenDataset(cfg.root, cfg.val_split, build_preset(cfg),
+                          generators=cfg.test_generators or cfg.train_generators, **common)
+    return train, val
+
+
+try:
+    import lightning as L
+
+    class GenImageDataModule(L.LightningDataModule):
+        """Batches MultiGenDataset for training (shuffled) and validation."""
+
+        def __init__(self, cfg: DataConfig, *, train_pre_ops: Sequence[PilOp] = ()) -> None:
+            super().__init__()
+            self.cfg = cfg
+            self.train_pre_ops = list(train_pre_ops)
+            self.train_set: MultiGenDataset | None = None
+            self.val_set: MultiGenDataset | None = None
+
+        def setup(self, stage: str | None = None) -> None:
+            if self.train_set is None:
+                self.train_set, self.val_set = build_datasets(self.cfg, train_pre_ops=self.train_pre_ops)
+
+        def train_dataloader(self) -> DataLoader:
+            assert self.train_set is not None
+            return build_loader(self.train_set, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
+                                shuffle=True)
+
+        def val_dataloader(self) -> DataLoader:
+            assert self.val_set is not None
+            return build_loader(self.val_set, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers)
+
+except ImportError:  # data loading works without Lightning; only training needs it
+    pass
