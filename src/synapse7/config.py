@@ -38,6 +38,14 @@ class DataConfig:
     test_generators: tuple[str, ...] | None = None
     align: str | None = None  # None | png | jpeg:Q — re-encode both classes identically
     max_pixels: int = 89_478_485  # PIL's own bomb limit; larger images are rejected before decoding
+    # Training-only robustness augmentation (CNNSpot-style; synapse7.perturb.build_train_ops): probabilities
+    # per image, and the uniform ranges the strengths are drawn from.
+    aug_blur_prob: float = 0.0
+    aug_blur_sigma: tuple[float, float] = (0.0, 3.0)
+    aug_jpeg_prob: float = 0.0
+    aug_jpeg_quality: tuple[int, int] = (30, 100)
+    aug_resize_prob: float = 0.0
+    aug_resize_scale: tuple[float, float] = (0.5, 1.5)
 
     @property
     def resolved_resize(self) -> int:

@@ -6,6 +6,7 @@ The output is a single logit per image; P(AI) = sigmoid(logit). Label 1 is AI, 0
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,14 +147,13 @@ def widen_first_conv(trunk: nn.Module, path: str, in_channels: int) -> None:
         raise TypeError(f"{path} is {type(old).__name__}, not Conv2d")
     if old.in_channels == in_channels:
         return
-    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
-                    old.groups, old.bias is not None, old.padding_mode)
+    # A copy keeps the conv's class and settings (e.g. timm's Conv2dSame, which pads at run time) and its bias.
+    new = copy.deepcopy(old)
     with torch.no_grad():
         reps = -(-in_channels // old.in_channels)
         w = old.weight.repeat(1, reps, 1, 1)[:, :in_channels] * (old.in_channels / in_channels)
-        new.weight.copy_(w)
-        if old.bias is not None:
-            new.bias.copy_(old.bias)
+    new.in_channels = in_channels
+    new.weight = nn.Parameter(w.contiguous())
     _set(trunk, path, new)
 
 

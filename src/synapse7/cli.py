@@ -1,0 +1,218 @@
+"""Command-line interface: argument parsing only; each subcommand calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from synapse7.spectrum import INPUT_MODES
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _csv_list(value: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _add_data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    p.add_argument("--data", required=required, metavar="ROOT",
+                   help="dataset root in the GenImage layout: ROOT/<generator>/{train,val}/{ai,nature}/")
+    p.add_argument("--batch-size", type=int, help="images per batch (default 32)")
+    p.add_argument("--num-workers", type=int, help="data-loading worker processes (default 2)")
+    p.add_argument("--on-bad-image", choices=["skip", "error"],
+                   help="corrupt/truncated/empty images: skip them with a printed count (default) or stop")
+    p.add_argument("--align", metavar="png|jpeg:Q|none",
+                   help="re-encode every image of both classes identically, removing the file-format shortcut")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    _add_data_args(p)
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="writes best.ckpt, last.ckpt, config.yaml, logs/")
+    p.add_argument("--config", metavar="YAML", help="YAML file with data/model/train sections (flags override it)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--image-size", type=int, help="centre-crop size (default 224); the resize scales as 256/224")
+    p.add_argument("--resize-size", type=int, help="override the resize size")
+    p.add_argument("--preprocess", choices=["resize", "crop"],
+                   help="resize then crop (reference), or crop at native resolution (keeps high frequencies)")
+    p.add_argument("--backbone", help="resnet34 (default), resnet18, resnet50, convnext_tiny, swin_t, efficientnet_lite0")
+    p.add_argument("--weights", metavar="imagenet|none|PATH", help="initial weights (default imagenet, from the local cache)")
+    p.add_argument("--input", choices=INPUT_MODES, help="model input: fft (default), rgb, or rgb+fft")
+    p.add_argument("--trainable", metavar="PARTS",
+                   help="'all', or comma list of stem,stage1..stage4,head or module names (e.g. layer3,layer4,fc)")
+    p.add_argument("--strategy", choices=["frozen-early", "linear-probe", "full"],
+                   help="training strategy (an alias for --trainable)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--train-generators", type=_csv_list, metavar="G1,G2", help="train only on these generators")
+    p.add_argument("--test-generators", type=_csv_list, metavar="G1,G2", help="validate only on these generators")
+    p.add_argument("--accelerator", help="auto (default), cpu, gpu")
+    p.add_argument("--devices", help="number of devices or 'auto'")
+    p.add_argument("--num-nodes", type=int, help="nodes for multi-node DDP")
+    p.add_argument("--dist-strategy", help="Lightning strategy: auto (default), ddp, ddp_spawn, ...")
+    p.add_argument("--precision", help="32-true (default), bf16-mixed, 16-mixed")
+    p.add_argument("--limit-train-batches", type=float, help="fraction (<=1) or number of training batches per epoch")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from RUN_DIR/last.ckpt")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def config_from_args(args: argparse.Namespace):
+    """Resolve YAML defaults + flags into a RunConfig."""
+    from synapse7.config import load_config
+
+    limit = args.limit_train_batches
+    if limit is not None and limit > 1:
+        limit = int(limit)
+    return load_config(
+        getattr(args, "config", None),
+        data={"root": args.data, "image_size": args.image_size, "resize_size": args.resize_size,
+              "preprocess": args.preprocess, "batch_size": args.batch_size, "num_workers": args.num_workers,
+              "on_bad_image": args.on_bad_image, "align": args.align, "train_generators": args.train_generators,
+              "test_generators": args.test_generators},
+        model={"backbone": args.backbone, "weights": args.weights, "input": args.input,
+               "trainable": args.strategy or args.trainable},
+        train={"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,
+               "accelerator": args.accelerator, "devices": args.devices, "num_nodes": args.num_nodes,
+               "strategy": args.dist_strategy, "precision": args.precision, "limit_train_batches": limit},
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from synapse7.train import train
+
+    res = train(config_from_args(args), args.out, resume=args.resume, progress=not args.no_progress)
+    print(json.dumps({"best_ckpt": str(res.best_ckpt), "last_ckpt": str(res.last_ckpt), "best_val_auc": res.best_val_auc,
+                      "epochs": res.epochs_run, "steps": res.global_step, "bad_images": res.bad_images}))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from synapse7.evaluate import evaluate
+
+    evaluate(args.checkpoint, args.data, split=args.split, out_dir=args.out, batch_size=args.batch_size,
+             num_workers=args.num_workers, generators=args.generators, on_bad_image=args.on_bad_image,
+             align=args.align, threshold=args.threshold, device=args.device)
+    print(f"reports written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from synapse7.predict import Detector, expand_paths
+
+    det = Detector.from_checkpoint(args.checkpoint, device=args.device, threshold=args.threshold)
+    paths = expand_paths(args.paths)
+    if not paths:
+        print("synapse7 predict: no image files found", file=sys.stderr)
+        return 1
+    errors = 0
+    for p in det.predict_paths(paths, batch_size=args.batch_size, num_workers=args.num_workers):
+        if p.error is not None:
+            errors += 1
+            print(f"warning: {p.path}: {p.error}", file=sys.stderr)
+            if args.json:
+                print(json.dumps(p.to_dict() | {"p_ai": None}), flush=True)
+            continue
+        print(json.dumps(p.to_dict()) if args.json else f"{p.path}\t{p.label}\t{p.p_ai:.4f}", flush=True)
+    if errors:
+        print(f"{errors} of {len(paths)} image(s) could not be read", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from synapse7.demo import run_demo
+
+    run_demo(args.out, data=args.data, image_size=args.image_size, epochs=args.epochs, backbone=args.backbone,
+             weights=args.weights, input_mode=args.input, num_workers=args.num_workers, progress=not args.no_progress)
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from synapse7.model import backbone_names, get_backbone_spec
+
+    print("| backbone | imagenet weights | stages | width |\n|---|---|---|---|")
+    for name in backbone_names():
+        s = get_backbone_spec(name)
+        stages = "; ".join(f"{k}={','.join(v) or '(new head)'}" for k, v in s.stages.items())
+        print(f"| {name} | {s.weights} | {stages} | {s.feature_width} |")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synapse7", description="Synapse-7: detect AI-generated images from their spectra.")
+    parser.add_argument("--version", action="version", version="synapse7 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="train a detector", description="Train on a GenImage-layout dataset.")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint and write reports")
+    _add_data_args(p)
+    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("--out", required=True, metavar="DIR", help="report folder")
+    p.add_argument("--split", default="val")
+    p.add_argument("--generators", "--test-generators", dest="generators", type=_csv_list, metavar="G1,G2")
+    p.add_argument("--threshold", type=float, help="decision threshold on P(AI) (default: the checkpoint's)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify image files or folders")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    p.add_argument("--json", action="store_true", help="write JSON lines instead of tab-separated text")
+    p.add_argument("--threshold", type=float, help="decision threshold on P(AI) (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="offline demo: build stand-in data, train, evaluate, predict")
+    p.add_argument("--out", default="demo_out", metavar="DIR")
+    p.add_argument("--data", metavar="ROOT", help="run the same flow on a real dataset instead")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--backbone", default="resnet34")
+    p.add_argument("--weights", default="none")
+    p.add_argument("--input", choices=INPUT_MODES, default="fft")
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("backbones", help="list the backbone registry")
+    p.set_defaults(func=cmd_backbones)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # unknown options exit with status 2 and a usage message
+    from synapse7.config import ConfigError
+    from synapse7.data import LayoutError
+    from synapse7.io import BadImageError
+    from synapse7.model import WeightsUnavailableError
+
+    expected: tuple[type[BaseException], ...] = (ConfigError, LayoutError, BadImageError, WeightsUnavailableError,
+                                                 FileNotFoundError, FileExistsError, PermissionError, ValueError, OSError)
+    try:
+        return int(args.func(args) or 0)
+    except expected as e:
+        print(f"synapse7 {args.command}: error: {_unwrap(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"synapse7 {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _unwrap(e: BaseException) -> Any:
+    # DataLoader workers re-raise with a wrapper; show the original message.
+    return e
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""Image perturbations (PIL -> PIL): JPEG re-compression, rescaling, Gaussian blur, alignment, augmentation.
+
+Every operator is exact and deterministic: the same input gives the same output bytes/pixels on every call.
+They are used in three places, with one implementation each:
+  * evaluation under perturbation (`parse_perturbation_list("jpeg:95,jpeg:65,resize:0.5,blur:1,none")`);
+  * format alignment of both classes (`build_align("png" | "jpeg:Q")`, see `DataConfig.align`);
+  * CNNSpot-style training augmentation (`RandomAugment`, `build_train_ops(cfg.data)`).
+
+Inputs of any PIL mode are accepted and converted to 8-bit RGB first (`synapse7.io` rules), so the output never
+depends on how the input was stored (palette, grayscale, alpha, 16-bit ...).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as TF
+
+from synapse7.config import DataConfig
+from synapse7.io import _to_rgb
+
+PilOp = Callable[[Image.Image], Image.Image]
+
+# libjpeg's chroma subsampling codes as PIL's `subsampling=` takes them.
+SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
+# 4:2:0 is PIL's/libjpeg's default and what cameras and web encoders mostly write; fixing it explicitly keeps
+# the result independent of the input (PIL can otherwise be asked to "keep" a JPEG input's sampling).
+DEFAULT_SUBSAMPLING = "4:2:0"
+
+PERTURBATION_FORMS = "'jpeg:Q' (Q integer 1-100), 'resize:F' (F > 0), 'blur:S' (sigma S >= 0) or 'none'"
+ALIGN_FORMS = "'png' or 'jpeg:Q' (Q integer 1-100)"
+
+
+def encode_jpeg(img: Image.Image, quality: int, subsampling: str = DEFAULT_SUBSAMPLING) -> bytes:
+    """Baseline JPEG bytes of `img` (converted to RGB) at IJG quality `quality`; no metadata is written."""
+    buf = io.BytesIO()
+    # optimize/progressive off and no EXIF/ICC/dpi: the bytes depend on the pixels and the settings only.
+    _to_rgb(img).save(buf, format="JPEG", quality=int(quality), subsampling=SUBSAMPLING[subsampling],
+                      optimize=False, progressive=False)
+    return buf.getvalue()
+
+
+def _decode(data: bytes) -> Image.Image:
+    """Decode in-memory image bytes; the result keeps `.format` (and `.quantization` for JPEG)."""
+    out = Image.open(io.BytesIO(data))
+    out.load()
+    return out
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Returns its input unchanged (the 'none' perturbation)."""
+
+    kind = "none"
+
+    @property
+    def strength(self) -> float:
+        return 0.0
+
+    @property
+    def spec(self) -> str:
+        return "none"
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return img
+
+
+@dataclass(frozen=True)
+class JpegCompress:
+    """Re-encode as baseline JPEG at `quality` (4:2:0 by default) in memory and decode again."""
+
+    quality: int
+    subsampling: str = DEFAULT_SUBSAMPLING
+    kind = "jpeg"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.quality, bool) or not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
+            raise ValueError(f"JPEG quality must be an integer in 1..100, got {self.quality!r}")
+        if self.subsampling not in SUBSAMPLING:
+            raise ValueError(f"subsampling must be one of {', '.join(SUBSAMPLING)}, got {self.subsampling!r}")
+
+    @property
+    def strength(self) -> float:
+        return float(self.quality)
+
+    @property
+    def spec(self) -> str:
+        return f"jpeg:{self.quality}"
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return _decode(encode_jpeg(img, self.quality, self.subsampling))
+
+
+@dataclass(frozen=True)
+class Rescale:
+    """Resize by `factor` with PIL's bicubic filter (antialiased: PIL widens the kernel when downscaling).
+
+    Output size is (round(w * factor), round(h * factor)), rounding halves up, at least 1 pixel per side.
+    """
+
+    factor: float
+    kind = "resize"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.factor, (int, float)) and math.isfinite(self.factor) and self.factor > 0):
+            raise ValueError(f"resize factor must be a finite number > 0, got {self.factor!r}")
+
+    @property
+    def strength(self) -> float:
+        return float(self.factor)
+
+    @property
+    def spec(self) -> str:
+        return f"resize:{self.factor:g}"
+
+    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        w, h = size
+        return max(1, math.floor(w * self.factor + 0.5)), max(1, math.floor(h * self.factor + 0.5))
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        img = _to_rgb(img)
+        size = self.output_size(img.size)
+        if size == img.size:
+            return img
+        # reducing_gap=None: no JPEG draft / box pre-reduction, so the result is exactly the bicubic kernel.
+        return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=None)
+
+
+@dataclass(frozen=True)
+class GaussianBlur:
+    """Gaussian blur with standard deviation `sigma` pixels (sigma 0 is the identity).
+
+    A true sampled Gaussian (torchvision), truncated at 4 sigma like scipy's `gaussian_filter` that CNNSpot
+    uses, with reflect padding; the kernel is shortened on images smaller than it.
+    """
+
+    sigma: float
+    kind = "blur"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.sigma, (int, float)) and math.isfinite(self.sigma) and self.sigma >= 0):
+            raise ValueError(f"blur sigma must be a finite number >= 0, got {self.sigma!r}")
+
+    @property
+    def strength(self) -> float:
+        return float(self.sigma)
+
+    @property
+    def spec(self) -> str:
+        return f"blur:{self.sigma:g}"
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        img = _to_rgb(img)
+        w, h = img.size
+        # Reflect padding needs radius < side.
+        radius = min(math.ceil(4.0 * self.sigma), min(w, h) - 1)
+        if self.sigma == 0 or radius < 1:
+            return img
+        t = TF.pil_to_tensor(img)  # (3, H, W) uint8
+        t = TF.gaussian_blur(t, kernel_size=[2 * radius + 1] * 2, sigma=[float(self.sigma)] * 2)
+        return TF.to_pil_image(t)
+
+
+@dataclass(frozen=True)
+class PngAlign:
+    """Lossless re-save as PNG in memory and decode: pixels are the RGB input's, the format is always PNG."""
+
+    kind = "png"
+
+    @property
+    def spec(self) -> str:
+        return "png"
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        buf = io.BytesIO()
+        # compress_level only trades speed for size; PNG is lossless at every level.
+        _to_rgb(img).save(buf, format="PNG", compress_level=1)
+        return _decode(buf.getvalue())
+
+
+def _parse_number(text: str, kind: type, spec: str, forms: str) -> float | int:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"bad value {text!r} in {spec!r}; expected {forms}") from None
+
+
+def parse_perturbation(spec: str) -> JpegCompress | Rescale | GaussianBlur | Identity:
+    """'jpeg:65' | 'resize:0.5' | 'blur:1' | 'none' -> operator. Raises ValueError naming the valid forms."""
+    if not isinstance(spec, str):
+        raise ValueError(f"perturbation must be a string, one of {PERTURBATION_FORMS}; got {spec!r}")
+    s = spec.strip().lower()
+    if s in ("none", "identity"):
+        return Identity()
+    name, sep, arg = s.partition(":")
+    if not sep or not arg.strip():
+        raise ValueError(f"unknown perturbation {spec!r}; expected {PERTURBATION_FORMS}")
+    arg = arg.strip()
+    try:
+        if name == "jpeg":
+            return JpegCompress(int(_parse_number(arg, int, spec, PERTURBATION_FORMS)))
+        if name == "resize":
+            return Rescale(float(_parse_number(arg, float, spec, PERTURBATION_FORMS)))
+        if name == "blur":
+            return GaussianBlur(float(_parse_number(arg, float, spec, PERTURBATION_FORMS)))
+    except ValueError as e:
+        if "expected" in str(e):
+            raise
+        raise ValueError(f"{e} (in {spec!r}); expected {PERTURBATION_FORMS}") from None
+    raise ValueError(f"unknown perturbation {spec!r}; expected {PERTURBATION_FORMS}")
+
+
+def parse_perturbation_list(specs: str | Sequence[str]) -> list[JpegCompress | Rescale | GaussianBlur | Identity]:
+    """'jpeg:95,jpeg:65,none' (or a list of specs) -> operators, in the given order."""
+    items = specs.split(",") if isinstance(specs, str) else list(specs)
+    if not items or any(not str(it).strip() for it in items):
+        raise ValueError(f"empty item in perturbation list {specs!r}; give a comma list of {PERTURBATION_FORMS}")
+    return [parse_perturbation(it) for it in items]
+
+
+def build_align(spec: str) -> PilOp:
+    """Alignment op for `DataConfig.align`: 'png' (lossless PNG round trip) or 'jpeg:Q' (JPEG at quality Q).
+
+    Applied identically to both classes, so neither format nor JPEG quality can tell them apart.
+    """
+    s = spec.strip().lower() if isinstance(spec, str) else ""
+    if s == "png":
+        return PngAlign()
+    if s.startswith("jpeg:"):
+        try:
+            return parse_perturbation(s)
+        except ValueError:
+            pass
+    raise ValueError(f"unknown alignment {spec!r}; expected {ALIGN_FORMS}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training-time augmentation (CNNSpot: Wang et al. 2020, blur sigma ~ U(0, 3), JPEG quality ~ U{30..100}).
+
+
+@dataclass(frozen=True)
+class RandomAugment:
+    """Random resize, Gaussian blur and JPEG re-compression, each applied with its own probability.
+
+    Order: resize, blur, JPEG, so the JPEG block grid (what a re-upload leaves last) is never smeared by a
+    later op. Randomness comes from torch's global RNG (or `generator`): Lightning's
+    `seed_everything(workers=True)` seeds each DataLoader worker, which makes runs reproducible. Every call
+    draws the same six numbers whatever is applied, so one probability never shifts another op's draws.
+    Blur sigma and resize scale are uniform in their ranges; JPEG quality is a uniform integer (inclusive).
+    """
+
+    blur_prob: float = 0.0
+    blur_sigma: tuple[float, float] = (0.0, 3.0)
+    jpeg_prob: float = 0.0
+    jpeg_quality: tuple[int, int] = (30, 100)
+    resize_prob: float = 0.0
+    resize_scale: tuple[float, float] = (0.5, 1.5)
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("blur_prob", "jpeg_prob", "resize_prob"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {p}")
+        _check_range("blur_sigma", self.blur_sigma, low=0.0)
+        _check_range("jpeg_quality", self.jpeg_quality, low=1, high=100, integer=True)
+        _check_range("resize_scale", self.resize_scale, low=0.0, strict_low=True)
+
+    def _uniform(self) -> float:
+        return float(torch.rand((), generator=self.generator))
+
+    def sample(self) -> list[PilOp]:
+        """Draw the ops for one image (possibly none)."""
+        u = [self._uniform() for _ in range(3)]  # apply? resize, blur, jpeg
+        scale = self.resize_scale[0] + (self.resize_scale[1] - self.resize_scale[0]) * self._uniform()
+        sigma = self.blur_sigma[0] + (self.blur_sigma[1] - self.blur_sigma[0]) * self._uniform()
+        lo, hi = self.jpeg_quality
+        quality = int(torch.randint(int(lo), int(hi) + 1, (), generator=self.generator))
+        ops: list[PilOp] = []
+        if u[0] < self.resize_prob:
+            ops.append(Rescale(scale))
+        if u[1] < self.blur_prob:
+            ops.append(GaussianBlur(sigma))
+        if u[2] < self.jpeg_prob:
+            ops.append(JpegCompress(quality))
+        return ops
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        for op in self.sample():
+            img = op(img)
+        return img
+
+
+def _check_range(name: str, r: Sequence[float], *, low: float, high: float | None = None,
+                 integer: bool = False, strict_low: bool = False) -> None:
+    if len(r) != 2 or r[0] > r[1]:
+        raise ValueError(f"{name} must be a (low, high) pair with low <= high, got {r!r}")
+    if integer and not all(float(v).is_integer() for v in r):
+        raise ValueError(f"{name} must hold integers, got {r!r}")
+    if (r[0] <= low) if strict_low else (r[0] < low):
+        raise ValueError(f"{name} must be {'>' if strict_low else '>='} {low}, got {r!r}")
+    if high is not None and r[1] > high:
+        raise ValueError(f"{name} must be <= {high}, got {r!r}")
+
+
+def build_train_ops(cfg: DataConfig) -> list[PilOp]:
+    """Training-only PIL ops from the `aug_*` fields of a data config (empty when all probabilities are 0)."""
+    if cfg.aug_blur_prob == 0 and cfg.aug_jpeg_prob == 0 and cfg.aug_resize_prob == 0:
+        return []
+    return [RandomAugment(
+        blur_prob=cfg.aug_blur_prob,
+        blur_sigma=tuple(cfg.aug_blur_sigma),
+        jpeg_prob=cfg.aug_jpeg_prob,
+        jpeg_quality=tuple(int(v) for v in cfg.aug_jpeg_quality),
+        resize_prob=cfg.aug_resize_prob,
+        resize_scale=tuple(cfg.aug_resize_scale),
+    )]

@@ -1,0 +1,176 @@
+"""Inference: `Detector.from_checkpoint(path).predict(images)` and batched, streaming prediction over files."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from synapse7.config import RunConfig, config_from_dict
+from synapse7.data import display_path
+from synapse7.io import BadImageError, is_image_file, open_image
+from synapse7.model import Synapse7Net, build_model
+from synapse7.transforms import ClassificationPreset, build_preset
+
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | bytes
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str
+    label: str  # "AI" or "REAL"; "ERROR" when the image could not be read
+    p_ai: float
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file
+        raise ValueError(f"cannot read checkpoint {p}: {e}") from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt.get("hyper_parameters", {}):
+        raise ValueError(f"{p} is not a Synapse-7 checkpoint (no state_dict / config)")
+    return ckpt
+
+
+def expand_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
+    """Files as given, and image files found recursively (sorted) in folders. Missing paths raise."""
+    out: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for dirpath, dirnames, filenames in os.walk(p, followlinks=False):
+                dirnames.sort()
+                out += [os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f) and not f.startswith(".")]
+        elif p.exists() or p.is_symlink():
+            out.append(str(p))
+        else:
+            raise FileNotFoundError(f"no such file or directory: {display_path(p)}")
+    return out
+
+
+class _FileDataset(Dataset):
+    def __init__(self, paths: Sequence[str], preset: ClassificationPreset, max_pixels: int) -> None:
+        self.paths, self.preset, self.max_pixels = list(paths), preset, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            img = open_image(self.paths[i], max_pixels=self.max_pixels, name=display_path(self.paths[i]))
+            return i, self.preset(img), None
+        except BadImageError as e:
+            return i, None, e.reason
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> list[tuple[int, torch.Tensor | None, str | None]]:
+    return items
+
+
+class Detector:
+    """A trained detector. `predict` takes paths, PIL images, HWC uint8 arrays or encoded bytes."""
+
+    def __init__(self, net: Synapse7Net, cfg: RunConfig, *, threshold: float = 0.5,
+                 device: str | torch.device | None = None) -> None:
+        self.cfg = cfg
+        self.threshold = float(threshold)
+        self.device = pick_device(device)
+        self.net = net.to(self.device).eval()
+        if self.device.type == "cpu":
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.preset = build_preset(cfg.data)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
+                        threshold: float | None = None) -> Detector:
+        """Load a Synapse-7 checkpoint; needs no pretrained weights and no network."""
+        ckpt = load_checkpoint(path)
+        cfg = config_from_dict(ckpt["hyper_parameters"]["config"])
+        net = build_model(cfg.model, load_weights=False)
+        state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        net.load_state_dict(state)
+        stored = float(ckpt.get("synapse7", {}).get("threshold", 0.5))
+        return cls(net, cfg, threshold=stored if threshold is None else threshold, device=device)
+
+    @torch.inference_mode()
+    def predict_batch(self, x: torch.Tensor) -> np.ndarray:
+        """(B, 3, S, S) normalised -> P(AI) as float64 array (B,)."""
+        x = x.to(self.device, non_blocking=True)
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return torch.sigmoid(self.net(x).float()).cpu().numpy().astype(np.float64)
+
+    def _decode(self, item: ImageInput, max_pixels: int) -> Image.Image:
+        if isinstance(item, Image.Image):
+            return item.convert("RGB")
+        if isinstance(item, np.ndarray):
+            arr = item if item.ndim == 3 else np.stack([item] * 3, axis=-1)
+            return Image.fromarray(arr.astype(np.uint8)[..., :3], "RGB")
+        if isinstance(item, bytes):
+            return open_image(io.BytesIO(item), max_pixels=max_pixels, name="<bytes>")
+        return open_image(item, max_pixels=max_pixels, name=display_path(item))
+
+    def _label(self, p: float) -> str:
+        return "AI" if p >= self.threshold else "REAL"
+
+    def predict(self, images: Sequence[ImageInput] | ImageInput, *, batch_size: int = 32) -> list[Prediction]:
+        """Predict in memory. Undecodable inputs give a Prediction with label "ERROR" and the reason."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        out: list[Prediction] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            tensors, slots = [], []
+            results: list[Prediction | None] = [None] * len(chunk)
+            for j, item in enumerate(chunk):
+                name = display_path(item) if isinstance(item, (str, os.PathLike)) else f"<image {start + j}>"
+                try:
+                    tensors.append(self.preset(self._decode(item, self.cfg.data.max_pixels)))
+                    slots.append(j)
+                except BadImageError as e:
+                    results[j] = Prediction(name, "ERROR", float("nan"), e.reason)
+            if tensors:
+                probs = self.predict_batch(torch.stack(tensors))
+                for j, p in zip(slots, probs, strict=True):
+                    item = chunk[j]
+                    name = display_path(item) if isinstance(item, (str, os.PathLike)) else f"<image {start + j}>"
+                    results[j] = Prediction(name, self._label(float(p)), float(p))
+            out.extend(r for r in results if r is not None)
+        return out
+
+    def predict_paths(self, paths: Sequence[str], *, batch_size: int = 32, num_workers: int = 2) -> Iterator[Prediction]:
+        """Stream predictions for files, in order, decoding in DataLoader workers while the model runs."""
+        ds = _FileDataset(paths, self.preset, self.cfg.data.max_pixels)
+        loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
+                            pin_memory=self.device.type == "cuda")
+        for items in loader:
+            good = [(i, t) for i, t, err in items if err is None]
+            probs = self.predict_batch(torch.stack([t for _, t in good])) if good else np.empty(0)
+            pmap = {i: float(p) for (i, _), p in zip(good, probs, strict=True)}
+            for i, _, err in items:
+                name = display_path(paths[i])
+                if err is not None:
+                    yield Prediction(name, "ERROR", float("nan"), err)
+                else:
+                    yield Prediction(name, self._label(pmap[i]), pmap[i])

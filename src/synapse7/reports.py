@@ -1,0 +1,144 @@
+"""Metrics and evaluation reports. Metric functions take arrays and return dicts; writers are separate."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    classification_report,
+    confusion_matrix,
+    roc_auc_score,
+)
+
+from synapse7.io import atomic_path, atomic_write_text
+
+TARGET_NAMES = ["REAL", "AI"]
+TABLE_COLUMNS = ["generator", "accuracy", "ap", "roc_auc", "real_acc", "fake_acc", "n_real", "n_fake", "support"]
+
+
+def binary_metrics(y_true: np.ndarray, p_ai: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+    """Accuracy, AP, ROC-AUC, real and fake accuracy at `threshold`. AP/AUC are NaN with one class present."""
+    y = np.asarray(y_true).astype(int)
+    p = np.asarray(p_ai, dtype=float)
+    pred = (p >= threshold).astype(int)
+    both = len(np.unique(y)) == 2
+    real, fake = y == 0, y == 1
+    return {
+        "accuracy": float(accuracy_score(y, pred)) if len(y) else float("nan"),
+        "ap": float(average_precision_score(y, p)) if both else float("nan"),
+        "roc_auc": float(roc_auc_score(y, p)) if both else float("nan"),
+        "real_acc": float((pred[real] == 0).mean()) if real.any() else float("nan"),
+        "fake_acc": float((pred[fake] == 1).mean()) if fake.any() else float("nan"),
+        "n_real": int(real.sum()),
+        "n_fake": int(fake.sum()),
+        "support": int(len(y)),
+        "threshold": float(threshold),
+    }
+
+
+def classification_report_text(y_true: np.ndarray, p_ai: np.ndarray, threshold: float = 0.5) -> str:
+    """sklearn's classification report with rows REAL and AI."""
+    pred = (np.asarray(p_ai) >= threshold).astype(int)
+    return classification_report(np.asarray(y_true).astype(int), pred, labels=[0, 1], target_names=TARGET_NAMES,
+                                 digits=4, zero_division=0)
+
+
+def per_generator_metrics(y_true: np.ndarray, p_ai: np.ndarray, generators: Sequence[str],
+                          threshold: float = 0.5) -> list[dict[str, Any]]:
+    """One row per generator (sorted), then an "ALL" row."""
+    y, p, g = np.asarray(y_true), np.asarray(p_ai), np.asarray(generators)
+    rows = [{"generator": name, **binary_metrics(y[g == name], p[g == name], threshold)} for name in sorted(set(g))]
+    rows.append({"generator": "ALL", **binary_metrics(y, p, threshold)})
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if np.isnan(v) else f"{v:.4f}"
+    return str(v)
+
+
+def table_markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def table_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow([_fmt(r.get(c, "")) for c in columns])
+    return buf.getvalue()
+
+
+def per_generator_reports_text(y_true: np.ndarray, p_ai: np.ndarray, generators: Sequence[str],
+                               threshold: float = 0.5) -> str:
+    y, p, g = np.asarray(y_true), np.asarray(p_ai), np.asarray(generators)
+    parts = []
+    for name in sorted(set(g)):
+        m = g == name
+        parts.append(f"=== {name} (n={int(m.sum())}) ===\n{classification_report_text(y[m], p[m], threshold)}")
+    return "\n".join(parts)
+
+
+def save_confusion_matrix_png(cm: np.ndarray, path: str | Path, title: str = "Confusion matrix") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = plt.subplots(figsize=(4.2, 3.8), dpi=120)
+    ConfusionMatrixDisplay(cm, display_labels=TARGET_NAMES).plot(ax=ax, cmap="Blues", colorbar=False, values_format="d")
+    ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def compute_eval_report(y_true: np.ndarray, p_ai: np.ndarray, generators: Sequence[str],
+                        threshold: float = 0.5) -> dict[str, Any]:
+    """Everything `evaluate` reports, as data."""
+    y = np.asarray(y_true).astype(int)
+    pred = (np.asarray(p_ai) >= threshold).astype(int)
+    return {
+        "overall": binary_metrics(y, p_ai, threshold),
+        "per_generator": per_generator_metrics(y, p_ai, generators, threshold),
+        "classification_report": classification_report_text(y, p_ai, threshold),
+        "per_generator_reports": per_generator_reports_text(y, p_ai, generators, threshold),
+        "confusion_matrix": confusion_matrix(y, pred, labels=[0, 1]),
+    }
+
+
+def write_eval_report(report: dict[str, Any], out_dir: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """Write the report files of `synapse7 evaluate` into out_dir, each atomically."""
+    out = Path(out_dir)
+    atomic_write_text(out / "classification_report.txt", report["classification_report"])
+    atomic_write_text(out / "per_generator_reports.txt", report["per_generator_reports"])
+    atomic_write_text(out / "per_generator.csv", table_csv(report["per_generator"]))
+    atomic_write_text(out / "per_generator.md", table_markdown(report["per_generator"]))
+    metrics = {**report["overall"], "n_images": report["overall"]["support"],
+               "confusion_matrix": report["confusion_matrix"].tolist(), **(extra or {})}
+    atomic_write_text(out / "metrics.json", json.dumps(_json_safe(metrics), indent=2) + "\n")
+    save_confusion_matrix_png(report["confusion_matrix"], out / "confusion_matrix.png")
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and np.isnan(obj):
+        return None
+    return obj

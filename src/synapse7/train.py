@@ -1,0 +1,104 @@
+"""Training entry point: `train(cfg, out_dir)` writes best.ckpt, last.ckpt, config.yaml and CSV logs."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from synapse7.config import RunConfig, save_config
+from synapse7.data import BadImageLog, GenImageDataModule
+from synapse7.io import atomic_write_text, ensure_writable_dir
+from synapse7.model import count_parameters
+from synapse7.module import DetectorModule
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    best_ckpt: Path
+    last_ckpt: Path
+    best_val_auc: float | None
+    epochs_run: int
+    global_step: int
+    bad_images: int
+
+
+def _train_pre_ops(cfg: RunConfig) -> list:
+    try:
+        from synapse7.perturb import build_train_ops
+    except ImportError:
+        return []
+    return build_train_ops(cfg.data)
+
+
+def _devices(value: str) -> int | str:
+    return int(value) if value.isdigit() else value
+
+
+def build_trainer(cfg: RunConfig, out: Path, *, progress: bool = True, extra_callbacks: list | None = None) -> L.Trainer:
+    """The Lightning Trainer: best-by-val_auc and last checkpoints, CSV logs, progress bar, DDP if asked."""
+    best = ModelCheckpoint(dirpath=out, filename="best", monitor="val_auc", mode="max", save_top_k=1,
+                           save_last=True, enable_version_counter=False, auto_insert_metric_name=False)
+    best.CHECKPOINT_NAME_LAST = "last"
+    # Refresh last.ckpt every N optimiser steps too, so an interrupted epoch loses at most N steps.
+    periodic = ModelCheckpoint(dirpath=out, filename="last", every_n_train_steps=cfg.train.ckpt_every_n_steps,
+                               save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=False)
+    callbacks = [best, periodic, *(extra_callbacks or [])]
+    if progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, 20 if not sys.stderr.isatty() else 1)))
+    return L.Trainer(
+        default_root_dir=out,
+        max_epochs=cfg.train.epochs,
+        accelerator=cfg.train.accelerator,
+        devices=_devices(cfg.train.devices),
+        num_nodes=cfg.train.num_nodes,
+        strategy=cfg.train.strategy,
+        precision=cfg.train.precision,
+        callbacks=callbacks,
+        logger=CSVLogger(save_dir=out, name="logs", version=""),
+        log_every_n_steps=10,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        limit_train_batches=cfg.train.limit_train_batches,
+        num_sanity_val_steps=0,
+    )
+
+
+def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train a detector on cfg.data.root; writes RUN_DIR/{best,last}.ckpt, config.yaml, logs/metrics.csv."""
+    out = ensure_writable_dir(out_dir)
+    last = out / "last.ckpt"
+    if resume and not last.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
+    if not resume and (out / "best.ckpt").exists():
+        raise FileExistsError(f"{out} already holds a finished or interrupted run; use --resume or another --out")
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    dm = GenImageDataModule(cfg.data, train_pre_ops=_train_pre_ops(cfg))
+    dm.setup("fit")  # fail fast on a bad layout, before building the model
+    assert dm.train_set is not None and dm.val_set is not None
+    module = DetectorModule(cfg.to_dict())
+    trainable, total = count_parameters(module.net)
+    print(f"synapse7 train: {cfg.model.backbone} input={cfg.model.input} weights={cfg.model.weights} "
+          f"trainable={trainable:,}/{total:,} params; train={len(dm.train_set)} val={len(dm.val_set)} images; "
+          f"generators={', '.join(dm.train_set.generators)}", file=sys.stderr)
+    save_config(cfg, out / "config.yaml")
+    trainer = build_trainer(cfg, out, progress=progress)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    bad = BadImageLog()
+    bad.add(dm.train_set, module.skipped)
+    if len(bad):
+        atomic_write_text(out / "bad_images.csv", bad.to_csv())
+        print(f"skipped {len(bad)} bad training image(s); list in {out / 'bad_images.csv'}", file=sys.stderr)
+    best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    return TrainResult(
+        best_ckpt=out / "best.ckpt",
+        last_ckpt=last,
+        best_val_auc=float(best_score) if best_score is not None else None,
+        epochs_run=trainer.current_epoch,
+        global_step=trainer.global_step,
+        bad_images=len(bad),
+    )
