@@ -12,6 +12,7 @@ a detector trained on such data can score that much without looking at the image
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -88,6 +89,12 @@ def estimate_jpeg_quality(qtables: dict[int, Sequence[int]] | Sequence[Sequence[
     tables = [qtables[k] for k in sorted(qtables)] if isinstance(qtables, dict) else list(qtables)
     if not tables or len(tables[0]) != 64:
         return None
+    # Most files of a dataset share a few table sets: cache per distinct set.
+    return _estimate_cached(tuple(tuple(int(v) for v in t) for t in tables[:2]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _estimate_cached(tables: tuple[tuple[int, ...], ...]) -> JpegQuality:
     luma = np.asarray(tables[0], dtype=np.int64)
     chroma = np.asarray(tables[1], dtype=np.int64) if len(tables) > 1 and len(tables[1]) == 64 else None
     max_value = 32767 if max(int(luma.max()), int(chroma.max()) if chroma is not None else 0) > 255 else 255
@@ -276,7 +283,7 @@ def _fit_rule(kind: str, x: np.ndarray, y: np.ndarray) -> _Rule:
 
 def _describe(rule: _Rule, feature: str) -> str:
     if rule.kind == "categorical":
-        vals = sorted((str(v) for v in rule.ai_values))
+        vals = sorted(str(v) for v in rule.ai_values)
         if not vals:
             return "always nature"
         shown = ", ".join(vals[:6]) + (", ..." if len(vals) > 6 else "")
@@ -567,7 +574,6 @@ def audit_dataset(root: str | os.PathLike, splits: Sequence[str] = ("train", "va
     shortcuts, combined = [], []
     for sc in scopes:
         ok = [r for r in by_scope[sc] if r.error is None]
-        y = np.array([r.label for r in ok], dtype=np.int64)
         for feat in FEATURES:
             sub = [r for r in ok if feat.only_format in (None, r.format)]
             shortcuts.append(score_feature(sc, feat, [feat.get(r) for r in sub],
@@ -618,6 +624,8 @@ def audit_markdown(result: AuditResult) -> str:
             cell = _fmt(s.balanced_accuracy)
             cells.append(f"**{cell}**" if s.flagged else cell)
         out.append(f"| {feat.name} | " + " | ".join(cells) + " |")
+    out += ["", "`-`: not scored (fewer than 2 files of a class; JPEG-only properties are scored among JPEG files, "
+            "so they are `-` when a class has no JPEGs, which the `format` row already shows)."]
     out += ["", "## Per generator and class", "",
             "| scope | class | files | per split | formats | modes | JPEG quality (top) | subsampling | EXIF | ICC "
             "| width p25/med/p75 | height p25/med/p75 | top sizes | median bytes | bytes/pixel |",

@@ -143,7 +143,7 @@ def registry_rows() -> list[dict[str, str]]:
     rows = []
     for name in backbone_names():
         spec = get_backbone_spec(name)
-        stages = "; ".join(f"{s}: {', '.join(p) or '-'}" for s, p in spec.stages.items())
+        stages = "; ".join(f"{s}: {', '.join(p) or '(new head only)'}" for s, p in spec.stages.items())
         rows.append({"backbone": name, "imagenet weights": spec.weights, "stages": stages,
                      "width": str(spec.feature_width), "notes": spec.notes})
     return rows

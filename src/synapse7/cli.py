@@ -58,6 +58,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dist-strategy", help="Lightning strategy: auto (default), ddp, ddp_spawn, ...")
     p.add_argument("--precision", help="32-true (default), bf16-mixed, 16-mixed")
     p.add_argument("--limit-train-batches", type=float, help="fraction (<=1) or number of training batches per epoch")
+    p.add_argument("--feature-cache", metavar="DIR",
+                   help="cache the frozen stages' outputs (fp16, memory-mapped) in DIR and train the rest on them; "
+                        "refused, with the reason printed, under random augmentation")
+    p.add_argument("--fast-decode", action="store_true", default=None,
+                   help="decode large JPEGs at reduced scale (libjpeg-turbo DCT scaling); see docs/performance.md")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from RUN_DIR/last.ckpt")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -74,12 +79,13 @@ def config_from_args(args: argparse.Namespace):
         data={"root": args.data, "image_size": args.image_size, "resize_size": args.resize_size,
               "preprocess": args.preprocess, "batch_size": args.batch_size, "num_workers": args.num_workers,
               "on_bad_image": args.on_bad_image, "align": args.align, "train_generators": args.train_generators,
-              "test_generators": args.test_generators},
+              "test_generators": args.test_generators, "fast_decode": getattr(args, "fast_decode", None)},
         model={"backbone": args.backbone, "weights": args.weights, "input": args.input,
                "trainable": args.strategy or args.trainable},
         train={"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,
                "accelerator": args.accelerator, "devices": args.devices, "num_nodes": args.num_nodes,
-               "strategy": args.dist_strategy, "precision": args.precision, "limit_train_batches": limit},
+               "strategy": args.dist_strategy, "precision": args.precision, "limit_train_batches": limit,
+               "feature_cache": getattr(args, "feature_cache", None)},
     )
 
 
@@ -129,6 +135,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(args.out, data=args.data, image_size=args.image_size, epochs=args.epochs, backbone=args.backbone,
              weights=args.weights, input_mode=args.input, num_workers=args.num_workers, progress=not args.no_progress)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from synapse7.audit import run_audit
+
+    run_audit(args.root, args.out, args.split, threshold=args.threshold, verify=args.verify)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from synapse7.serve import create_app
+    except ImportError as e:
+        print(f"synapse7 serve: error: {e.name or e} is not installed; install the extra: pip install 'synapse7[serve]'",
+              file=sys.stderr)
+        return 1
+    if args.max_upload_mb <= 0 or args.max_files < 1:
+        print("synapse7 serve: error: --max-upload-mb and --max-files must be positive", file=sys.stderr)
+        return 2
+    app = create_app(checkpoint=args.checkpoint, threshold=args.threshold, device=args.device,
+                     max_upload_bytes=int(args.max_upload_mb * 2**20), max_files=args.max_files)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"synapse7 serve: note: listening on {args.host}, reachable from other machines", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
@@ -183,6 +216,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("audit", help="audit a dataset for shortcuts (file format, JPEG quality, size, EXIF)",
+                       description="Read every file header, describe each generator/class and flag properties that "
+                                   "alone separate ai from nature. Writes audit.md, audit.json and audit.png.")
+    p.add_argument("root", metavar="ROOT", help="dataset root in the GenImage layout")
+    p.add_argument("--out", metavar="DIR", help="report folder (default: print the summary only)")
+    p.add_argument("--split", type=_csv_list, default=("train", "val"), metavar="S1,S2",
+                   help="splits to audit (default train,val; absent ones are skipped)")
+    p.add_argument("--threshold", type=float, default=0.75,
+                   help="flag a property when its one-feature balanced accuracy reaches this (default 0.75)")
+    p.add_argument("--verify", action="store_true", help="also decode every image fully (slower; finds truncation)")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("serve", help="web service: upload page at / and a JSON API at /api/predict",
+                       description="Serve a checkpoint over HTTP (needs the 'serve' extra: fastapi, uvicorn).")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted file, in MiB (default 20)")
+    p.add_argument("--max-files", type=int, default=32, help="most files per request (default 32)")
+    p.add_argument("--threshold", type=float, help="decision threshold on P(AI) (default: the checkpoint's)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("backbones", help="list the backbone registry")
     p.set_defaults(func=cmd_backbones)

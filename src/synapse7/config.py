@@ -38,6 +38,9 @@ class DataConfig:
     test_generators: tuple[str, ...] | None = None
     align: str | None = None  # None | png | jpeg:Q — re-encode both classes identically
     max_pixels: int = 89_478_485  # PIL's own bomb limit; larger images are rejected before decoding
+    # Opt-in: large JPEGs are decoded at 1/2-1/8 scale by libjpeg-turbo (PIL draft) when the resize target is
+    # much smaller; within a few grey levels of the full decode (docs/performance.md). preprocess=resize only.
+    fast_decode: bool = False
     # Training-only robustness augmentation (CNNSpot-style; synapse7.perturb.build_train_ops): probabilities
     # per image, and the uniform ranges the strengths are drawn from.
     aug_blur_prob: float = 0.0
@@ -75,6 +78,8 @@ class TrainConfig:
     precision: str = "32-true"
     ckpt_every_n_steps: int = 50  # last.ckpt is refreshed this often so --resume loses little
     limit_train_batches: float | int | None = None
+    # Frozen-trunk feature cache folder (synapse7.cache): the frozen stages run once, later epochs read disk.
+    feature_cache: str | None = None
 
 
 @dataclass(frozen=True)

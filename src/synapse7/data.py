@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,7 +155,8 @@ class MultiGenDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         s = self.samples[i]
         try:
-            img = open_image(s.path, max_pixels=self.max_pixels, name=display_path(s.path))
+            img = open_image(s.path, max_pixels=self.max_pixels, name=display_path(s.path),
+                             draft_size=getattr(self.transform, "draft_size", None))
             x = self.transform(img)
         except BadImageError as e:
             if self.on_bad_image == "error":
@@ -184,18 +185,77 @@ def collate_skip_bad(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+class ResumableShuffleSampler(torch.utils.data.Sampler[int]):
+    """A seeded shuffle (a new permutation per epoch) that can start part-way through an epoch.
+
+    The permutation depends only on (seed, epoch), so a run killed mid-epoch and resumed sees exactly the
+    images an uninterrupted run would have seen, in the same order.
+    """
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning at each epoch start
+        if epoch != self.epoch:
+            self.start = 0
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        start, self.start = self.start, 0  # the skip applies once, to the resumed epoch
+        return iter(order[start:])
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader Lightning can checkpoint mid-epoch: its state is (epoch, batches already yielded).
+
+    Lightning stores `state_dict()` in every checkpoint and calls `load_state_dict` on resume; the sampler
+    then skips the batches already trained on, so the resumed run takes the same optimiser steps.
+    """
+
+    def __init__(self, dataset: Dataset, *, batch_size: int, seed: int, **kwargs: Any) -> None:
+        self._rsampler = ResumableShuffleSampler(len(dataset), seed)  # type: ignore[arg-type]
+        super().__init__(dataset, batch_size=batch_size, sampler=self._rsampler, **kwargs)
+        self._yielded = 0
+        # Batches actually trained on this epoch. Lightning pre-fetches one batch ahead, so the count of
+        # batches yielded overshoots; the data module points this at the trainer's own progress counter.
+        self.progress: Callable[[], int] | None = None
+
+    def __iter__(self):
+        self._yielded = self._rsampler.start // self.batch_size if self._rsampler.start else 0
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
+
+    def __len__(self) -> int:
+        return -(-self._rsampler.n // self.batch_size) if not self.drop_last else self._rsampler.n // self.batch_size
+
+    def state_dict(self) -> dict[str, int]:
+        done = self.progress() if self.progress is not None else self._yielded
+        return {"epoch": self._rsampler.epoch, "batches": int(done)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._rsampler.epoch = int(state["epoch"])
+        self._rsampler.start = int(state["batches"]) * int(self.batch_size or 1)
+
+
 def build_loader(dataset: Dataset, *, batch_size: int, num_workers: int, shuffle: bool = False,
-                 drop_last: bool = False) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
+                 drop_last: bool = False, seed: int | None = None) -> DataLoader:
+    """A DataLoader that drops bad images from batches. shuffle with a seed gives a resumable loader."""
+    kwargs: dict[str, Any] = dict(
         num_workers=num_workers,
         collate_fn=collate_skip_bad,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
         drop_last=drop_last,
     )
+    if shuffle and seed is not None:
+        return ResumableDataLoader(dataset, batch_size=batch_size, seed=seed, **kwargs)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, **kwargs)
 
 
 class BadImageLog:
@@ -244,9 +304,10 @@ try:
     class GenImageDataModule(L.LightningDataModule):
         """Batches MultiGenDataset for training (shuffled) and validation."""
 
-        def __init__(self, cfg: DataConfig, *, train_pre_ops: Sequence[PilOp] = ()) -> None:
+        def __init__(self, cfg: DataConfig, *, train_pre_ops: Sequence[PilOp] = (), seed: int = 0) -> None:
             super().__init__()
             self.cfg = cfg
+            self.seed = seed
             self.train_pre_ops = list(train_pre_ops)
             self.train_set: MultiGenDataset | None = None
             self.val_set: MultiGenDataset | None = None
@@ -257,8 +318,16 @@ try:
 
         def train_dataloader(self) -> DataLoader:
             assert self.train_set is not None
-            return build_loader(self.train_set, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
-                                shuffle=True)
+            trainer = self.trainer
+            if trainer is not None and trainer.world_size > 1:
+                # DDP: Lightning swaps in a DistributedSampler (seeded per epoch; resumes at epoch boundaries).
+                return build_loader(self.train_set, batch_size=self.cfg.batch_size,
+                                    num_workers=self.cfg.num_workers, shuffle=True)
+            loader = build_loader(self.train_set, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
+                                  shuffle=True, seed=self.seed)
+            if trainer is not None:
+                loader.progress = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            return loader
 
         def val_dataloader(self) -> DataLoader:
             assert self.val_set is not None

@@ -1,7 +1,10 @@
 """Image decoding with clear errors, and atomic file writes.
 
 Every image that enters Synapse-7 (training, evaluation, prediction, audit, web API) is decoded by
-`load_image`, so a bad file behaves the same way everywhere: it raises `BadImageError` naming the file.
+`open_image`, so a bad file behaves the same way everywhere: it raises `BadImageError` naming the file, and
+never any other exception. tests/corpus/build.py lists the inputs this is checked on (zero-byte, truncated,
+wrong magic, bombs, odd modes, animations, EXIF, unreadable, symlink loops, FIFOs, non-UTF-8 names) and
+tests/test_fuzz.py fuzzes it.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import struct
 import tempfile
 import warnings
@@ -20,14 +24,26 @@ import numpy as np
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# The decoders tried, whatever the extension says (content is sniffed). Limiting them to the formats of
+# IMAGE_EXTENSIONS keeps Pillow's ~40 other plugins (EPS runs Ghostscript; TGA, PCX, SPIDER... accept
+# almost any bytes) out of reach of untrusted input. JPEG covers MPO.
+DECODE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF")
 DEFAULT_MAX_PIXELS = 89_478_485
+# libjpeg decodes every scan over the whole image, and a scan can be a few bytes: a 177 KB progressive JPEG
+# of 2048x2048 with 10,000 copies of one refinement scan took 76 s to decode. Encoders write about 10 scans.
+MAX_JPEG_SCANS = 100
+
+
+def printable_path(path: str | os.PathLike | bytes) -> str:
+    """A form of `path` that can always be printed or written as UTF-8, even for non-UTF-8 file names."""
+    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class BadImageError(Exception):
-    """An image could not be decoded. `path` names the file, `reason` says why."""
+    """An image could not be decoded. `path` names the file (printable form), `reason` says why."""
 
-    def __init__(self, path: str | os.PathLike | None, reason: str):
-        self.path = str(path) if path is not None else "<bytes>"
+    def __init__(self, path: str | os.PathLike | bytes | None, reason: str):
+        self.path = printable_path(path) if path is not None else "<bytes>"
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
@@ -46,7 +62,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         if img.mode.startswith("I;16"):
             arr = arr / 257.0
         else:
-            lo, hi = float(arr.min()), float(arr.max())
+            finite = np.isfinite(arr)  # float TIFFs may hold NaN/inf: scale by the finite range, NaN -> 0
+            lo, hi = (float(arr[finite].min()), float(arr[finite].max())) if finite.any() else (0.0, 0.0)
+            arr = np.nan_to_num(arr, nan=lo, posinf=hi, neginf=lo)
             arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
         gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
         return Image.fromarray(gray, "L").convert("RGB")
@@ -59,55 +77,125 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_image(source: str | os.PathLike | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PIXELS,
-               name: str | os.PathLike | None = None) -> Image.Image:
-    """Decode `source` (a path or a binary file object) to an 8-bit RGB PIL image.
+def open_image(source: str | os.PathLike | bytes | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               name: str | os.PathLike | None = None, draft_size: int | None = None) -> Image.Image:
+    """Decode `source` (a path or a binary file object) to an 8-bit RGB PIL image, fully loaded.
 
-    Raises `BadImageError` for zero-byte, truncated, corrupt, unreadable or oversized input. Animated images
-    give their first frame; EXIF orientation is applied.
+    Raises `BadImageError` (and nothing else) for zero-byte, truncated, corrupt, unreadable, non-regular or
+    oversized input; `name` (default: the path) is what the error names. Animated images give their first
+    frame; EXIF orientation is applied (unparseable EXIF is ignored). Images over `max_pixels` (at most
+    Pillow's own MAX_IMAGE_PIXELS, which also applies) are rejected from the header, before decoding.
+    Truncated pixel data is an error (Pillow's LOAD_TRUNCATED_IMAGES stays off); see tests/corpus/build.py
+    for the two truncations decoders cannot see. No file handle outlives the call. `draft_size` (JPEG only,
+    opt-in): let libjpeg-turbo decode at 1/2, 1/4 or 1/8 scale (DCT scaling) while both sides stay >=
+    draft_size; other formats ignore it.
     """
-    label = name if name is not None else (source if isinstance(source, (str, os.PathLike)) else None)
-    if isinstance(source, (str, os.PathLike)):
-        p = Path(source)
+    is_path = isinstance(source, (str, bytes, os.PathLike))
+    label = name if name is not None else (source if is_path else None)
+    if is_path:
         try:
-            st = p.stat()
+            st = os.stat(source)
         except OSError as e:
             raise BadImageError(label, f"cannot access file ({e.strerror or e})") from e
-        if not p.is_file():
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
             raise BadImageError(label, "not a regular file")
         if st.st_size == 0:
             raise BadImageError(label, "zero-byte file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(source)
-            w, h = img.size
-            if w * h > max_pixels:
-                raise BadImageError(label, f"image too large: {w}x{h} = {w * h} pixels > limit {max_pixels}")
-            if w < 1 or h < 1:
-                raise BadImageError(label, f"empty image: {w}x{h}")
-            img.seek(0)  # first frame of animations
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            with Image.open(source, formats=DECODE_FORMATS) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise BadImageError(label, f"image too large: {w}x{h} = {w * h} pixels > limit {max_pixels}")
+                if w < 1 or h < 1:
+                    raise BadImageError(label, f"empty image: {w}x{h}")
+                img.seek(0)  # first frame of animations
+                if img.format in ("JPEG", "MPO") and _jpeg_scans(img.fp, MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
+                    raise BadImageError(label, f"too many JPEG scans (> {MAX_JPEG_SCANS}): a decoding-time bomb")
+                if draft_size is not None and img.format == "JPEG":
+                    img.draft(img.mode, (draft_size, draft_size))
+                img.load()
+                drafted = img.size
+                try:
+                    out = ImageOps.exif_transpose(img)  # a new image, independent of the file
+                except Exception:  # noqa: BLE001 - broken EXIF is metadata damage, the pixels are fine
+                    out = img.copy()
+                rgb = _to_rgb(out)
+                if drafted != (w, h):  # reduced-scale decode: keep the full size for exact resize geometry
+                    rgb.info["full_size"] = (w, h) if out.size == drafted else (h, w)
+                return rgb
     except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadImageError(label, f"decompression bomb: {e}") from e
+        raise BadImageError(label, f"image too large (decompression bomb guard): {e}") from e
     except PermissionError as e:
         raise BadImageError(label, f"permission denied ({e.strerror})") from e
     except Image.UnidentifiedImageError as e:
-        raise BadImageError(label, "not a recognised image (unknown or wrong magic bytes)") from e
+        if not is_path and _is_empty(source):
+            raise BadImageError(label, "empty input (zero bytes)") from e
+        raise BadImageError(label, "not a recognised image (unknown format or wrong magic bytes)") from e
+    except MemoryError as e:
+        raise BadImageError(label, "image too large: out of memory while decoding") from e
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError,
-            MemoryError, struct.error) as e:
+            struct.error) as e:
         msg = str(e) or type(e).__name__
         if "truncated" in msg.lower():
             msg = f"truncated file ({msg})"
         raise BadImageError(label, f"corrupt image: {msg}") from e
+    except Exception as e:  # noqa: BLE001 - a decoder bug on hostile bytes is still a bad image, not a crash
+        raise BadImageError(label, f"corrupt image: decoder failed ({type(e).__name__}: {e})") from e
+
+
+def _jpeg_scans(fp: IO[bytes], limit: int) -> int:
+    """Number of SOS markers in the JPEG stream `fp` (counting stops past `limit`); leaves fp where it was."""
+    pos = fp.tell()
+    try:
+        fp.seek(0)
+        data = fp.read()
+    finally:
+        fp.seek(pos)
+    i, n, scans = 2, len(data), 0
+    while i + 1 < n and scans <= limit:
+        if data[i] != 0xFF:  # entropy-coded data: jump to the next 0xFF
+            i = data.find(b"\xff", i)
+            if i < 0:
+                break
+            continue
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD7:  # stuffed 0xFF, TEM, RSTn: no length
+            i += 2
+        elif marker == 0xD9:  # EOI
+            break
+        else:  # a segment with a length (APPn, DQT, DHT, SOF, SOS header...); payloads are skipped whole
+            scans += marker == 0xDA
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return scans
+
+
+def _is_empty(fp: IO[bytes]) -> bool:
+    try:
+        pos = fp.tell()
+        empty = fp.read(1) == b""
+        fp.seek(pos)
+        return empty
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Atomic writes: a reader, or a run killed mid-way, sees either the old complete file or the new one.
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+_DEFAULT_FILE_MODE = 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -122,6 +210,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        # mkstemp makes the file 0600; give it the mode a plain open() would (or the replaced file's mode).
+        try:
+            mode = path.stat().st_mode & 0o7777
+        except OSError:
+            mode = _DEFAULT_FILE_MODE
+        os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

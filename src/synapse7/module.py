@@ -43,11 +43,15 @@ class DetectorModule(L.LightningModule):
         if "image" not in batch:  # every image of the batch was bad
             return None
         x = batch["image"]
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         y = batch["label"].float()
-        logits = self.net(x)
+        logits = self.step_logits(x)
         return logits, y, F.binary_cross_entropy_with_logits(logits, y)
+
+    def step_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B,) for a batch's inputs; the feature-cache module (synapse7.cache) runs its tail here."""
+        return self.net(x)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         self.skipped.extend(batch.get("bad", []))
@@ -56,8 +60,8 @@ class DetectorModule(L.LightningModule):
             return None
         logits, y, loss = out
         acc = ((logits > 0).float() == y).float().mean()
-        self.log("train_loss", loss, prog_bar=True, batch_size=len(y))
-        self.log("train_acc", acc, prog_bar=True, batch_size=len(y))
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
+        self.log("train_acc", acc, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

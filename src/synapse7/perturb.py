@@ -33,7 +33,7 @@ SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
 DEFAULT_SUBSAMPLING = "4:2:0"
 
 PERTURBATION_FORMS = "'jpeg:Q' (Q integer 1-100), 'resize:F' (F > 0), 'blur:S' (sigma S >= 0) or 'none'"
-ALIGN_FORMS = "'png' or 'jpeg:Q' (Q integer 1-100)"
+ALIGN_FORMS = "'png', 'jpeg:Q' (Q integer 1-100) or 'none'"
 
 
 def encode_jpeg(img: Image.Image, quality: int, subsampling: str = DEFAULT_SUBSAMPLING) -> bytes:
@@ -224,13 +224,16 @@ def parse_perturbation_list(specs: str | Sequence[str]) -> list[JpegCompress | R
 
 
 def build_align(spec: str) -> PilOp:
-    """Alignment op for `DataConfig.align`: 'png' (lossless PNG round trip) or 'jpeg:Q' (JPEG at quality Q).
+    """Alignment op for `DataConfig.align`: 'png' (lossless PNG round trip), 'jpeg:Q' (JPEG at quality Q),
+    or 'none' (identity, as `--align none` passes it).
 
     Applied identically to both classes, so neither format nor JPEG quality can tell them apart.
     """
     s = spec.strip().lower() if isinstance(spec, str) else ""
     if s == "png":
         return PngAlign()
+    if s == "none":
+        return Identity()
     if s.startswith("jpeg:"):
         try:
             return parse_perturbation(s)

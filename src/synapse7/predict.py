@@ -78,7 +78,8 @@ class _FileDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            img = open_image(self.paths[i], max_pixels=self.max_pixels, name=display_path(self.paths[i]))
+            img = open_image(self.paths[i], max_pixels=self.max_pixels, name=display_path(self.paths[i]),
+                             draft_size=self.preset.draft_size)
             return i, self.preset(img), None
         except BadImageError as e:
             return i, None, e.reason

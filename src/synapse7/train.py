@@ -39,6 +39,18 @@ def _devices(value: str) -> int | str:
     return int(value) if value.isdigit() else value
 
 
+def quiet_lightning() -> None:
+    """Keep Lightning's start-up banners and tips out of the output; warnings and errors still show."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
 def build_trainer(cfg: RunConfig, out: Path, *, progress: bool = True, extra_callbacks: list | None = None) -> L.Trainer:
     """The Lightning Trainer: best-by-val_auc and last checkpoints, CSV logs, progress bar, DDP if asked."""
     best = ModelCheckpoint(dirpath=out, filename="best", monitor="val_auc", mode="max", save_top_k=1,
@@ -48,6 +60,7 @@ def build_trainer(cfg: RunConfig, out: Path, *, progress: bool = True, extra_cal
     periodic = ModelCheckpoint(dirpath=out, filename="last", every_n_train_steps=cfg.train.ckpt_every_n_steps,
                                save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=False)
     callbacks = [best, periodic, *(extra_callbacks or [])]
+    quiet_lightning()
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, 20 if not sys.stderr.isatty() else 1)))
     return L.Trainer(
@@ -77,7 +90,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
     if not resume and (out / "best.ckpt").exists():
         raise FileExistsError(f"{out} already holds a finished or interrupted run; use --resume or another --out")
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    dm = GenImageDataModule(cfg.data, train_pre_ops=_train_pre_ops(cfg))
+    dm = GenImageDataModule(cfg.data, train_pre_ops=_train_pre_ops(cfg), seed=cfg.train.seed)
     dm.setup("fit")  # fail fast on a bad layout, before building the model
     assert dm.train_set is not None and dm.val_set is not None
     module = DetectorModule(cfg.to_dict())
@@ -86,8 +99,20 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
           f"trainable={trainable:,}/{total:,} params; train={len(dm.train_set)} val={len(dm.val_set)} images; "
           f"generators={', '.join(dm.train_set.generators)}", file=sys.stderr)
     save_config(cfg, out / "config.yaml")
+    fit_data: dict = {"datamodule": dm}
+    if cfg.train.feature_cache is not None:
+        from synapse7.cache import CacheRefused, prepare_cached_training
+
+        try:
+            cached = prepare_cached_training(cfg, module, dm.train_set, dm.val_set, train_pre_ops=dm.train_pre_ops,
+                                             log=lambda m: print(m, file=sys.stderr))
+        except CacheRefused as e:
+            print(f"synapse7 train: feature cache not used: {e.reason}; training on images", file=sys.stderr)
+        else:
+            module = cached.module
+            fit_data = {"train_dataloaders": cached.train_loader, "val_dataloaders": cached.val_loader}
     trainer = build_trainer(cfg, out, progress=progress)
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    trainer.fit(module, **fit_data, ckpt_path=str(last) if resume else None)
     bad = BadImageLog()
     bad.add(dm.train_set, module.skipped)
     if len(bad):

@@ -1,20 +1,43 @@
 """Preprocessing presets (PIL image -> normalised CHW float tensor).
 
 Resizing runs on uint8 tensors (torchvision's antialiased bilinear kernel) before the float conversion, which
-is both faster and within a few grey levels of the reference's PIL Resize -> ToTensor -> Normalize chain.
+is both faster and within a few grey levels of the reference's PIL Resize -> ToTensor -> Normalize chain
+(tests/test_decode.py measures the difference). With `fast_decode`, large JPEGs are decoded at a reduced scale
+by libjpeg-turbo's DCT scaling (PIL `draft`), which is several times faster and differs a little more
+(docs/performance.md gives the measured tolerance).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from typing import IO
 
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from synapse7.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+from synapse7.io import DEFAULT_MAX_PIXELS, open_image
 
 PilOp = Callable[[Image.Image], Image.Image]
+
+MAX_ASPECT = 8  # longer side kept before resizing, in multiples of the shorter side
+
+
+def limit_aspect(t: torch.Tensor, max_aspect: int = MAX_ASPECT) -> torch.Tensor:
+    """Centre-crop the long side of (..., H, W) to about `max_aspect` x the short side; others pass unchanged.
+
+    Resizing scales the short side up to the target, so a 1x70000 strip resized to 256 would need ~15 GB and
+    a minute; the centre crop that follows only keeps the middle anyway (found by the tests/corpus cases).
+    The amount cut has the parity of the long side, so the kept centre is the true centre.
+    """
+    h, w = t.shape[-2:]
+    short, long = min(h, w), max(h, w)
+    if long <= max_aspect * short:
+        return t
+    keep = max_aspect * short + (long - max_aspect * short) % 2
+    return F.center_crop(t, [h, keep] if w > h else [keep, w])
 
 
 class ClassificationPreset:
@@ -23,6 +46,8 @@ class ClassificationPreset:
     preprocess="resize" follows the reference (resize to `resize_size`, crop `crop_size`);
     preprocess="crop" crops at native resolution, keeping the high-frequency artefacts resizing smears
     (images smaller than the crop are resized up to it first).
+    fast_decode=True lets `decode` use reduced-scale JPEG decoding; it only applies to preprocess="resize"
+    without pre_ops (alignment and perturbations are defined on the full-resolution image).
     """
 
     def __init__(
@@ -34,6 +59,7 @@ class ClassificationPreset:
         std: Sequence[float] = IMAGENET_STD,
         preprocess: str = "resize",
         pre_ops: Sequence[PilOp] = (),
+        fast_decode: bool = False,
     ) -> None:
         if preprocess not in ("resize", "crop"):
             raise ValueError(f"preprocess must be 'resize' or 'crop', got {preprocess!r}")
@@ -43,6 +69,23 @@ class ClassificationPreset:
         self.std = list(std)
         self.preprocess = preprocess
         self.pre_ops = list(pre_ops)
+        self.fast_decode = fast_decode
+
+    @property
+    def draft_size(self) -> int | None:
+        """Smallest side a JPEG may be DCT-downscaled to before resizing (None: decode at full size).
+
+        Twice the resize target, so the antialiased resize still low-passes by >= 2x after the DCT scaling:
+        scaling straight to the target left up to ~48 grey levels of blocky error on textures, 2x leaves ~1.
+        """
+        if not self.fast_decode or self.preprocess != "resize" or self.pre_ops:
+            return None
+        return 2 * self.resize_size
+
+    def decode(self, source: str | os.PathLike | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               name: str | os.PathLike | None = None) -> Image.Image:
+        """open_image with this preset's decoding shortcut (reduced-scale JPEG decoding when enabled)."""
+        return open_image(source, max_pixels=max_pixels, name=name, draft_size=self.draft_size)
 
     def to_uint8(self, img: Image.Image) -> torch.Tensor:
         """PIL RGB -> uint8 tensor (3, crop, crop), before normalisation."""
@@ -50,10 +93,26 @@ class ClassificationPreset:
             img = op(img)
         t = F.pil_to_tensor(img)  # (3, H, W) uint8
         if self.preprocess == "resize":
-            t = F.resize(t, [self.resize_size], antialias=True)
+            size = self._full_size_target(img.info.get("full_size")) if not self.pre_ops else None
+            t = F.resize(limit_aspect(t), size or [self.resize_size], antialias=True)
         elif min(t.shape[-2:]) < self.crop_size:
-            t = F.resize(t, [self.crop_size], antialias=True)
+            t = F.resize(limit_aspect(t), [self.crop_size], antialias=True)
         return F.center_crop(t, [self.crop_size, self.crop_size])
+
+    def _full_size_target(self, full: tuple[int, int] | None) -> list[int] | None:
+        """[H, W] the reference resize gives the full-size image, for an image decoded at reduced scale.
+
+        Computing it from the reduced size instead (rounded up by the DCT scaling) can change the long side by
+        a pixel and shift the centre crop by half a pixel, which alone cost ~3 grey levels on textures.
+        """
+        if full is None:
+            return None
+        w, h = full
+        short, long = min(w, h), max(w, h)
+        if long > MAX_ASPECT * short:  # limit_aspect crops first; the plain path handles it
+            return None
+        new_long = int(self.resize_size * long / short)  # torchvision's own rounding
+        return [new_long, self.resize_size] if w <= h else [self.resize_size, new_long]
 
     def normalize(self, t: torch.Tensor) -> torch.Tensor:
         """uint8 (..., 3, H, W) -> normalised float32."""
@@ -64,7 +123,7 @@ class ClassificationPreset:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(crop_size={self.crop_size}, resize_size={self.resize_size}, "
-                f"preprocess={self.preprocess!r}, pre_ops={self.pre_ops})")
+                f"preprocess={self.preprocess!r}, fast_decode={self.fast_decode}, pre_ops={self.pre_ops})")
 
 
 def build_preset(cfg: DataConfig, *, pre_ops: Sequence[PilOp] = ()) -> ClassificationPreset:
@@ -82,4 +141,5 @@ def build_preset(cfg: DataConfig, *, pre_ops: Sequence[PilOp] = ()) -> Classific
         std=cfg.std,
         preprocess=cfg.preprocess,
         pre_ops=ops,
+        fast_decode=cfg.fast_decode,
     )

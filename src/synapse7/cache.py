@@ -1,0 +1,442 @@
+"""Frozen-trunk feature cache: run the frozen part of the network once, train the rest from disk.
+
+With frozen early layers and deterministic preprocessing, decoding + resizing + FFT + the frozen stages give
+the same tensor for an image in every epoch. `prepare_cached_training` computes that tensor once per image
+(the output of the last frozen step: e.g. ResNet layer3 for frozen-early, pooled features for linear-probe),
+stores it as float16 in a memory-mapped .npy file, and trains a `TrainableTail` (the remaining stages, pooling
+and the head, sharing the full network's modules) on it. Checkpoints stay normal full Synapse-7 checkpoints.
+
+Cache key (sha256, any change gives a new entry and a recompute):
+  - every file's CONTENT (blake2b of its bytes, in dataset order; not path/size/mtime, so a rewrite that keeps
+    the size and time still invalidates, and a renamed folder does not);
+  - the data settings that shape the input (image_size, resize, preprocess, mean, std, align, fast_decode,
+    max_pixels), the backbone, the input mode and the cache point;
+  - the frozen weights and buffers (sha256 of their bytes);
+  - the code: cache format, synapse7, torch, torchvision and Pillow versions.
+The cache is refused (training falls back to the normal path, with the reason printed) when training
+augmentation is on, when a frozen stage holds a random layer (dropout / stochastic depth with p > 0), for
+multi-process training, and for backbones whose stage order is not known here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from synapse7.config import RunConfig
+from synapse7.data import MultiGenDataset, build_loader
+from synapse7.io import atomic_write_text
+from synapse7.model import Synapse7Net
+
+CACHE_FORMAT = 1
+META = "meta.json"
+FEATURES = "features.npy"
+
+StepFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class CacheRefused(Exception):
+    """The feature cache cannot be used for this run; `reason` says why (training goes on without it)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One piece of the forward pass, in order. `modules` are paths in Synapse7Net naming."""
+
+    name: str
+    modules: tuple[str, ...]
+    run: StepFn
+
+
+def _resnet_steps(b: nn.Module) -> list[Step]:
+    def stem(x: torch.Tensor) -> torch.Tensor:
+        return b.maxpool(b.relu(b.bn1(b.conv1(x))))
+
+    def pool(x: torch.Tensor) -> torch.Tensor:
+        return b.fc(torch.flatten(b.avgpool(x), 1))
+
+    steps = [Step("stem", ("backbone.conv1", "backbone.bn1"), stem)]
+    steps += [Step(f"layer{i}", (f"backbone.layer{i}",), getattr(b, f"layer{i}")) for i in range(1, 5)]
+    return [*steps, Step("pool", ("backbone.fc",), pool)]
+
+
+def _features_steps(b: nn.Module, pool: StepFn, pool_modules: tuple[str, ...]) -> list[Step]:
+    # torchvision ConvNeXt / Swin: `features` is a Sequential of stem, (stage, downsample) pairs.
+    steps = [Step(f"features.{i}", (f"backbone.features.{i}",), m) for i, m in enumerate(b.features)]
+    return [*steps, Step("pool", pool_modules, pool)]
+
+
+def _efficientnet_steps(b: nn.Module) -> list[Step]:
+    # timm EfficientNet: conv_stem, bn1 (norm + act), blocks[0..6], conv_head, bn2, global_pool, classifier.
+    def stem(x: torch.Tensor) -> torch.Tensor:
+        return b.bn1(b.conv_stem(x))
+
+    def head_conv(x: torch.Tensor) -> torch.Tensor:
+        return b.bn2(b.conv_head(x))
+
+    steps = [Step("stem", ("backbone.conv_stem", "backbone.bn1"), stem)]
+    steps += [Step(f"blocks.{i}", (f"backbone.blocks.{i}",), m) for i, m in enumerate(b.blocks)]
+    steps.append(Step("conv_head", ("backbone.conv_head", "backbone.bn2"), head_conv))
+    return [*steps, Step("pool", ("backbone.global_pool", "backbone.classifier"), b.forward_head)]
+
+
+def backbone_steps(net: Synapse7Net) -> list[Step]:
+    """The backbone's forward pass as ordered steps (input: encoder output; output: pooled features)."""
+    b = net.backbone
+    kind = type(b).__name__
+    if kind == "ResNet":
+        return _resnet_steps(b)
+    if kind == "ConvNeXt":
+        return _features_steps(b, lambda x: b.classifier(b.avgpool(x)), ("backbone.classifier",))
+    if kind == "SwinTransformer":
+        return _features_steps(b, lambda x: b.head(b.flatten(b.avgpool(b.permute(b.norm(x))))),
+                               ("backbone.norm", "backbone.head"))
+    if kind == "EfficientNet" and hasattr(b, "blocks") and hasattr(b, "conv_stem"):
+        return _efficientnet_steps(b)
+    raise CacheRefused(f"the feature cache does not know the stage order of {net.spec.name} ({kind})")
+
+
+def _params(net: nn.Module, paths: Sequence[str]) -> list[nn.Parameter]:
+    return [p for path in paths for p in net.get_submodule(path).parameters()]
+
+
+def _random_layers(net: nn.Module, paths: Sequence[str]) -> list[str]:
+    """Modules under `paths` that are random in training mode (dropout, stochastic depth, drop path)."""
+    out = []
+    for path in paths:
+        for name, m in net.get_submodule(path).named_modules():
+            kind = type(m).__name__
+            p = getattr(m, "drop_prob", None) if kind == "DropPath" else getattr(m, "p", None) \
+                if "Dropout" in kind or kind == "StochasticDepth" else None
+            if p:
+                out.append(f"{path}.{name}".rstrip(".") + f" ({kind} p={p:g})")
+        if getattr(net.get_submodule(path), "drop_rate", 0):  # timm's functional dropout before the classifier
+            out.append(f"{path} (drop_rate)")
+    return out
+
+
+@dataclass(frozen=True)
+class FrozenSplit:
+    """Where the network is cut: steps[:n_frozen] are frozen (cached), the rest are trained."""
+
+    steps: tuple[Step, ...]
+    n_frozen: int
+
+    @property
+    def point(self) -> str:
+        """Name of the last cached step ("encoder" when only the spectrum is cached)."""
+        return self.steps[self.n_frozen - 1].name if self.n_frozen else "encoder"
+
+    @property
+    def frozen_modules(self) -> tuple[str, ...]:
+        return ("encoder",) + tuple(m for s in self.steps[: self.n_frozen] for m in s.modules)
+
+    @property
+    def linear_probe(self) -> bool:
+        return self.n_frozen == len(self.steps)
+
+
+def plan_split(net: Synapse7Net) -> FrozenSplit:
+    """Find the longest frozen prefix of the forward pass (requires_grad is already set by the strategy)."""
+    steps = backbone_steps(net)
+    n = 0
+    while n < len(steps) and not any(p.requires_grad for p in _params(net, steps[n].modules)):
+        n += 1
+    split = FrozenSplit(tuple(steps), n)
+    random = _random_layers(net, split.frozen_modules[1:])
+    if random:
+        raise CacheRefused("frozen stages hold random layers, so they are not deterministic in training: "
+                           + ", ".join(random[:3]) + (f" and {len(random) - 3} more" if len(random) > 3 else ""))
+    return split
+
+
+class FrozenTrunk(nn.Module):
+    """Encoder + the frozen steps: (B, 3, S, S) normalised RGB -> cached features. Always in eval mode."""
+
+    def __init__(self, net: Synapse7Net, split: FrozenSplit) -> None:
+        super().__init__()
+        self.net = net
+        self.split = split
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.net.encoder(x)
+        for step in self.split.steps[: self.split.n_frozen]:
+            x = step.run(x)
+        return x
+
+
+class TrainableTail(nn.Module):
+    """The remaining steps + pooling + head: cached features -> logits (B,). Shares the full net's modules."""
+
+    def __init__(self, net: Synapse7Net, split: FrozenSplit) -> None:
+        super().__init__()
+        self.net = net
+        self.split = split
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        for step in self.split.steps[self.split.n_frozen:]:
+            feats = step.run(feats)
+        return self.net.forward_head(feats)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Keys
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """blake2b-128 of a file's bytes; unreadable files get a marker (they are reported as bad when decoded)."""
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    except OSError as e:
+        return f"unreadable:{e.errno}"
+    return h.hexdigest()
+
+
+def weights_digest(net: nn.Module, paths: Sequence[str]) -> str:
+    """sha256 over the parameters and buffers under `paths` (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for path in paths:
+        for name, t in sorted(net.get_submodule(path).state_dict().items()):
+            a = t.detach().cpu().contiguous()
+            h.update(f"{path}.{name}:{a.dtype}:{tuple(a.shape)}".encode())
+            h.update(a.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def code_version() -> dict[str, str]:
+    import PIL
+    import torchvision
+
+    from synapse7 import __version__
+
+    return {"cache_format": str(CACHE_FORMAT), "synapse7": __version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "pillow": PIL.__version__}
+
+
+def key_parts(cfg: RunConfig, net: Synapse7Net, split: FrozenSplit, files: Sequence[str]) -> dict[str, Any]:
+    """Everything the cached tensors depend on (see the module docstring). `files` in dataset order."""
+    d = cfg.data
+    return {
+        "code": code_version(),
+        "data": {"image_size": d.image_size, "resize": d.resolved_resize, "preprocess": d.preprocess,
+                 "mean": list(d.mean), "std": list(d.std), "align": d.align, "fast_decode": d.fast_decode,
+                 "max_pixels": d.max_pixels},
+        "model": {"backbone": cfg.model.backbone, "input": cfg.model.input, "point": split.point,
+                  "frozen_weights": weights_digest(net, split.frozen_modules)},
+        "files": hashlib.sha256("\n".join(file_digest(f) for f in files).encode()).hexdigest(),
+        "n_files": len(files),
+    }
+
+
+def make_key(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Storage
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One built cache: features.npy (N, *shape) float16, bad rows with reasons, and whether it was a hit."""
+
+    path: Path
+    key: str
+    shape: tuple[int, ...]
+    bad: dict[int, str]
+    hit: bool
+
+    @property
+    def features(self) -> Path:
+        return self.path / FEATURES
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads((path / META).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == CACHE_FORMAT else None
+
+
+@torch.inference_mode()
+def build_entry(root: str | os.PathLike, name: str, parts: dict[str, Any], trunk: FrozenTrunk, dataset: Dataset,
+                *, batch_size: int = 32, num_workers: int = 0, device: torch.device | None = None,
+                log: Callable[[str], None] | None = None) -> CacheEntry:
+    """Return the entry for `parts` under root/<name>-<key>, computing it with `trunk` if absent.
+
+    The entry is written into a temporary folder and renamed into place when complete, so an interrupted
+    build leaves no half-filled cache. Older entries of the same `name` are removed once the new one exists.
+    """
+    root = Path(root)
+    key = make_key(parts)
+    final = root / f"{name}-{key[:24]}"
+    meta = _read_meta(final)
+    if meta is not None and meta.get("key") == key and (final / FEATURES).is_file():
+        bad = {int(k): v for k, v in meta["bad"].items()}
+        return CacheEntry(final, key, tuple(meta["shape"]), bad, hit=True)
+
+    device = device or torch.device("cpu")
+    modes = {m: m.training for m in trunk.modules()}  # restored below: the tail must keep training mode
+    trunk = trunk.to(device).eval()
+    x0 = torch.zeros(1, 3, parts["data"]["image_size"], parts["data"]["image_size"], device=device)
+    shape = tuple(trunk(x0).shape[1:])
+    n = len(dataset)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{name}-{key[:24]}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        mm = np.lib.format.open_memmap(tmp / FEATURES, mode="w+", dtype=np.float16, shape=(n, *shape))
+        bad: dict[int, str] = {}
+        # The build must not shift the RNG stream training draws from (shuffling, dropout, init elsewhere).
+        with torch.random.fork_rng(devices=[]):
+            loader = build_loader(dataset, batch_size=batch_size, num_workers=num_workers)
+            for batch in loader:
+                bad.update({int(i): r for i, r in batch["bad"]})
+                if "image" not in batch:
+                    continue
+                x = batch["image"].to(device)
+                if device.type == "cpu":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                f = trunk(x).float()
+                h = f.half()
+                if not torch.isfinite(h).all() and torch.isfinite(f).all():
+                    raise CacheRefused(f"frozen features exceed the float16 range (max |x| = {f.abs().max():.3g})")
+                mm[batch["index"].numpy()] = h.cpu().numpy()
+        mm.flush()
+        del mm
+        meta = {"format": CACHE_FORMAT, "key": key, "name": name, "shape": list(shape), "n": n,
+                "bad": {str(k): v for k, v in sorted(bad.items())}, "parts": parts}
+        atomic_write_text(tmp / META, json.dumps(meta, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for m, mode in modes.items():
+            m.train(mode)
+    for old in root.glob(f"{name}-*"):  # stale entries of this split, from older keys
+        if old != final and _read_meta(old) is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    if log:
+        size = (final / FEATURES).stat().st_size
+        log(f"feature cache: computed {n} x {shape} float16 for {name} ({size / 2**20:.1f} MiB) in {final}")
+    return CacheEntry(final, key, shape, bad, hit=False)
+
+
+class CachedFeatureDataset(Dataset):
+    """Items like MultiGenDataset's, with `image` = the cached features (float32) instead of the picture."""
+
+    def __init__(self, entry: CacheEntry, base: MultiGenDataset) -> None:
+        self.entry, self.base = entry, base
+        self._mm: np.ndarray | None = None  # opened lazily, so the dataset pickles for worker processes
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if i in self.entry.bad:
+            return {"index": i, "bad": self.entry.bad[i]}
+        if self._mm is None:
+            self._mm = np.load(self.entry.features, mmap_mode="r")
+        s = self.base.samples[i]
+        x = torch.from_numpy(np.asarray(self._mm[i], dtype=np.float32))
+        return {"image": x, "label": s.label, "generator": self.base.generators.index(s.generator), "index": i}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training glue
+
+
+@dataclass
+class CachedTraining:
+    module: Any  # CachedDetectorModule
+    train_loader: DataLoader
+    val_loader: DataLoader
+    split: FrozenSplit
+    entries: dict[str, CacheEntry]
+
+
+def check_cacheable(cfg: RunConfig, train_pre_ops: Sequence[Any]) -> None:
+    """Raise CacheRefused when this run's training input is not deterministic or not single-process."""
+    d = cfg.data
+    if train_pre_ops or d.aug_blur_prob > 0 or d.aug_jpeg_prob > 0 or d.aug_resize_prob > 0:
+        raise CacheRefused("random training augmentation is on (aug_*_prob > 0): every epoch sees new inputs")
+    t = cfg.train
+    devices = int(t.devices) if str(t.devices).isdigit() else None
+    if t.num_nodes > 1 or t.strategy not in ("auto", "single_device") or (devices or 1) > 1 or \
+            (t.devices == "auto" and t.accelerator in ("auto", "gpu", "cuda") and torch.cuda.device_count() > 1):
+        raise CacheRefused("multi-process training: the cache is built and read by a single process only")
+
+
+def _cache_device(cfg: RunConfig) -> torch.device:
+    use_cuda = torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda")
+    return torch.device("cuda" if use_cuda else "cpu")
+
+
+def prepare_cached_training(cfg: RunConfig, module: Any, train_set: MultiGenDataset, val_set: MultiGenDataset,
+                            *, train_pre_ops: Sequence[Any] = (), log: Callable[[str], None] | None = None
+                            ) -> CachedTraining:
+    """Build (or reuse) the train and val caches and a module that trains `module.net`'s tail on them.
+
+    Raises CacheRefused (nothing is written) when the cache does not apply; see `check_cacheable`.
+    """
+    if cfg.train.feature_cache is None:
+        raise CacheRefused("no feature cache folder given")
+    check_cacheable(cfg, train_pre_ops)
+    net: Synapse7Net = module.net
+    split = plan_split(net)
+    trunk = FrozenTrunk(net, split)
+    device = _cache_device(cfg)
+    entries = {}
+    for name, ds in (("train", train_set), ("val", val_set)):
+        parts = key_parts(cfg, net, split, [s.path for s in ds.samples])
+        entries[name] = build_entry(cfg.train.feature_cache, f"{name}-{split.point}", parts, trunk, ds,
+                                    batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                                    device=device, log=log)
+        if entries[name].hit and log:
+            log(f"feature cache: reusing {entries[name].path} ({name}, {len(ds)} images, features {entries[name].shape})")
+    net.to("cpu")  # Lightning moves it where it trains
+    cached = CachedDetectorModule(cfg.to_dict(), net=net, tail=TrainableTail(net, split))
+    bs = cfg.data.batch_size
+    # Reading the memmap is cheap: worker processes would only add start-up and copying.
+    train_loader = build_loader(CachedFeatureDataset(entries["train"], train_set), batch_size=bs, num_workers=0,
+                                shuffle=True, seed=cfg.train.seed)  # the same permutations as without the cache
+    val_loader = build_loader(CachedFeatureDataset(entries["val"], val_set), batch_size=bs, num_workers=0)
+    return CachedTraining(cached, train_loader, val_loader, split, entries)
+
+
+try:
+    from synapse7.module import DetectorModule
+
+    class CachedDetectorModule(DetectorModule):
+        """DetectorModule whose steps run `tail` on cached features; `self.net` (saved) is the full network."""
+
+        def __init__(self, config: dict[str, Any], *, net: Synapse7Net, tail: TrainableTail) -> None:
+            super().__init__(config, net=net)
+            object.__setattr__(self, "tail", tail)  # not a registered child: the checkpoint holds `net` only
+
+        def step_logits(self, x: torch.Tensor) -> torch.Tensor:
+            return self.tail(x)
+
+except ImportError:  # the cache itself (keys, storage, tail) works without Lightning
+    pass

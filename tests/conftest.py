@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny GenImage-layout datasets in tmp_path, CPU only, no downloads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests never touch a GPU
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if SHARED_DATA.is_dir():
+        return
+    skip = pytest.mark.skip(reason=f"{SHARED_DATA} is absent")
+    for item in items:
+        if "shared" in item.keywords:
+            item.add_marker(skip)
+
+
+def make_easy_image(rng: np.random.Generator, label: int, size: int = 32) -> np.ndarray:
+    """An easy synthetic task: real = smooth random field, AI = the same with a periodic 2-pixel pattern."""
+    base = rng.normal(128, 30, size=(size // 4, size // 4, 3))
+    img = np.asarray(Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).resize((size, size), Image.BICUBIC),
+                     dtype=np.float64)
+    if label == 1:
+        yy, xx = np.mgrid[0:size, 0:size]
+        img = img + 25.0 * (((yy + xx) % 2) * 2 - 1)[..., None]
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_dataset(root: Path, generators: tuple[str, ...] = ("gen_a", "gen_b"), n: int = 8, size: int = 32,
+                 splits: tuple[str, ...] = ("train", "val"), seed: int = 0, fmt: str = "png") -> Path:
+    rng = np.random.default_rng(seed)
+    for g in generators:
+        for split in splits:
+            for cls, label in (("ai", 1), ("nature", 0)):
+                d = root / g / split / cls
+                d.mkdir(parents=True, exist_ok=True)
+                for i in range(n):
+                    Image.fromarray(make_easy_image(rng, label, size)).save(d / f"{cls}_{i:03d}.{fmt}")
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny trained run (resnet18, fft, 32 px, 2 epochs): RUN_DIR with best.ckpt / last.ckpt."""
+    from synapse7.config import load_config
+    from synapse7.train import train
+
+    base = tmp_path_factory.mktemp("run")
+    data = make_dataset(base / "data", n=12)
+    cfg = load_config(
+        data={"root": str(data), "image_size": 32, "batch_size": 8, "num_workers": 0},
+        model={"backbone": "resnet18", "weights": "none", "input": "fft"},
+        train={"epochs": 2, "lr": 1e-3, "ckpt_every_n_steps": 2},
+    )
+    train(cfg, base / "run", progress=False)
+    return base

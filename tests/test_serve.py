@@ -1,0 +1,255 @@
+"""Web service: page, /api/predict (good, bad and oversize uploads; request-level errors), /api/info, CLI entry."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("multipart")
+from fastapi.testclient import TestClient  # noqa: E402
+
+import synapse7  # noqa: E402
+from synapse7.config import RunConfig  # noqa: E402
+from synapse7.model import build_model  # noqa: E402
+from synapse7.predict import Detector  # noqa: E402
+from synapse7.serve import create_app  # noqa: E402
+from synapse7.serve.app import clean_filename  # noqa: E402
+
+MAX_UPLOAD = 64 * 1024
+MAX_FILES = 4
+
+
+def _image_bytes(fmt: str, size: tuple[int, int] = (48, 40), seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A few dozen bytes whose header claims width x height pixels (a decompression bomb's signature)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weights checkpoint in the layout Detector.from_checkpoint reads."""
+    cfg = RunConfig().override(data={"image_size": 32}, model={"backbone": "resnet18", "weights": "none"})
+    torch.manual_seed(0)
+    net = build_model(cfg.model, load_weights=False)
+    path = tmp_path_factory.mktemp("serve") / "tiny.ckpt"
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                "hyper_parameters": {"config": cfg.to_dict()}, "synapse7": {"threshold": 0.5}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def detector(checkpoint: Path) -> Detector:
+    return Detector.from_checkpoint(checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client(checkpoint: Path) -> TestClient:
+    app = create_app(checkpoint=checkpoint, device="cpu", max_upload_bytes=MAX_UPLOAD, max_files=MAX_FILES)
+    with TestClient(app) as c:
+        yield c
+
+
+def _post(client: TestClient, files: list[tuple[str, bytes]], **kw):
+    return client.post("/api/predict", files=[("files", (name, data, "application/octet-stream")) for name, data in files],
+                       **kw)
+
+
+def test_page_has_upload_ui_and_no_external_resources(client: TestClient) -> None:
+    r = client.get("/")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/html")
+    html = r.text
+    assert 'type="file"' in html and "multiple" in html  # pick one or many
+    assert "api/predict" in html and "api/info" in html
+    assert "drop" in html.lower() and "threshold" in html.lower()
+    # Self-contained: no CDN scripts, styles or fonts.
+    assert "<script src" not in html and "<link" not in html and "http://" not in html and "https://" not in html
+    assert "default-src 'none'" in r.headers["content-security-policy"]
+
+
+def test_health_and_info(client: TestClient) -> None:
+    assert client.get("/api/health").json() == {"status": "ok"}
+    info = client.get("/api/info").json()
+    assert info["version"] == synapse7.__version__
+    assert info["threshold"] == 0.5
+    assert info["model"] == {"backbone": "resnet18", "input": "fft", "image_size": 32}
+    assert info["limits"]["max_upload_bytes"] == MAX_UPLOAD and info["limits"]["max_files"] == MAX_FILES
+    assert info["config"]["model"]["backbone"] == "resnet18"
+
+
+def test_predict_good_images_match_detector(client: TestClient, detector: Detector) -> None:
+    files = [("a.png", _image_bytes("PNG", seed=1)), ("b.jpg", _image_bytes("JPEG", seed=2)),
+             ("c.png", _image_bytes("PNG", size=(64, 64), seed=3))]
+    r = _post(client, files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["threshold"] == 0.5
+    assert body["model"] == {"backbone": "resnet18", "input": "fft", "image_size": 32}
+    expected = detector.predict([data for _, data in files])
+    assert [res["filename"] for res in body["results"]] == ["a.png", "b.jpg", "c.png"]
+    for res, exp in zip(body["results"], expected, strict=True):
+        assert "error" not in res
+        assert 0.0 <= res["p_ai"] <= 1.0
+        assert res["p_ai"] == pytest.approx(exp.p_ai, abs=1e-5)
+        assert res["label"] == ("AI" if res["p_ai"] >= body["threshold"] else "REAL") == exp.label
+
+
+def test_threshold_decides_label(checkpoint: Path, detector: Detector) -> None:
+    data = _image_bytes("PNG", seed=4)
+    for thr, label in ((0.0, "AI"), (1.01, "REAL")):
+        det = Detector(detector.net, detector.cfg, threshold=thr, device="cpu")
+        with TestClient(create_app(det)) as c:
+            body = _post(c, [("x.png", data)]).json()
+        assert body["threshold"] == thr
+        assert body["results"][0]["label"] == label
+
+
+def test_bad_files_get_per_file_errors(client: TestClient, detector: Detector) -> None:
+    good = _image_bytes("PNG", seed=5)
+    truncated = good[: len(good) // 2]
+    files = [("empty.png", b""), ("half.png", truncated), ("notes.txt", b"hello, not an image\n"),
+             ("bomb.png", _png_bomb()), ("ok.png", good)]
+    # MAX_FILES is 4: send the five in two requests, each answered 200 with one entry per file.
+    r1, r2 = _post(client, files[:3]), _post(client, files[3:])
+    assert r1.status_code == r2.status_code == 200
+    results = r1.json()["results"] + r2.json()["results"]
+    by_name = {res["filename"]: res for res in results}
+    assert set(by_name) == {name for name, _ in files}
+    for name in ("empty.png", "half.png", "notes.txt", "bomb.png"):
+        assert by_name[name]["label"] == "ERROR" and by_name[name]["p_ai"] is None, name
+    assert by_name["empty.png"]["error"] == "zero-byte file"
+    assert "truncated" in by_name["half.png"]["error"] or "corrupt" in by_name["half.png"]["error"]
+    assert "not a recognised image" in by_name["notes.txt"]["error"]
+    assert "pixels" in by_name["bomb.png"]["error"]  # "decompression bomb: ..." or "image too large: ..."
+    assert by_name["ok.png"]["label"] in ("AI", "REAL") and "error" not in by_name["ok.png"]
+    # Decoding goes through the Detector: the reasons are the ones the CLI/Python API give for the same bytes.
+    ref = detector.predict([truncated, _png_bomb()])
+    assert by_name["half.png"]["error"] == ref[0].error
+    assert by_name["bomb.png"]["error"] == ref[1].error
+
+
+def test_oversize_file_is_a_per_file_error(client: TestClient) -> None:
+    big = _image_bytes("PNG", size=(200, 200), seed=6)  # random pixels barely compress: ~120 KB
+    assert len(big) > MAX_UPLOAD
+    r = _post(client, [("big.png", big), ("small.png", _image_bytes("PNG", seed=7))])
+    assert r.status_code == 200
+    big_res, small_res = r.json()["results"]
+    assert big_res["filename"] == "big.png" and big_res["label"] == "ERROR" and "too large" in big_res["error"]
+    assert small_res["label"] in ("AI", "REAL")
+
+
+def test_oversize_request_is_413(checkpoint: Path, detector: Detector) -> None:
+    app = create_app(detector, max_upload_bytes=MAX_UPLOAD, max_request_bytes=32 * 1024)
+    big = _image_bytes("PNG", size=(200, 200), seed=8)
+    with TestClient(app) as c:
+        r = _post(c, [("big.png", big)])
+        assert r.status_code == 413 and "too large" in r.json()["detail"]
+
+        # No Content-Length (chunked): the limit is enforced while the body streams in.
+        def chunks():
+            yield b"--xyz\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n"
+            for _ in range(8):
+                yield b"\x00" * 8192
+            yield b"\r\n--xyz--\r\n"
+
+        r = c.post("/api/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=xyz"})
+        assert r.status_code == 413 and "too large" in r.json()["detail"]
+
+
+def test_request_level_errors_are_4xx(client: TestClient) -> None:
+    r = client.post("/api/predict", data={"note": "no files here"})
+    assert r.status_code == 415  # urlencoded, not multipart
+    r = client.post("/api/predict", files={"other": ("a.png", _image_bytes("PNG"), "image/png")})
+    assert r.status_code == 400 and "no files" in r.json()["detail"] and "other" in r.json()["detail"]
+    r = client.post("/api/predict", files=[("files", (None, b"plain text"))])
+    assert r.status_code == 400
+    r = client.post("/api/predict", json={"files": []})
+    assert r.status_code == 415 and "multipart" in r.json()["detail"]
+    many = [(f"{i}.png", _image_bytes("PNG", seed=i)) for i in range(MAX_FILES + 1)]
+    r = _post(client, many)
+    assert r.status_code == 413 and f"at most {MAX_FILES}" in r.json()["detail"]
+
+
+def test_filenames_are_cleaned(client: TestClient) -> None:
+    r = _post(client, [("../../etc/x.png", _image_bytes("PNG")), ("some\\dir\\", b"")])
+    names = [res["filename"] for res in r.json()["results"]]
+    assert names == ["x.png", "upload-2"]
+    assert clean_filename("a\x07b\x00.png", 0) == "ab.png"
+    assert clean_filename("x" * 500, 0) == "x" * 200
+
+
+def test_inference_runs_off_the_event_loop_in_one_batch(detector: Detector) -> None:
+    calls: list[tuple[int, bool]] = []
+
+    class Spy(Detector):
+        def predict(self, images, *, batch_size: int = 32):
+            try:
+                asyncio.get_running_loop()
+                on_loop = True
+            except RuntimeError:
+                on_loop = False
+            calls.append((len(images), on_loop))
+            return super().predict(images, batch_size=batch_size)
+
+    spy = Spy(detector.net, detector.cfg, device="cpu")
+    with TestClient(create_app(spy)) as c:
+        r = _post(c, [(f"{i}.png", _image_bytes("PNG", seed=i)) for i in range(3)] + [("bad.png", b"")])
+    assert r.status_code == 200
+    assert calls == [(3, False)]  # the three good files in one call, in a worker thread
+
+
+def test_unexpected_failure_is_isolated_to_its_file(detector: Detector) -> None:
+    poison = _image_bytes("PNG", seed=11)
+
+    class Flaky(Detector):
+        def predict(self, images, *, batch_size: int = 32):
+            if any(img == poison for img in images):
+                raise RuntimeError("boom")
+            return super().predict(images, batch_size=batch_size)
+
+    flaky = Flaky(detector.net, detector.cfg, device="cpu")
+    with TestClient(create_app(flaky), raise_server_exceptions=False) as c:
+        r = _post(c, [("a.png", _image_bytes("PNG", seed=10)), ("poison.png", poison)])
+    assert r.status_code == 200
+    good, bad = r.json()["results"]
+    assert good["label"] in ("AI", "REAL") and 0.0 <= good["p_ai"] <= 1.0
+    assert bad["label"] == "ERROR" and "RuntimeError: boom" in bad["error"]
+
+
+def test_create_app_needs_one_model_source(checkpoint: Path, detector: Detector) -> None:
+    with pytest.raises(ValueError):
+        create_app()
+    with pytest.raises(ValueError):
+        create_app(detector, checkpoint=checkpoint)
+    with pytest.raises(FileNotFoundError):
+        create_app(checkpoint=checkpoint.parent / "missing.ckpt")
+
+
+def test_cli_serve_parser_and_bad_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from synapse7.cli import build_parser, main
+
+    args = build_parser().parse_args(["serve", "--checkpoint", "x.ckpt"])
+    assert (args.host, args.port, args.max_upload_mb) == ("127.0.0.1", 8000, 20.0)
+    assert main(["serve", "--checkpoint", str(tmp_path / "missing.ckpt")]) == 1
+    assert "checkpoint not found" in capsys.readouterr().err
