@@ -40,6 +40,15 @@ def _cfg(root: Path, cache: Path | None, **model: str) -> RunConfig:
     )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny tensors: one intra-op thread is faster, and far faster when other processes share the 2 cores.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_demo_dataset(tmp_path_factory.mktemp("data"), size=SIZE, n_train=6, n_val=3)

@@ -31,6 +31,8 @@ from corpus.fuzzing import (  # noqa: E402
 )
 
 TIME_BOUND_S = 5.0
+# Pillow warns about each corrupt EXIF/TIFF tag it skips; that is expected on mutated input.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
 _pos = st.one_of(st.integers(0, 63), st.integers(0, 1 << 16))  # headers sit in the first bytes
 _op = st.one_of(

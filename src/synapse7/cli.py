@@ -109,24 +109,60 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from synapse7.predict import Detector, expand_paths
+    from synapse7.data import display_path
+    from synapse7.predict import Detector, ResumableOutput, expand_paths, format_prediction
 
-    det = Detector.from_checkpoint(args.checkpoint, device=args.device, threshold=args.threshold)
+    if args.checkpoint is None and args.onnx is None:
+        print("synapse7 predict: error: give --checkpoint CKPT (or --onnx MODEL.onnx)", file=sys.stderr)
+        return 2
+    fast = True if args.fast_decode else None
+    if args.checkpoint is None:
+        det = Detector.from_onnx(args.onnx, device=args.device, threshold=args.threshold, fast_decode=fast)
+    else:
+        engine = "onnx" if args.onnx is not None else args.engine
+        det = Detector.from_checkpoint(args.checkpoint, device=args.device, threshold=args.threshold, engine=engine,
+                                       onnx=args.onnx, compile=args.compile, fast_decode=fast)
     paths = expand_paths(args.paths)
     if not paths:
         print("synapse7 predict: no image files found", file=sys.stderr)
         return 1
+    if args.resume and not args.output:
+        print("synapse7 predict: error: --resume needs --output FILE", file=sys.stderr)
+        return 2
+    out = ResumableOutput(args.output, resume=args.resume, as_json=args.json) if args.output else None
+    if out is not None and out.done:
+        total = len(paths)
+        paths = [p for p in paths if display_path(p) not in out.done]
+        print(f"resuming: {total - len(paths)} of {total} image(s) already done", file=sys.stderr)
     errors = 0
-    for p in det.predict_paths(paths, batch_size=args.batch_size, num_workers=args.num_workers):
-        if p.error is not None:
-            errors += 1
-            print(f"warning: {p.path}: {p.error}", file=sys.stderr)
-            if args.json:
-                print(json.dumps(p.to_dict() | {"p_ai": None}), flush=True)
-            continue
-        print(json.dumps(p.to_dict()) if args.json else f"{p.path}\t{p.label}\t{p.p_ai:.4f}", flush=True)
+    try:
+        for p in det.predict_paths(paths, batch_size=args.batch_size, num_workers=args.num_workers):
+            if p.error is not None:
+                errors += 1
+                print(f"warning: {p.path}: {p.error}", file=sys.stderr)
+            if out is not None:
+                out.write(p)
+            else:
+                print(format_prediction(p, as_json=args.json), flush=True)
+        if out is not None:
+            out.finish()
+    finally:
+        if out is not None:
+            out.close()
     if errors:
-        print(f"{errors} of {len(paths)} image(s) could not be read", file=sys.stderr)
+        print(f"{errors} of {len(paths)} image(s) could not be read (label ERROR)", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from synapse7.export import export_onnx
+    from synapse7.predict import Detector
+
+    det = Detector.from_checkpoint(args.checkpoint, device="cpu")
+    assert det.net is not None
+    out = export_onnx(det.net, det.cfg, args.out, threshold=det.threshold, image_size=args.image_size)
+    print(json.dumps({"onnx": str(out), "image_size": args.image_size or det.cfg.data.image_size,
+                      "bytes": out.stat().st_size}))
     return 0
 
 
@@ -196,14 +232,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify image files or folders")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("--checkpoint", metavar="CKPT", help="trained checkpoint (or give --onnx alone)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     p.add_argument("--json", action="store_true", help="write JSON lines instead of tab-separated text")
+    p.add_argument("--output", metavar="FILE", help="write the lines to FILE (complete or absent) instead of stdout")
+    p.add_argument("--resume", action="store_true", help="with --output: continue an interrupted run, skipping done images")
     p.add_argument("--threshold", type=float, help="decision threshold on P(AI) (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--engine", choices=["eager", "onnx"], default="eager",
+                   help="PyTorch (default) or ONNX Runtime (exports the checkpoint on the fly unless --onnx is given)")
+    p.add_argument("--onnx", metavar="MODEL.onnx", help="an export from `synapse7 export` (implies --engine onnx)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (eager engine; pays off on GPU)")
+    p.add_argument("--fast-decode", action="store_true",
+                   help="decode large JPEGs at reduced scale (libjpeg-turbo DCT scaling; docs/performance.md)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (spectrum included) for ONNX Runtime")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", required=True, metavar="MODEL.onnx")
+    p.add_argument("--image-size", type=int, help="input size S of the (B, 3, S, S) graph (default: the checkpoint's)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="offline demo: build stand-in data, train, evaluate, predict")
     p.add_argument("--out", default="demo_out", metavar="DIR")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from synapse7.config import RunConfig, config_from_dict
 from synapse7.data import display_path
-from synapse7.io import BadImageError, is_image_file, open_image
+from synapse7.io import BadImageError, ensure_writable_dir, is_image_file, open_image
 from synapse7.model import Synapse7Net, build_model
 from synapse7.transforms import ClassificationPreset, build_preset
 
@@ -89,38 +92,96 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> list[t
     return items
 
 
-class Detector:
-    """A trained detector. `predict` takes paths, PIL images, HWC uint8 arrays or encoded bytes."""
+ENGINES = ("eager", "onnx")
 
-    def __init__(self, net: Synapse7Net, cfg: RunConfig, *, threshold: float = 0.5,
-                 device: str | torch.device | None = None) -> None:
+
+def _with_fast_decode(cfg: RunConfig, fast_decode: bool | None) -> RunConfig:
+    return cfg if fast_decode is None else replace(cfg, data=replace(cfg.data, fast_decode=fast_decode))
+
+
+class Detector:
+    """A trained detector. `predict` takes paths, PIL images, HWC uint8 arrays or encoded bytes.
+
+    Engines: the PyTorch network (channels_last on CPU; bf16 autocast on GPU, the spectrum itself stays fp32;
+    optional torch.compile), or an `OnnxEngine` (ONNX Runtime) given as `engine`, in which case `net` may be None.
+    """
+
+    def __init__(self, net: Synapse7Net | None, cfg: RunConfig, *, threshold: float = 0.5,
+                 device: str | torch.device | None = None, engine: Any = None, compile: bool = False,
+                 amp: bool = True) -> None:
+        if net is None and engine is None:
+            raise ValueError("a Detector needs a network or an ONNX engine")
         self.cfg = cfg
         self.threshold = float(threshold)
         self.device = pick_device(device)
-        self.net = net.to(self.device).eval()
-        if self.device.type == "cpu":
+        self.engine = engine
+        self.amp = amp and self.device.type == "cuda"
+        self.net = None if net is None else net.to(self.device).eval()
+        if self.net is not None and self.device.type == "cpu":
             self.net = self.net.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self.net) if compile and self.net is not None else self.net
         self.preset = build_preset(cfg.data)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
-                        threshold: float | None = None) -> Detector:
-        """Load a Synapse-7 checkpoint; needs no pretrained weights and no network."""
+                        threshold: float | None = None, engine: str = "eager", onnx: str | os.PathLike | None = None,
+                        compile: bool = False, fast_decode: bool | None = None) -> Detector:
+        """Load a Synapse-7 checkpoint; needs no pretrained weights and no network.
+
+        engine="onnx" runs the model in ONNX Runtime: from `onnx` (an export of this checkpoint; giving it implies
+        engine="onnx") or, without it, from an export made now into a temporary file.
+        """
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+        engine = "onnx" if onnx is not None else engine
         ckpt = load_checkpoint(path)
         cfg = config_from_dict(ckpt["hyper_parameters"]["config"])
         net = build_model(cfg.model, load_weights=False)
         state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
         net.load_state_dict(state)
         stored = float(ckpt.get("synapse7", {}).get("threshold", 0.5))
-        return cls(net, cfg, threshold=stored if threshold is None else threshold, device=device)
+        thr = stored if threshold is None else threshold
+        runner = None
+        if engine == "onnx":
+            from synapse7.export import OnnxEngine, export_onnx
+
+            dev = str(pick_device(device))
+            if onnx is None:
+                tmp = Path(tempfile.mkdtemp(prefix="synapse7-onnx-"))
+                try:  # the session holds the model in memory; the file is not needed afterwards
+                    runner = OnnxEngine(export_onnx(net, cfg, tmp / "model.onnx", threshold=thr), device=dev)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                runner = OnnxEngine(onnx, device=dev)
+                got, want = runner.config, cfg
+                if got.model != want.model or got.data.image_size != want.data.image_size:
+                    raise ValueError(f"{onnx} was exported from another model or image size than {path}")
+        return cls(net, _with_fast_decode(cfg, fast_decode), threshold=thr, device=device, engine=runner,
+                   compile=compile)
+
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
+                  threshold: float | None = None, fast_decode: bool | None = None) -> Detector:
+        """A detector from an ONNX export alone (`synapse7 export`): config and threshold are in its metadata."""
+        from synapse7.export import OnnxEngine
+
+        runner = OnnxEngine(path, device=str(pick_device(device)))
+        thr = runner.threshold if threshold is None else threshold
+        return cls(None, _with_fast_decode(runner.config, fast_decode), threshold=thr, device=device, engine=runner)
 
     @torch.inference_mode()
     def predict_batch(self, x: torch.Tensor) -> np.ndarray:
         """(B, 3, S, S) normalised -> P(AI) as float64 array (B,)."""
-        x = x.to(self.device, non_blocking=True)
-        if self.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
-        return torch.sigmoid(self.net(x).float()).cpu().numpy().astype(np.float64)
+        if self.engine is not None:
+            logits = torch.from_numpy(self.engine(x))
+        else:
+            x = x.to(self.device, non_blocking=True)
+            if self.device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = self._forward(x)
+        return torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
 
     def _decode(self, item: ImageInput, max_pixels: int) -> Image.Image:
         if isinstance(item, Image.Image):
@@ -175,3 +236,53 @@ class Detector:
                     yield Prediction(name, "ERROR", float("nan"), err)
                 else:
                     yield Prediction(name, self._label(pmap[i]), pmap[i])
+
+
+def format_prediction(p: Prediction, *, as_json: bool) -> str:
+    """One output line per image: `path<TAB>AI|REAL|ERROR<TAB>p_ai` or a JSON object."""
+    if as_json:
+        d = p.to_dict()
+        if p.error is not None:
+            d["p_ai"] = None
+        return json.dumps(d)
+    return f"{p.path}\t{p.label}\t{p.p_ai:.4f}"
+
+
+class ResumableOutput:
+    """Prediction lines go to OUT.partial as they come and OUT.partial becomes OUT only when every image is done.
+
+    So OUT is always complete or absent. With resume=True, the lines of an interrupted run's OUT.partial are
+    kept (a half-written last line is dropped) and `done` lists their paths, which are then skipped.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, resume: bool = False, as_json: bool = False) -> None:
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.as_json = as_json
+        self.done: set[str] = set()
+        ensure_writable_dir(self.path.parent)
+        kept = ""
+        if resume and self.partial.exists():
+            text = self.partial.read_text(encoding="utf-8", errors="surrogateescape")
+            kept = text[: text.rfind("\n") + 1]  # drop a line cut short by the interruption
+            for line in kept.splitlines():
+                self.done.add(json.loads(line)["path"] if as_json else line.split("\t", 1)[0])
+        elif resume and self.path.exists():
+            raise FileExistsError(f"{self.path} is already complete; nothing to resume")
+        self._fh = open(self.partial, "w", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+        self._fh.write(kept)
+        self._fh.flush()
+
+    def write(self, p: Prediction) -> None:
+        self._fh.write(format_prediction(p, as_json=self.as_json) + "\n")
+        self._fh.flush()
+
+    def finish(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self.partial, self.path)
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()

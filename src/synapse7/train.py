@@ -51,15 +51,26 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
+def _log_version(logs: Path) -> str:
+    if not (logs / "metrics.csv").exists():
+        return ""
+    n = 1
+    while (logs / f"resume_{n}").exists():
+        n += 1
+    return f"resume_{n}"
+
+
 def build_trainer(cfg: RunConfig, out: Path, *, progress: bool = True, extra_callbacks: list | None = None) -> L.Trainer:
     """The Lightning Trainer: best-by-val_auc and last checkpoints, CSV logs, progress bar, DDP if asked."""
     best = ModelCheckpoint(dirpath=out, filename="best", monitor="val_auc", mode="max", save_top_k=1,
-                           save_last=True, enable_version_counter=False, auto_insert_metric_name=False)
-    best.CHECKPOINT_NAME_LAST = "last"
-    # Refresh last.ckpt every N optimiser steps too, so an interrupted epoch loses at most N steps.
+                           enable_version_counter=False, auto_insert_metric_name=False)
+    # last.ckpt: after every epoch, and every N optimiser steps so an interrupted epoch loses at most N steps.
+    # (Lightning's save_last only fires when a top-k checkpoint is written, so it is kept separate.)
+    last_epoch = ModelCheckpoint(dirpath=out, filename="last", save_top_k=1, every_n_epochs=1,
+                                 enable_version_counter=False)
     periodic = ModelCheckpoint(dirpath=out, filename="last", every_n_train_steps=cfg.train.ckpt_every_n_steps,
                                save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=False)
-    callbacks = [best, periodic, *(extra_callbacks or [])]
+    callbacks = [best, last_epoch, periodic, *(extra_callbacks or [])]
     quiet_lightning()
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, 20 if not sys.stderr.isatty() else 1)))
@@ -72,7 +83,8 @@ def build_trainer(cfg: RunConfig, out: Path, *, progress: bool = True, extra_cal
         strategy=cfg.train.strategy,
         precision=cfg.train.precision,
         callbacks=callbacks,
-        logger=CSVLogger(save_dir=out, name="logs", version=""),
+        # A resumed run logs to a new folder; Lightning's CSV logger would otherwise overwrite the first part.
+        logger=CSVLogger(save_dir=out, name="logs", version=_log_version(out / "logs")),
         log_every_n_steps=10,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -81,7 +93,8 @@ def build_trainer(cfg: RunConfig, out: Path, *, progress: bool = True, extra_cal
     )
 
 
-def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> TrainResult:
+def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          callbacks: list | None = None) -> TrainResult:
     """Train a detector on cfg.data.root; writes RUN_DIR/{best,last}.ckpt, config.yaml, logs/metrics.csv."""
     out = ensure_writable_dir(out_dir)
     last = out / "last.ckpt"
@@ -111,7 +124,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
         else:
             module = cached.module
             fit_data = {"train_dataloaders": cached.train_loader, "val_dataloaders": cached.val_loader}
-    trainer = build_trainer(cfg, out, progress=progress)
+    trainer = build_trainer(cfg, out, progress=progress, extra_callbacks=callbacks)
     trainer.fit(module, **fit_data, ckpt_path=str(last) if resume else None)
     bad = BadImageLog()
     bad.add(dm.train_set, module.skipped)
