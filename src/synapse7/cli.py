@@ -20,6 +20,24 @@ def _csv_list(value: str) -> tuple[str, ...]:
     return items
 
 
+def _pair(kind: type) -> Callable[[str], tuple]:
+    """argparse type for 'LO,HI' ranges (e.g. --aug-jpeg-quality 30,100)."""
+
+    def parse(value: str) -> tuple:
+        parts = [v.strip() for v in value.split(",")]
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            lo, hi = kind(parts[0]), kind(parts[1])
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected LO,HI ({kind.__name__}s), got {value!r}") from None
+        if lo > hi:
+            raise argparse.ArgumentTypeError(f"expected LO <= HI, got {value!r}")
+        return lo, hi
+
+    return parse
+
+
 def _add_data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--data", required=required, metavar="ROOT",
                    help="dataset root in the GenImage layout: ROOT/<generator>/{train,val}/{ai,nature}/")
@@ -63,6 +81,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "refused, with the reason printed, under random augmentation")
     p.add_argument("--fast-decode", action="store_true", default=None,
                    help="decode large JPEGs at reduced scale (libjpeg-turbo DCT scaling); see docs/performance.md")
+    aug = p.add_argument_group("training-time robustness augmentation (CNNSpot-style; per image, seeded)")
+    aug.add_argument("--aug-blur-prob", type=float, metavar="P", help="probability of a Gaussian blur (default 0)")
+    aug.add_argument("--aug-blur-sigma", type=_pair(float), metavar="LO,HI", help="blur sigma range (default 0,3)")
+    aug.add_argument("--aug-jpeg-prob", type=float, metavar="P", help="probability of JPEG re-compression (default 0)")
+    aug.add_argument("--aug-jpeg-quality", type=_pair(int), metavar="LO,HI", help="JPEG quality range (default 30,100)")
+    aug.add_argument("--aug-resize-prob", type=float, metavar="P", help="probability of a random resize (default 0)")
+    aug.add_argument("--aug-resize-scale", type=_pair(float), metavar="LO,HI", help="resize factor range (default 0.5,1.5)")
+    p.add_argument("--calibrate", metavar="accuracy|fpr:T",
+                   help="after training, choose the decision threshold on the validation data (best accuracy, or "
+                        "the highest TPR at FPR <= T) and store it in best.ckpt")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from RUN_DIR/last.ckpt")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -79,7 +107,9 @@ def config_from_args(args: argparse.Namespace):
         data={"root": args.data, "image_size": args.image_size, "resize_size": args.resize_size,
               "preprocess": args.preprocess, "batch_size": args.batch_size, "num_workers": args.num_workers,
               "on_bad_image": args.on_bad_image, "align": args.align, "train_generators": args.train_generators,
-              "test_generators": args.test_generators, "fast_decode": getattr(args, "fast_decode", None)},
+              "test_generators": args.test_generators, "fast_decode": getattr(args, "fast_decode", None),
+              **{f"aug_{k}": getattr(args, f"aug_{k}", None) for k in ("blur_prob", "blur_sigma", "jpeg_prob",
+                                                                         "jpeg_quality", "resize_prob", "resize_scale")}},
         model={"backbone": args.backbone, "weights": args.weights, "input": args.input,
                "trainable": args.strategy or args.trainable},
         train={"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,
@@ -92,7 +122,16 @@ def config_from_args(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from synapse7.train import train
 
-    res = train(config_from_args(args), args.out, resume=args.resume, progress=not args.no_progress)
+    cfg = config_from_args(args)
+    if args.calibrate:
+        from synapse7.calibration import parse_calibration_spec
+
+        parse_calibration_spec(args.calibrate)  # a bad spec fails before training, not after
+    res = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    if args.calibrate:
+        from synapse7.calibration import calibrate_after_training
+
+        calibrate_after_training(res.best_ckpt, cfg, args.calibrate)
     print(json.dumps({"best_ckpt": str(res.best_ckpt), "last_ckpt": str(res.last_ckpt), "best_val_auc": res.best_val_auc,
                       "epochs": res.epochs_run, "steps": res.global_step, "bad_images": res.bad_images}))
     return 0
@@ -101,10 +140,52 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from synapse7.evaluate import evaluate
 
+    if args.perturb:
+        from synapse7.robustness import evaluate_robustness, robustness_markdown, write_robustness
+
+        res = evaluate_robustness(args.checkpoint, args.data, args.perturb, split=args.split, align=args.align,
+                                  generators=args.generators, batch_size=args.batch_size,
+                                  num_workers=args.num_workers, on_bad_image=args.on_bad_image,
+                                  threshold=args.threshold, device=args.device,
+                                  log=lambda m: print(m, file=sys.stderr))
+        write_robustness(res, args.out)
+        print(robustness_markdown(res))
+        print(f"robustness.csv/.md/.json/.png written to {args.out}", file=sys.stderr)
+        return 0
     evaluate(args.checkpoint, args.data, split=args.split, out_dir=args.out, batch_size=args.batch_size,
              num_workers=args.num_workers, generators=args.generators, on_bad_image=args.on_bad_image,
              align=args.align, threshold=args.threshold, device=args.device)
     print(f"reports written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from synapse7.calibration import calibrate_checkpoint
+
+    info = calibrate_checkpoint(args.checkpoint, args.data, split=args.split, method=args.method,
+                                target_fpr=args.target_fpr, out=args.out, generators=args.generators,
+                                batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
+                                quiet=False)
+    print(json.dumps({k: info[k] for k in ("checkpoint", "threshold", "method", "target_fpr", "accuracy", "fpr",
+                                           "tpr", "ece", "previous_threshold", "previous_accuracy", "n")}))
+    return 0
+
+
+def cmd_crossgen(args: argparse.Namespace) -> int:
+    from synapse7.crossgen import crossgen_markdown, run_crossgen
+
+    hook = None
+    if args.calibrate:
+        from functools import partial
+
+        from synapse7.calibration import calibrate_after_training, parse_calibration_spec
+
+        parse_calibration_spec(args.calibrate)
+        hook = partial(calibrate_after_training, spec=args.calibrate)
+    cfg = config_from_args(args)
+    res = run_crossgen(cfg, args.out, mode=args.mode, progress=not args.no_progress, calibrate=hook)
+    print(crossgen_markdown(res, cfg))
+    print(f"crossgen.md/.csv/.json written to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -229,7 +310,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generators", "--test-generators", dest="generators", type=_csv_list, metavar="G1,G2")
     p.add_argument("--threshold", type=float, help="decision threshold on P(AI) (default: the checkpoint's)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--perturb", metavar="LIST",
+                   help="evaluate under each perturbation of a comma list, e.g. "
+                        "jpeg:95,jpeg:65,jpeg:30,resize:0.5,resize:0.25,blur:1,blur:3,none; writes robustness.csv/"
+                        ".md/.json/.png (after --align's re-encoding, if given)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="choose the decision threshold on validation data, store it in a checkpoint",
+                       description="Score a split, choose the threshold (best accuracy, or highest TPR at a target "
+                                   "FPR), report the ECE, and store threshold and calibration in the checkpoint.")
+    _add_data_args(p)
+    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("--split", default="val")
+    p.add_argument("--generators", type=_csv_list, metavar="G1,G2", help="calibrate on these generators only")
+    p.add_argument("--method", choices=["accuracy", "fpr"], default="accuracy")
+    p.add_argument("--target-fpr", type=float, default=0.05, help="with --method fpr: largest real-image FPR")
+    p.add_argument("--out", metavar="NEW.ckpt", help="write the calibrated checkpoint here (default: in place)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("crossgen", help="cross-generator protocols: train on one / test on all, leave one out",
+                       description="Train one model per row (into OUT/<mode>/<row>/run) and evaluate it on every "
+                                   "test generator; writes crossgen.md/.csv/.json. Running it again skips finished "
+                                   "sub-runs and resumes interrupted ones.")
+    _add_train_args(p)
+    p.add_argument("--mode", choices=["train-one-test-all", "leave-one-out"], default="train-one-test-all",
+                   help="rows are training generators (--train-generators picks them), or held-out generators")
+    p.set_defaults(func=cmd_crossgen)
 
     p = sub.add_parser("predict", help="classify image files or folders")
     p.add_argument("--checkpoint", metavar="CKPT", help="trained checkpoint (or give --onnx alone)")

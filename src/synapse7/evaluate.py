@@ -72,6 +72,7 @@ class EvalResult:
     per_generator: list[dict[str, Any]]
     out_dir: Path | None
     bad_images: int
+    predictions: Predictions | None = None  # per-image scores (threshold calibration reuses them)
 
 
 def evaluate(checkpoint: str | Path, data_root: str | Path, *, split: str = "val", out_dir: str | Path | None = None,
@@ -109,4 +110,4 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, *, split: str = "val
         if len(preds.bad):
             print(f"skipped {len(preds.bad)} bad image(s)" + (f"; list in {out / 'bad_images.csv'}" if out else ""),
                   file=sys.stderr)
-    return EvalResult({**report["overall"], **extra}, report["per_generator"], out, len(preds.bad))
+    return EvalResult({**report["overall"], **extra}, report["per_generator"], out, len(preds.bad), preds)

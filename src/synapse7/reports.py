@@ -18,6 +18,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from synapse7.calibration import expected_calibration_error
 from synapse7.io import atomic_path, atomic_write_text
 
 TARGET_NAMES = ["REAL", "AI"]
@@ -107,13 +108,19 @@ def save_confusion_matrix_png(cm: np.ndarray, path: str | Path, title: str = "Co
     plt.close(fig)
 
 
+def _ece(y: np.ndarray, p_ai: np.ndarray) -> float:
+    p = np.asarray(p_ai, dtype=float)
+    return expected_calibration_error(y, p) if len(p) and np.isfinite(p).all() else float("nan")
+
+
 def compute_eval_report(y_true: np.ndarray, p_ai: np.ndarray, generators: Sequence[str],
                         threshold: float = 0.5) -> dict[str, Any]:
     """Everything `evaluate` reports, as data."""
     y = np.asarray(y_true).astype(int)
     pred = (np.asarray(p_ai) >= threshold).astype(int)
     return {
-        "overall": binary_metrics(y, p_ai, threshold),
+        # ECE (15 bins, confidence of the predicted class at 0.5) measures the probabilities, not the cut-off.
+        "overall": {**binary_metrics(y, p_ai, threshold), "ece": _ece(y, p_ai)},
         "per_generator": per_generator_metrics(y, p_ai, generators, threshold),
         "classification_report": classification_report_text(y, p_ai, threshold),
         "per_generator_reports": per_generator_reports_text(y, p_ai, generators, threshold),
