@@ -120,7 +120,8 @@ def results_markdown(results: list[RowResult], meta: dict[str, str]) -> str:
     lines += [f"- **{k}:** {v}" for k, v in meta.items()]
     lines += ["", "Val metrics are from the last epoch (no selection on val). s/epoch = wall time of the "
               "`synapse7 train` command / epochs (includes start-up and validation). Ratios are against "
-              "ResNet-34 from scratch with the same input, measured in the same run.", "",
+              "ResNet-34 from scratch with the same input, measured in the same run. On a shared machine the "
+              "times move with the load average above; treat ratios within ~2x as noise.", "",
               "| row | input | trainable params | val acc | val AUC | AUC − baseline | s/epoch | time ratio |",
               "|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -170,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             print(shlex.join(train_command(r, args, args.runs / stamp / r.name.replace(" ", "_"))))
         return 0
     meta = {"machine": machine_description(), "data": str(args.data), "load average at start": load_average(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "budget": f"{args.epochs} epochs x {args.limit_train_batches or 'all'} batches of {args.batch_size} "
+                      f"at {args.image_size} px, {args.threads} thread(s) per run, runs one after another"}
     t0 = time.perf_counter()
     results = []
     for r in rows:

@@ -128,6 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         parse_calibration_spec(args.calibrate)  # a bad spec fails before training, not after
     res = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    if not res.is_global_zero:  # other DDP processes: rank 0 calibrates and reports
+        return 0
     if args.calibrate:
         from synapse7.calibration import calibrate_after_training
 

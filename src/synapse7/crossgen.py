@@ -224,6 +224,9 @@ def run_crossgen(cfg: RunConfig, out_dir: str | Path, *, mode: str = "train-one-
     """Run every sub-run of `mode` (skipping finished ones) and write the table into out_dir."""
     say = log or (lambda m: print(m, file=sys.stderr))
     out = ensure_writable_dir(out_dir)
+    previous = out / "crossgen.json"
+    if previous.is_file() and json.loads(previous.read_text()).get("mode") != mode:
+        raise FileExistsError(f"{out} holds the tables of another protocol ({previous}); use another --out")
     plan = plan_crossgen(cfg, out, mode)
     columns = list(plan[0].test_generators) if plan else []
     per_run: dict[str, list[dict[str, Any]]] = {}

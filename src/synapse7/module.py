@@ -60,8 +60,8 @@ class DetectorModule(L.LightningModule):
             return None
         logits, y, loss = out
         acc = ((logits > 0).float() == y).float().mean()
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
-        self.log("train_acc", acc, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y), sync_dist=True)
+        self.log("train_acc", acc, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y), sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

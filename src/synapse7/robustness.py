@@ -21,6 +21,7 @@ from synapse7.reports import _json_safe, table_csv, table_markdown
 
 ROBUSTNESS_COLUMNS = ["perturbation", "family", "strength", "generator", "accuracy", "ap", "roc_auc", "real_acc",
                       "fake_acc", "n_real", "n_fake", "support", "threshold"]
+IDENTITY_STRENGTH = {"resize": 1.0, "blur": 0.0}
 
 
 @dataclass(frozen=True)
@@ -105,12 +106,14 @@ def save_robustness_png(result: RobustnessResult, path: str | Path) -> None:
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), dpi=120, squeeze=False)
     for ax, fam in zip(axes[0], families or ["none"], strict=False):
         pts = sorted((r["strength"], r["accuracy"]) for r in overall if r["family"] == fam)
+        if base and fam in IDENTITY_STRENGTH:  # resize 1 and blur 0 are the unperturbed image itself
+            pts = sorted([*pts, (IDENTITY_STRENGTH[fam], base[0])])
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=fam)
         if base:
             ax.axhline(base[0], color="grey", linestyle="--", linewidth=1, label="none")
-        if fam == "jpeg":
-            ax.invert_xaxis()  # stronger compression to the right
+        if fam in ("jpeg", "resize"):
+            ax.invert_xaxis()  # stronger perturbation to the right, as for blur
         ax.set_xlabel(labels.get(fam, fam))
         ax.set_ylabel("accuracy")
         ax.set_ylim(0.0, 1.02)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ class TrainResult:
     epochs_run: int
     global_step: int
     bad_images: int
+    is_global_zero: bool = True  # False in the other processes of a DDP run
 
 
 def _train_pre_ops(cfg: RunConfig) -> list:
@@ -108,9 +110,10 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
     assert dm.train_set is not None and dm.val_set is not None
     module = DetectorModule(cfg.to_dict())
     trainable, total = count_parameters(module.net)
-    print(f"synapse7 train: {cfg.model.backbone} input={cfg.model.input} weights={cfg.model.weights} "
-          f"trainable={trainable:,}/{total:,} params; train={len(dm.train_set)} val={len(dm.val_set)} images; "
-          f"generators={', '.join(dm.train_set.generators)}", file=sys.stderr)
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        print(f"synapse7 train: {cfg.model.backbone} input={cfg.model.input} weights={cfg.model.weights} "
+              f"trainable={trainable:,}/{total:,} params; train={len(dm.train_set)} val={len(dm.val_set)} images; "
+              f"generators={', '.join(dm.train_set.generators)}", file=sys.stderr)
     save_config(cfg, out / "config.yaml")
     fit_data: dict = {"datamodule": dm}
     if cfg.train.feature_cache is not None:
@@ -139,4 +142,5 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
         epochs_run=trainer.current_epoch,
         global_step=trainer.global_step,
         bad_images=len(bad),
+        is_global_zero=trainer.is_global_zero,
     )
