@@ -19,9 +19,18 @@ import numpy as np
 from common import make_checkpoint, report, run_isolated, timed, write_images
 
 
-def model_only(ckpt: str, engine: str, onnx: str | None, n: int, batch: int) -> dict:
+def _threads(n: int | None) -> None:
+    import torch
+
+    if n:
+        torch.set_num_threads(n)  # ONNX Runtime follows (OnnxEngine uses torch's thread count)
+
+
+def model_only(ckpt: str, engine: str, onnx: str | None, n: int, batch: int, threads: int | None) -> dict:
     """The forward pass alone on an in-memory batch: the ceiling for end-to-end prediction."""
     import torch
+
+    _threads(threads)
 
     from synapse7.predict import Detector
 
@@ -35,9 +44,11 @@ def model_only(ckpt: str, engine: str, onnx: str | None, n: int, batch: int) -> 
 
 
 def synapse7_predict(ckpt: str, engine: str, onnx: str | None, paths: list[str], batch: int, workers: int,
-                     fast_decode: bool) -> dict:
+                     fast_decode: bool, threads: int | None) -> dict:
     """What `synapse7 predict FOLDER` does: stream P(AI) for files, decoding in DataLoader workers."""
     import torch
+
+    _threads(threads)
 
     from synapse7.predict import Detector
 
@@ -50,9 +61,11 @@ def synapse7_predict(ckpt: str, engine: str, onnx: str | None, paths: list[str],
     return {"img_s": len(p) / dt, "seconds": dt, "images": len(p), "p": p}
 
 
-def baseline(ckpt: str, paths: list[str], batch: int, workers: int) -> dict:
+def baseline(ckpt: str, paths: list[str], batch: int, workers: int, threads: int | None) -> dict:
     """The reference-style pipeline (bench/baseline.py) with the same weights."""
     import torch
+
+    _threads(threads)
 
     from baseline import SpectrumNet, baseline_loader, baseline_predict
     from synapse7.config import config_from_dict
@@ -85,6 +98,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, help="intra-op threads for every pipeline (default: PyTorch's)")
     ap.add_argument("--no-onnx", action="store_true")
     ap.add_argument("--fast-decode", action="store_true", help="also run Synapse-7 predict with --fast-decode")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "synapse7-bench"))
@@ -128,8 +142,8 @@ def main() -> None:
     for r in range(a.repeats):
         for name in names if r % 2 == 0 else names[::-1]:
             fn, kw = runs[name]
-            res = run_isolated(fn, n=a.n, batch=a.batch_size, **kw) if fn is model_only else \
-                run_isolated(fn, batch=a.batch_size, **kw)
+            shared = dict(batch=a.batch_size, threads=a.threads)
+            res = run_isolated(fn, n=a.n, **shared, **kw) if fn is model_only else run_isolated(fn, **shared, **kw)
             print(f"round {r + 1}: {name}: {res['img_s']:.1f} img/s", flush=True)
             if name not in best or res["img_s"] > best[name]["img_s"]:
                 best[name] = res
@@ -152,7 +166,8 @@ def main() -> None:
         extra["predict onnx / model-only onnx"] = (best["synapse7 predict, onnx"]["img_s"]
                                                    / best["model-only forward, onnxruntime"]["img_s"])
     extra.update({"n": a.n, "images": f"{a.format} {w}x{h}", "backbone": a.backbone, "image_size": a.image_size,
-                  "batch_size": a.batch_size, "workers": a.workers, "repeats": a.repeats})
+                  "batch_size": a.batch_size, "workers": a.workers, "repeats": a.repeats,
+                  "threads": a.threads or "torch default"})
     report("inference throughput", rows, extra=extra, out=a.out)
 
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from synapse7.config import ModelConfig
-from synapse7.model import build_model, count_parameters, frozen_modules, resolve_trainable, get_backbone_spec
+from synapse7.model import build_model, count_parameters, frozen_modules, get_backbone_spec, resolve_trainable
 
 
 @pytest.mark.parametrize("mode", ["fft", "rgb", "rgb+fft"])

@@ -82,8 +82,8 @@ class OnnxEngine:
             raise FileNotFoundError(f"ONNX model not found: {p}")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
+        # One knob for both engines: as many threads as PyTorch uses (torch.set_num_threads), unless given.
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
