@@ -55,3 +55,16 @@ def test_widened_conv_is_trained_even_when_stem_frozen() -> None:
     net = build_model(ModelConfig(backbone="resnet18", weights="none", input="rgb+fft", trainable="head"))
     assert net.backbone.conv1.weight.requires_grad
     assert not net.backbone.layer1[0].conv1.weight.requires_grad
+
+
+def test_pretrained_normalisation_follows_the_backbone() -> None:
+    from synapse7.config import IMAGENET_MEAN, load_config
+    from synapse7.model import resolve_normalization
+
+    eff = resolve_normalization(load_config(model={"backbone": "efficientnet_lite0", "weights": "imagenet"}))
+    assert eff.data.mean == (0.5, 0.5, 0.5) and eff.data.std == (0.5, 0.5, 0.5)
+    scratch = resolve_normalization(load_config(model={"backbone": "efficientnet_lite0", "weights": "none"}))
+    assert scratch.data.mean == IMAGENET_MEAN
+    custom = resolve_normalization(load_config(data={"mean": [0.1, 0.2, 0.3]},
+                                               model={"backbone": "efficientnet_lite0", "weights": "imagenet"}))
+    assert custom.data.mean == (0.1, 0.2, 0.3)

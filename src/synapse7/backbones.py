@@ -132,6 +132,8 @@ def efficientnet_lite0_spec() -> BackboneSpec:
         first_conv="conv_stem",
         classifier="classifier",
         notes=f"timm {EFFNET_TIMM_ARCH}; pretrained on mean=std=0.5, bicubic resize 256 -> crop 224",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
     )
 
 

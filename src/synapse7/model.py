@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from synapse7.config import ModelConfig
+from synapse7.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, RunConfig
 from synapse7.spectrum import InputEncoder
 
 STAGES = ("stem", "stage1", "stage2", "stage3", "stage4", "head")
@@ -41,6 +41,10 @@ class BackboneSpec:
     classifier: str  # path of the final Linear, replaced by Identity (the head lives in Synapse7Net)
     notes: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    # Normalisation the ImageNet weights were trained with (used when --weights imagenet and the config
+    # still holds the default ImageNet mean/std).
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
 
 def torch_hub_checkpoint(url: str) -> Path:
@@ -280,3 +284,14 @@ def count_parameters(net: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in net.parameters())
     return sum(p.numel() for p in net.parameters() if p.requires_grad), total
+
+
+def resolve_normalization(cfg: RunConfig) -> RunConfig:
+    """Use the backbone's own pretrained normalisation when its ImageNet weights are used and the data config
+    still holds the ImageNet default (e.g. EfficientNet-Lite0 was trained on mean = std = 0.5)."""
+    from dataclasses import replace
+
+    if cfg.model.weights != "imagenet" or (tuple(cfg.data.mean), tuple(cfg.data.std)) != (IMAGENET_MEAN, IMAGENET_STD):
+        return cfg
+    spec = get_backbone_spec(cfg.model.backbone)
+    return replace(cfg, data=replace(cfg.data, mean=tuple(spec.mean), std=tuple(spec.std)))

@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import CSVLogger
 from synapse7.config import RunConfig, save_config
 from synapse7.data import BadImageLog, GenImageDataModule
 from synapse7.io import atomic_write_text, ensure_writable_dir
-from synapse7.model import count_parameters
+from synapse7.model import count_parameters, resolve_normalization
 from synapse7.module import DetectorModule
 
 
@@ -104,6 +104,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
         raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
     if not resume and (out / "best.ckpt").exists():
         raise FileExistsError(f"{out} already holds a finished or interrupted run; use --resume or another --out")
+    cfg = resolve_normalization(cfg)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     dm = GenImageDataModule(cfg.data, train_pre_ops=_train_pre_ops(cfg), seed=cfg.train.seed)
     dm.setup("fit")  # fail fast on a bad layout, before building the model
