@@ -102,7 +102,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
     last = out / "last.ckpt"
     if resume and not last.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
-    if not resume and (out / "best.ckpt").exists():
+    if not resume and ((out / "best.ckpt").exists() or last.exists()):
         raise FileExistsError(f"{out} already holds a finished or interrupted run; use --resume or another --out")
     cfg = resolve_normalization(cfg)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
