@@ -26,7 +26,7 @@ def _config(root: str, a: dict[str, Any], cache: str | None) -> Any:
 
     return load_config(
         data={"root": root, "image_size": a["image_size"], "batch_size": a["batch_size"], "num_workers": a["workers"]},
-        model={"backbone": a["backbone"], "weights": "none", "trainable": a["strategy"]},
+        model={"backbone": a["backbone"], "weights": "none", "input": "fft", "trainable": a["strategy"]},
         train={"epochs": a["epochs"], "accelerator": "cpu", "devices": "1", "seed": 42, "feature_cache": cache,
                "ckpt_every_n_steps": 10_000},
     )

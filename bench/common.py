@@ -86,6 +86,8 @@ def make_checkpoint(cfg: Any, path: str | os.PathLike, *, seed: int = 0) -> Path
 
     torch.manual_seed(seed)
     net = build_model(cfg.model)
+    with torch.no_grad():  # untrained features are large: keep logits O(1) so P(AI) comparisons mean something
+        net.head.weight.mul_(1e-3)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},

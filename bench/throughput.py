@@ -111,7 +111,8 @@ def main() -> None:
     w, h = (int(v) for v in a.src_size.split("x"))
     work = Path(a.work)
     paths = write_images(work / f"images-{a.format}-{w}x{h}-{a.n}", a.n, size=(w, h), fmt=a.format)
-    cfg = load_config(data={"image_size": a.image_size}, model={"backbone": a.backbone, "weights": "none"})
+    # input "fft": the baseline computes the spectrum only (the reference's input)
+    cfg = load_config(data={"image_size": a.image_size}, model={"backbone": a.backbone, "weights": "none", "input": "fft"})
     ckpt = str(make_checkpoint(cfg, work / f"ckpt-{a.backbone}-{a.image_size}.ckpt"))
     onnx = None
     extra: dict = {}

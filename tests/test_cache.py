@@ -34,7 +34,7 @@ LOGIT_ATOL = 2e-2
 def _cfg(root: Path, cache: Path | None, **model: str) -> RunConfig:
     return load_config(
         data={"root": str(root), "image_size": SIZE, "preprocess": "crop", "batch_size": 8, "num_workers": 0},
-        model={"backbone": "resnet18", "weights": "none", "trainable": "stage4,head", **model},
+        model={"backbone": "resnet18", "weights": "none", "input": "fft", "trainable": "stage4,head", **model},
         train={"epochs": 2, "accelerator": "cpu", "devices": "1", "seed": 0,
                "feature_cache": str(cache) if cache else None},
     )
@@ -94,6 +94,12 @@ def test_random_frozen_layers_are_refused(tmp_path: Path) -> None:
     net = build_model(_cfg(tmp_path, None, backbone="convnext_tiny").model)  # stochastic depth in frozen stages
     with pytest.raises(CacheRefused, match="StochasticDepth"):
         plan_split(net)
+
+
+@pytest.mark.parametrize("model", [{"trainable": "all"}, {"input": "rgb+fft"}])
+def test_nothing_frozen_is_refused(tmp_path: Path, model: dict[str, str]) -> None:
+    with pytest.raises(CacheRefused, match="no backbone stage is frozen"):
+        plan_split(build_model(_cfg(tmp_path, None, **model).model))
 
 
 def test_augmentation_and_multi_process_are_refused(tmp_path: Path) -> None:

@@ -84,7 +84,7 @@ def test_fast_decode_within_tolerance(photos: list[Image.Image], scale: float) -
     ref = reference()
     fast = ClassificationPreset(crop_size=224, resize_size=256, fast_decode=True)
     exact = ClassificationPreset(crop_size=224, resize_size=256)
-    for img in photos[:3]:
+    for img in photos[: 5 - int(scale)]:  # fewer of the larger ones: the full-size reference decode dominates
         s = 512 * scale / min(img.size)  # shorter side = scale x the draft floor of 2 * 256
         big = img.resize((round(img.width * s), round(img.height * s)), Image.Resampling.LANCZOS)
         data = _jpeg(big)

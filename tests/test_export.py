@@ -43,6 +43,18 @@ def test_matmul_dft_equals_fft(shape: tuple[int, ...]) -> None:
     torch.testing.assert_close(log_magnitude_matmul(x), log_magnitude(x), rtol=0, atol=1e-4)
 
 
+def _fft2_reference(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The textbook definition: full complex fft2, fftshift, log magnitude."""
+    f = torch.fft.fftshift(torch.fft.fft2(x, norm="ortho"), dim=(-2, -1))
+    return torch.log(f.abs() + eps)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (1, 3, 31, 20), (2, 1, 7, 6), (1, 1, 1, 1), (1, 2, 2, 3)])
+def test_rfft_log_magnitude_equals_full_fft(shape: tuple[int, ...]) -> None:
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(log_magnitude(x), _fft2_reference(x), rtol=0, atol=2e-4)
+
+
 def test_matmul_spectrum_on_photos() -> None:
     preset = ClassificationPreset(crop_size=224, resize_size=256)
     x = torch.stack([preset(Image.fromarray(p)) for p in load_photos()[:4]])

@@ -12,10 +12,12 @@ Cache key (sha256, any change gives a new entry and a recompute):
   - the data settings that shape the input (image_size, resize, preprocess, mean, std, align, fast_decode,
     max_pixels), the backbone, the input mode and the cache point;
   - the frozen weights and buffers (sha256 of their bytes);
-  - the code: cache format, synapse7, torch, torchvision and Pillow versions.
+  - the code: cache format, a hash of the source of the modules that compute the features (SOURCE_MODULES),
+    and the synapse7, torch, torchvision and Pillow versions.
 The cache is refused (training falls back to the normal path, with the reason printed) when training
-augmentation is on, when a frozen stage holds a random layer (dropout / stochastic depth with p > 0), for
-multi-process training, and for backbones whose stage order is not known here.
+augmentation is on, when no backbone stage is frozen (strategy "full", or input "rgb+fft", whose widened first
+convolution is always trained), when a frozen stage holds a random layer (dropout / stochastic depth with p > 0),
+for multi-process training, and for backbones whose stage order is not known here.
 """
 
 from __future__ import annotations
@@ -158,6 +160,10 @@ def plan_split(net: Synapse7Net) -> FrozenSplit:
     while n < len(steps) and not any(p.requires_grad for p in _params(net, steps[n].modules)):
         n += 1
     split = FrozenSplit(tuple(steps), n)
+    if n == 0:
+        first = ", ".join(p for p in steps[0].modules)
+        raise CacheRefused(f"no backbone stage is frozen ({first} trains: strategy 'full', or an input mode whose "
+                           "widened first convolution is new and always trained), so nothing but decoding is reusable")
     random = _random_layers(net, split.frozen_modules[1:])
     if random:
         raise CacheRefused("frozen stages hold random layers, so they are not deterministic in training: "
@@ -221,14 +227,24 @@ def weights_digest(net: nn.Module, paths: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+# Modules whose code shapes the cached tensors (decoding, preprocessing, spectrum, network, steps).
+SOURCE_MODULES = ("synapse7.io", "synapse7.transforms", "synapse7.spectrum", "synapse7.model", "synapse7.cache")
+
+
 def code_version() -> dict[str, str]:
+    """Library versions and a sha256 of the source of SOURCE_MODULES: any edit there invalidates the cache."""
+    import importlib
+
     import PIL
     import torchvision
 
     from synapse7 import __version__
 
-    return {"cache_format": str(CACHE_FORMAT), "synapse7": __version__, "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "pillow": PIL.__version__}
+    h = hashlib.sha256()
+    for name in SOURCE_MODULES:
+        h.update(Path(importlib.import_module(name).__file__ or "").read_bytes())
+    return {"cache_format": str(CACHE_FORMAT), "synapse7": __version__, "source": h.hexdigest(),
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "pillow": PIL.__version__}
 
 
 def key_parts(cfg: RunConfig, net: Synapse7Net, split: FrozenSplit, files: Sequence[str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from synapse7.config import ModelConfig
 from synapse7.spectrum import INPUT_MODES
 
 Handler = Callable[[argparse.Namespace], int]
@@ -60,7 +61,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="resize then crop (reference), or crop at native resolution (keeps high frequencies)")
     p.add_argument("--backbone", help="resnet34 (default), resnet18, resnet50, convnext_tiny, swin_t, efficientnet_lite0")
     p.add_argument("--weights", metavar="imagenet|none|PATH", help="initial weights (default imagenet, from the local cache)")
-    p.add_argument("--input", choices=INPUT_MODES, help="model input: fft (default), rgb, or rgb+fft")
+    p.add_argument("--input", choices=INPUT_MODES, help="model input: rgb+fft (default: image and its spectrum), fft (the reference), or rgb")
     p.add_argument("--trainable", metavar="PARTS",
                    help="'all', or comma list of stem,stage1..stage4,head or module names (e.g. layer3,layer4,fc)")
     p.add_argument("--strategy", choices=["frozen-early", "linear-probe", "full"],
@@ -372,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--backbone", default="resnet34")
     p.add_argument("--weights", default="none")
-    p.add_argument("--input", choices=INPUT_MODES, default="fft")
+    p.add_argument("--input", choices=INPUT_MODES, default=ModelConfig.input)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)

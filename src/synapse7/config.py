@@ -61,7 +61,7 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "resnet34"
     weights: str = "imagenet"  # imagenet | none | PATH to a state_dict or checkpoint
-    input: str = "fft"  # fft | rgb | rgb+fft
+    input: str = "rgb+fft"  # fft | rgb | rgb+fft; default justified in README ("Input modes")
     trainable: str | None = None  # None: policy default; or "all" or a comma list (stage4,head / layer4,fc)
 
 

@@ -95,8 +95,11 @@ def sub_config(cfg: RunConfig, run: SubRun) -> RunConfig:
 
 
 def _check_same_config(run_dir: Path, cfg: RunConfig) -> None:
+    from synapse7.model import resolve_normalization
+
     saved = run_dir / "config.yaml"
-    if saved.is_file() and yaml.safe_load(saved.read_text()) != cfg.to_dict():
+    # train() saves the config with the backbone's pretrained normalisation filled in.
+    if saved.is_file() and yaml.safe_load(saved.read_text()) != resolve_normalization(cfg).to_dict():
         raise FileExistsError(f"{run_dir} was trained with another config ({saved}); use another --out")
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from synapse7.config import ModelConfig
 from synapse7.io import ensure_writable_dir
 
 # Bundled scikit-image photographs (no download needed); grayscale ones are used as RGB.
@@ -125,7 +126,7 @@ def make_demo_dataset(root: str | Path, *, size: int = 64, n_train: int = 96, n_
 
 
 def run_demo(out_dir: str | Path = "demo_out", *, data: str | Path | None = None, image_size: int | None = None,
-             epochs: int = 3, backbone: str = "resnet34", weights: str = "none", input_mode: str = "fft",
+             epochs: int = 3, backbone: str = "resnet34", weights: str = "none", input_mode: str = ModelConfig.input,
              batch_size: int = 32, num_workers: int = 2, progress: bool = True) -> dict:
     """Build (or use) a dataset, train, evaluate and predict a few images. Returns a summary dict."""
     from synapse7.config import load_config
