@@ -77,7 +77,7 @@ def train_command(row: Row, args: argparse.Namespace, out: Path) -> list[str]:
     cmd += ["--trainable", "all"] if row.strategy == "all" else ["--strategy", row.strategy]
     if args.limit_train_batches:
         cmd += ["--limit-train-batches", str(args.limit_train_batches)]
-    return cmd
+    return cmd + shlex.split(args.extra)
 
 
 def read_last_val(metrics_csv: Path) -> tuple[float | None, float | None]:
@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per run (1 is fastest on a busy box)")
     p.add_argument("--runs", type=Path, default=Path("/tmp/synapse7_bench_backbones"), help="run folders (not the repo)")
     p.add_argument("--results", type=Path, default=REPO / "docs" / "backbones_results.md")
+    p.add_argument("--extra", default="", help="more `synapse7 train` flags for every row, e.g. '--align jpeg:96'")
     p.add_argument("--dry-run", action="store_true")
     args = p.parse_args(argv)
 
