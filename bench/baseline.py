@@ -87,7 +87,7 @@ def baseline_train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.
         opt.zero_grad()
         loss.backward()
         opt.step()
-        total, n = total + float(loss) * len(y), n + len(y)
+        total, n = total + float(loss.detach()) * len(y), n + len(y)
     return total / max(1, n)
 
 

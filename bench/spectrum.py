@@ -76,7 +76,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         for name, mod in (("onnxruntime, ONNX DFT op", Full()), ("onnxruntime, matmul DFT (synapse7 export)", Matmul())):
             path = str(Path(d) / "m.onnx")
-            torch.onnx.export(mod, (x,), path, dynamo=True, verbose=False,
+            torch.onnx.export(mod.eval(), (x,), path, dynamo=True, verbose=False,
                               dynamic_shapes=({0: torch.export.Dim("batch")},))
             sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
             inp = sess.get_inputs()[0].name

@@ -55,6 +55,14 @@ def test_rfft_log_magnitude_equals_full_fft(shape: tuple[int, ...]) -> None:
     torch.testing.assert_close(log_magnitude(x), _fft2_reference(x), rtol=0, atol=2e-4)
 
 
+def test_standardize_matches_definition() -> None:
+    from synapse7.spectrum import standardize
+
+    x = torch.randn(2, 3, 20, 30, generator=torch.Generator().manual_seed(0)) * 3 + 2
+    ref = (x - x.mean(dim=(-2, -1), keepdim=True)) / (x.std(dim=(-2, -1), keepdim=True) + 1e-6)
+    torch.testing.assert_close(standardize(x), ref, rtol=0, atol=1e-5)
+
+
 def test_matmul_spectrum_on_photos() -> None:
     preset = ClassificationPreset(crop_size=224, resize_size=256)
     x = torch.stack([preset(Image.fromarray(p)) for p in load_photos()[:4]])
@@ -115,6 +123,18 @@ def test_onnx_runtime_matches_eager(checkpoint: Path, exported: Path) -> None:
             ref = eager.net(x).numpy()
         np.testing.assert_allclose(engine(x), ref, rtol=0, atol=LOGIT_ATOL)
     assert eager.net.encoder.dft == "fft"  # export switched the DFT only while exporting
+
+
+def test_export_leaves_eager_spectrum_working(tmp_path: Path) -> None:
+    """Tracing must not leave fake tensors in the spectrum's cached constants (a size never used eagerly)."""
+    from synapse7.export import export_onnx
+
+    cfg = load_config(data={"image_size": 27}, model={"backbone": "resnet18", "weights": "none", "input": "fft"})
+    net = build_model(cfg.model).eval()
+    export_onnx(net, cfg, tmp_path / "m.onnx")
+    x = torch.randn(1, 3, 27, 27)
+    torch.testing.assert_close(log_magnitude(x), _fft2_reference(x), rtol=0, atol=2e-4)
+    torch.testing.assert_close(log_magnitude_matmul(x), _fft2_reference(x), rtol=0, atol=2e-4)
 
 
 def test_detector_engines_agree(checkpoint: Path, exported: Path, images: list[str]) -> None:

@@ -2,8 +2,8 @@
 
 The exported graph takes the normalised image batch (B, 3, S, S) float32 (what `ClassificationPreset` gives)
 and returns one logit per image (B,). The FFT is exported as real matrix products
-(`synapse7.spectrum.log_magnitude_matmul`): torch.fft exports to ONNX's DFT op, which ONNX Runtime ran 5x slower
-and less accurately at 224 px. The run config and threshold are stored in the model's metadata, so an .onnx
+(`synapse7.spectrum.log_magnitude_matmul`): torch.fft exports to ONNX's DFT op, which ONNX Runtime ran 8x slower
+and 0.055 off at 224 px (bench/spectrum.py). The run config and threshold are stored in the model's metadata, so an .onnx
 file alone is enough to predict (`Detector.from_onnx`).
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,36 +27,43 @@ def log_magnitude(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
         return _mirror_shift(half, h, w)
 
 
+# The cached constants are numpy arrays, not tensors: a tensor made while torch.export traces would be a fake
+# tensor, and caching it would break every later eager call.
 @functools.lru_cache(maxsize=16)
-def _mirror_shift_index(h: int, w: int) -> torch.Tensor:
+def _mirror_shift_index(h: int, w: int) -> np.ndarray:
     """For each fftshifted position of the full (H, W) spectrum, its flat index in the rfft2 half (H, W//2+1)."""
-    i = torch.arange(h)[:, None]
-    j = torch.arange(w)[None, :]
+    i = np.arange(h)[:, None]
+    j = np.arange(w)[None, :]
     k1, k2 = (i - h // 2) % h, (j - w // 2) % w  # unshifted frequencies at shifted position (i, j)
     mirror = k2 > w // 2  # not stored in the half: use the conjugate-symmetric bin (-k1, -k2)
-    row = torch.where(mirror, (-k1) % h, k1)
-    col = torch.where(mirror, w - k2, k2)
+    row = np.where(mirror, (-k1) % h, k1)
+    col = np.where(mirror, w - k2, k2)
     return (row * (w // 2 + 1) + col).reshape(-1)
 
 
 def _mirror_shift(half: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    idx = _mirror_shift_index(h, w).to(half.device)
+    idx = torch.from_numpy(_mirror_shift_index(h, w)).to(half.device)
     return half.flatten(-2)[..., idx].unflatten(-1, (h, w))
 
 
 @functools.lru_cache(maxsize=8)
+def _dft_arrays(n: int) -> tuple[np.ndarray, np.ndarray]:
+    k = np.arange(n, dtype=np.float64)
+    angle = 2 * math.pi * np.outer(k, k) / n
+    return np.cos(angle) / math.sqrt(n), np.sin(angle) / math.sqrt(n)
+
+
 def dft_matrices(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin parts (n, n) of the ortho-normalised 1-D DFT, float64: [k, m] = cos|sin(2 pi k m / n) / sqrt(n)."""
-    k = torch.arange(n, dtype=torch.float64)
-    angle = 2 * math.pi * torch.outer(k, k) / n
-    return torch.cos(angle) / math.sqrt(n), torch.sin(angle) / math.sqrt(n)
+    c, s = _dft_arrays(n)
+    return torch.from_numpy(c), torch.from_numpy(s)
 
 
 def log_magnitude_matmul(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """`log_magnitude` with the 2-D DFT as real matrix products, for exporters without a usable FFT.
 
-    ONNX has a DFT op, but ONNX Runtime's CPU kernel was 5x slower than this and less accurate at 224 px
-    (docs/performance.md). With A = C - iS: A_H x A_W^T = (C x C^T - S x S^T) - i (C x S^T + S x C^T); only the
+    ONNX has a DFT op, but ONNX Runtime's CPU kernel was 8x slower than this and 0.055 off at 224 px
+    (bench/spectrum.py, docs/performance.md). With A = C - iS: A_H x A_W^T = (C x C^T - S x S^T) - i (C x S^T + S x C^T); only the
     W//2+1 columns of the rfft half are computed, then mirrored like `log_magnitude`.
     Agrees with torch.fft to ~1e-3 after standardisation (tests/test_export.py).
     """
@@ -74,9 +82,9 @@ def log_magnitude_matmul(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 def standardize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Zero-mean, unit-variance per sample and channel over the spatial dims. x: (B, C, H, W)."""
-    mean = x.mean(dim=(-2, -1), keepdim=True)
-    std = x.std(dim=(-2, -1), keepdim=True)
-    return (x - mean) / (std + eps)
+    std, mean = torch.std_mean(x, dim=(-2, -1), keepdim=True)  # one pass for both (unbiased std, as x.std)
+    inv = 1.0 / (std + eps)
+    return torch.addcmul(-mean * inv, x, inv)  # (x - mean) / (std + eps) in one pass over x
 
 
 def spectrum_features(x: torch.Tensor, *, dft: str = "fft") -> torch.Tensor:
