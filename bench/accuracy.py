@@ -298,6 +298,20 @@ def machine() -> str:
             f"(load averages per step in the ledger below)")
 
 
+def invocations(out: Path) -> list[tuple[str, str]]:
+    """(start time, command) of every bench invocation that ran steps into `out`."""
+    d = _load(out / "invocations.json")
+    return [(r["started"], r["command"]) for r in d["runs"]] if d else []
+
+
+def record_invocation(out: Path, argv: list[str]) -> None:
+    path = out / "invocations.json"
+    d = _load(path) or {"runs": []}
+    d["runs"].append({"started": datetime.now().isoformat(timespec="seconds"),
+                      "command": "PYTHONPATH=src .venv/bin/python bench/accuracy.py " + " ".join(argv)})
+    atomic_write_text(path, json.dumps(d, indent=2) + "\n")
+
+
 def render(out: Path, steps: list[Step], ledger: Ledger, args: argparse.Namespace) -> str:
     by = {s.name: s for s in steps}
     figs = Figures(ledger, by)
@@ -361,7 +375,8 @@ def render(out: Path, steps: list[Step], ledger: Ledger, args: argparse.Namespac
         "",
         f"- **machine:** {machine()}",
         f"- **written:** {datetime.now().isoformat(timespec='seconds')}",
-        f"- **bench command:** `PYTHONPATH=src .venv/bin/python bench/accuracy.py {' '.join(args.argv_shown)}`",
+        "- **bench invocations** (each skips the steps already done): "
+        + "; ".join(f"`{c}` ({t})" for t, c in invocations(out)),
         f"- **data:** `{rel(args.data)}` (see its README.md); results and checkpoints under `{rel(out)}`",
         f"- **`{rel(out / 'half_norm.yaml')}`** (passed as `--config`): "
         "`data: {mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}`, the normalisation the EfficientNet-Lite0 "
@@ -454,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         # The robustness protocol's un-augmented model is the cifake model: train it whichever is asked for.
         if "robustness" in only and "cifake" not in only:
             chosen = [s for s in steps if s.name == "train cifake_base"] + chosen
+        record_invocation(out, args.argv_shown)
         run_steps(chosen, ledger, out / "logs")
     atomic_write_text(args.results, render(out, steps, ledger, args))
     print(f"wrote {rel(args.results)}")
