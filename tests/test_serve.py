@@ -49,7 +49,7 @@ def _png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weights checkpoint in the layout Detector.from_checkpoint reads."""
-    cfg = RunConfig().override(data={"image_size": 32}, model={"backbone": "resnet18", "weights": "none"})
+    cfg = RunConfig().override(data={"image_size": 32}, model={"backbone": "resnet18", "weights": "none", "input": "fft"})
     torch.manual_seed(0)
     net = build_model(cfg.model, load_weights=False)
     path = tmp_path_factory.mktemp("serve") / "tiny.ckpt"
