@@ -12,7 +12,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from synapse7.config import RunConfig, save_config
-from synapse7.data import BadImageLog, GenImageDataModule
+from synapse7.data import BadImageLog
+from synapse7.datamodule import GenImageDataModule
 from synapse7.io import atomic_write_text, ensure_writable_dir
 from synapse7.model import count_parameters, resolve_normalization
 from synapse7.module import DetectorModule
