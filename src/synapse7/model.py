@@ -247,10 +247,11 @@ def apply_trainable(net: Synapse7Net, paths: list[str] | None, *, widened: bool)
 
 
 def frozen_modules(net: nn.Module) -> list[nn.Module]:
-    """Leaf modules with parameters that are all frozen (their norm statistics must stay fixed too)."""
+    """Modules whose parameters (recursively) are all frozen: put in eval mode during training so their norm
+    statistics stay fixed and parameter-free stochastic layers inside them (dropout, stochastic depth) are off."""
     out = []
     for m in net.modules():
-        params = list(m.parameters(recurse=False))
+        params = list(m.parameters())
         if params and not any(p.requires_grad for p in params):
             out.append(m)
     return out
