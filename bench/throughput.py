@@ -26,7 +26,8 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)  # ONNX Runtime follows (OnnxEngine uses torch's thread count)
 
 
-def model_only(ckpt: str, engine: str, onnx: str | None, n: int, batch: int, threads: int | None) -> dict:
+def model_only(ckpt: str, engine: str, onnx: str | None, n: int, batch: int, threads: int | None,
+               precision: str = "fp32") -> dict:
     """The forward pass alone on an in-memory batch: the ceiling for end-to-end prediction."""
     import torch
 
@@ -34,7 +35,7 @@ def model_only(ckpt: str, engine: str, onnx: str | None, n: int, batch: int, thr
 
     from synapse7.predict import Detector
 
-    det = Detector.from_checkpoint(ckpt, device="cpu", engine=engine, onnx=onnx)
+    det = Detector.from_checkpoint(ckpt, device="cpu", engine=engine, onnx=onnx, precision=precision)
     s = det.cfg.data.image_size
     x = torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(0))
     det.predict_batch(x)  # warm-up (first-call allocations, ONNX Runtime arena)
@@ -44,7 +45,7 @@ def model_only(ckpt: str, engine: str, onnx: str | None, n: int, batch: int, thr
 
 
 def synapse7_predict(ckpt: str, engine: str, onnx: str | None, paths: list[str], batch: int, workers: int,
-                     fast_decode: bool, threads: int | None) -> dict:
+                     fast_decode: bool, threads: int | None, precision: str = "fp32") -> dict:
     """What `synapse7 predict FOLDER` does: stream P(AI) for files, decoding in DataLoader workers."""
     import torch
 
@@ -52,7 +53,8 @@ def synapse7_predict(ckpt: str, engine: str, onnx: str | None, paths: list[str],
 
     from synapse7.predict import Detector
 
-    det = Detector.from_checkpoint(ckpt, device="cpu", engine=engine, onnx=onnx, fast_decode=fast_decode or None)
+    det = Detector.from_checkpoint(ckpt, device="cpu", engine=engine, onnx=onnx, fast_decode=fast_decode or None,
+                                   precision=precision)
     s = det.cfg.data.image_size
     det.predict_batch(torch.zeros(batch, 3, s, s))  # same warm-up as model_only
     t = time.perf_counter()
@@ -101,6 +103,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="intra-op threads for every pipeline (default: PyTorch's)")
     ap.add_argument("--no-onnx", action="store_true")
     ap.add_argument("--fast-decode", action="store_true", help="also run Synapse-7 predict with --fast-decode")
+    ap.add_argument("--no-bf16", action="store_true",
+                    help="skip the --precision bf16 rows (they are skipped anyway on CPUs without native bf16)")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "synapse7-bench"))
     ap.add_argument("--out", help="write the JSON result here")
     a = ap.parse_args()
@@ -135,6 +139,12 @@ def main() -> None:
         runs["model-only forward, onnxruntime"] = (model_only, dict(ckpt=ckpt, engine="onnx", onnx=onnx))
         runs["synapse7 predict, onnx"] = (synapse7_predict, dict(ckpt=ckpt, engine="onnx", onnx=onnx, paths=paths,
                                                                  workers=a.workers, fast_decode=False))
+    import torch
+
+    if not a.no_bf16 and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        runs["model-only forward, eager bf16"] = (model_only, dict(ckpt=ckpt, engine="eager", onnx=None, precision="bf16"))
+        runs["synapse7 predict, eager bf16"] = (synapse7_predict, dict(
+            ckpt=ckpt, engine="eager", onnx=None, paths=paths, workers=a.workers, fast_decode=False, precision="bf16"))
     if a.fast_decode:
         runs["synapse7 predict, eager, fast-decode"] = (
             synapse7_predict, dict(ckpt=ckpt, engine="eager", onnx=None, paths=paths, workers=a.workers, fast_decode=True))
@@ -162,6 +172,10 @@ def main() -> None:
     for name in names:
         if "p" in best[name] and name != "baseline (reference-style)":
             extra[f"max |p - baseline p| ({name})"] = float(np.abs(np.asarray(best[name]["p"]) - ref_p).max())
+    if "synapse7 predict, eager bf16" in best:
+        extra["predict bf16 / model-only bf16"] = (best["synapse7 predict, eager bf16"]["img_s"]
+                                                   / best["model-only forward, eager bf16"]["img_s"])
+    extra["predict eager / model-only eager"] = (best["synapse7 predict, eager"]["img_s"] / model_eager)
     if onnx:
         extra["onnx / eager (predict)"] = best["synapse7 predict, onnx"]["img_s"] / best["synapse7 predict, eager"]["img_s"]
         extra["predict onnx / model-only onnx"] = (best["synapse7 predict, onnx"]["img_s"]

@@ -19,10 +19,12 @@ from synapse7.perturb import (
     JpegCompress,
     PngAlign,
     RandomAugment,
+    RandomHFlip,
     Rescale,
     build_align,
     build_train_ops,
     encode_jpeg,
+    has_train_augmentation,
     parse_perturbation,
     parse_perturbation_list,
 )
@@ -280,3 +282,26 @@ def test_build_train_ops_from_config() -> None:
     (op,) = build_train_ops(cfg)
     assert op == RandomAugment(blur_prob=0.1, blur_sigma=(0.0, 3.0), jpeg_prob=0.5, jpeg_quality=(50, 60),
                                resize_prob=0.2, resize_scale=(0.8, 1.2))
+
+
+def test_random_flip_mirrors_exactly_and_reproducibly() -> None:
+    img = _image(33, 20)
+    assert (_px(RandomHFlip(1.0)(img)) == _px(img)[:, ::-1]).all()  # an exact mirror, no resampling
+    assert RandomHFlip(0.0)(img) is img
+    g = torch.Generator()
+    flip = RandomHFlip(0.5, generator=g)
+    g.manual_seed(5)
+    first = [flip(img) is img for _ in range(200)]
+    g.manual_seed(5)
+    assert [flip(img) is img for _ in range(200)] == first
+    assert 70 < sum(first) < 130  # about half kept
+    with pytest.raises(ValueError):
+        RandomHFlip(1.5)
+
+
+def test_flip_is_a_train_op_and_counts_as_augmentation() -> None:
+    cfg = RunConfig().override(data={"aug_flip_prob": 0.5}).data
+    assert build_train_ops(cfg) == [RandomHFlip(0.5)] and has_train_augmentation(cfg)
+    assert not has_train_augmentation(DataConfig())
+    both = RunConfig().override(data={"aug_flip_prob": 0.5, "aug_jpeg_prob": 0.5}).data
+    assert [type(op) for op in build_train_ops(both)] == [RandomAugment, RandomHFlip]

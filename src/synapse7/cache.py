@@ -395,7 +395,9 @@ class CachedTraining:
 def check_cacheable(cfg: RunConfig, train_pre_ops: Sequence[Any]) -> None:
     """Raise CacheRefused when this run's training input is not deterministic or not single-process."""
     d = cfg.data
-    if train_pre_ops or d.aug_blur_prob > 0 or d.aug_jpeg_prob > 0 or d.aug_resize_prob > 0:
+    from synapse7.perturb import has_train_augmentation
+
+    if train_pre_ops or has_train_augmentation(d):
         raise CacheRefused("random training augmentation is on (aug_*_prob > 0): every epoch sees new inputs")
     t = cfg.train
     devices = int(t.devices) if str(t.devices).isdigit() else None

@@ -49,6 +49,9 @@ class DataConfig:
     aug_jpeg_quality: tuple[int, int] = (30, 100)
     aug_resize_prob: float = 0.0
     aug_resize_scale: tuple[float, float] = (0.5, 1.5)
+    # Random horizontal flip (after the ops above). A mirror keeps every spectral artefact (it mirrors the
+    # spectrum too), so it adds views without teaching anything false; it is not a robustness op.
+    aug_flip_prob: float = 0.0
 
     @property
     def resolved_resize(self) -> int:

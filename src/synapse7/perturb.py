@@ -311,15 +311,40 @@ def _check_range(name: str, r: Sequence[float], *, low: float, high: float | Non
         raise ValueError(f"{name} must be <= {high}, got {r!r}")
 
 
+@dataclass(frozen=True)
+class RandomHFlip:
+    """Mirror left-right with probability `prob`; one draw from torch's RNG (or `generator`) per call."""
+
+    prob: float = 0.5
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.prob <= 1.0:
+            raise ValueError(f"flip_prob must be in [0, 1], got {self.prob}")
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if float(torch.rand((), generator=self.generator)) < self.prob:
+            return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return img
+
+
+def has_train_augmentation(cfg: DataConfig) -> bool:
+    """True when any `aug_*_prob` is on, i.e. training inputs change from epoch to epoch."""
+    return any(p > 0 for p in (cfg.aug_blur_prob, cfg.aug_jpeg_prob, cfg.aug_resize_prob, cfg.aug_flip_prob))
+
+
 def build_train_ops(cfg: DataConfig) -> list[PilOp]:
     """Training-only PIL ops from the `aug_*` fields of a data config (empty when all probabilities are 0)."""
-    if cfg.aug_blur_prob == 0 and cfg.aug_jpeg_prob == 0 and cfg.aug_resize_prob == 0:
-        return []
-    return [RandomAugment(
-        blur_prob=cfg.aug_blur_prob,
-        blur_sigma=tuple(cfg.aug_blur_sigma),
-        jpeg_prob=cfg.aug_jpeg_prob,
-        jpeg_quality=tuple(int(v) for v in cfg.aug_jpeg_quality),
-        resize_prob=cfg.aug_resize_prob,
-        resize_scale=tuple(cfg.aug_resize_scale),
-    )]
+    ops: list[PilOp] = []
+    if cfg.aug_blur_prob > 0 or cfg.aug_jpeg_prob > 0 or cfg.aug_resize_prob > 0:
+        ops.append(RandomAugment(
+            blur_prob=cfg.aug_blur_prob,
+            blur_sigma=tuple(cfg.aug_blur_sigma),
+            jpeg_prob=cfg.aug_jpeg_prob,
+            jpeg_quality=tuple(int(v) for v in cfg.aug_jpeg_quality),
+            resize_prob=cfg.aug_resize_prob,
+            resize_scale=tuple(cfg.aug_resize_scale),
+        ))
+    if cfg.aug_flip_prob > 0:
+        ops.append(RandomHFlip(cfg.aug_flip_prob))
+    return ops

@@ -93,6 +93,23 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> list[t
 
 
 ENGINES = ("eager", "onnx")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> bool:
+    """True when the eager network should run under bf16 autocast.
+
+    "auto": bf16 on CUDA, fp32 on CPU (bf16 changes P(AI) by up to ~1e-2, so on the CPU it is opt-in).
+    "bf16" on a CPU without native bf16 (AVX512-BF16 / AMX) is refused: emulated bf16 is slower than fp32.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return device.type == "cuda"
+    if precision == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        raise ValueError("--precision bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); this one has "
+                         "neither, and emulated bf16 is slower than fp32: use --precision fp32")
+    return precision == "bf16"
 
 
 def _with_fast_decode(cfg: RunConfig, fast_decode: bool | None) -> RunConfig:
@@ -102,20 +119,21 @@ def _with_fast_decode(cfg: RunConfig, fast_decode: bool | None) -> RunConfig:
 class Detector:
     """A trained detector. `predict` takes paths, PIL images, HWC uint8 arrays or encoded bytes.
 
-    Engines: the PyTorch network (channels_last on CPU; bf16 autocast on GPU, the spectrum itself stays fp32;
-    optional torch.compile), or an `OnnxEngine` (ONNX Runtime) given as `engine`, in which case `net` may be None.
+    Engines: the PyTorch network (channels_last on CPU; bf16 autocast by `precision`, see `resolve_precision`,
+    the spectrum itself always in fp32; optional torch.compile), or an `OnnxEngine` (ONNX Runtime) given as
+    `engine`, in which case `net` may be None.
     """
 
     def __init__(self, net: Synapse7Net | None, cfg: RunConfig, *, threshold: float = 0.5,
                  device: str | torch.device | None = None, engine: Any = None, compile: bool = False,
-                 amp: bool = True) -> None:
+                 precision: str = "auto") -> None:
         if net is None and engine is None:
             raise ValueError("a Detector needs a network or an ONNX engine")
         self.cfg = cfg
         self.threshold = float(threshold)
         self.device = pick_device(device)
         self.engine = engine
-        self.amp = amp and self.device.type == "cuda"
+        self.amp = resolve_precision(precision, self.device) and engine is None
         self.net = None if net is None else net.to(self.device).eval()
         if self.net is not None and self.device.type == "cpu":
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -125,7 +143,8 @@ class Detector:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
                         threshold: float | None = None, engine: str = "eager", onnx: str | os.PathLike | None = None,
-                        compile: bool = False, fast_decode: bool | None = None) -> Detector:
+                        compile: bool = False, fast_decode: bool | None = None,
+                        precision: str = "auto") -> Detector:
         """Load a Synapse-7 checkpoint; needs no pretrained weights and no network.
 
         engine="onnx" runs the model in ONNX Runtime: from `onnx` (an export of this checkpoint; giving it implies
@@ -134,6 +153,9 @@ class Detector:
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
         engine = "onnx" if onnx is not None else engine
+        if engine == "onnx" and precision == "bf16":
+            raise ValueError("--precision bf16 applies to the eager engine; the ONNX export runs in fp32")
+        resolve_precision(precision, pick_device(device))  # unknown or unsupported: fail before loading
         ckpt = load_checkpoint(path)
         cfg = config_from_dict(ckpt["hyper_parameters"]["config"])
         net = build_model(cfg.model, load_weights=False)
@@ -158,7 +180,7 @@ class Detector:
                 if got.model != want.model or got.data.image_size != want.data.image_size:
                     raise ValueError(f"{onnx} was exported from another model or image size than {path}")
         return cls(net, _with_fast_decode(cfg, fast_decode), threshold=thr, device=device, engine=runner,
-                   compile=compile)
+                   compile=compile, precision=precision)
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
