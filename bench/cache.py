@@ -28,7 +28,7 @@ def _config(root: str, a: dict[str, Any], cache: str | None) -> Any:
         data={"root": root, "image_size": a["image_size"], "batch_size": a["batch_size"], "num_workers": a["workers"]},
         model={"backbone": a["backbone"], "weights": "none", "input": "fft", "trainable": a["strategy"]},
         train={"epochs": a["epochs"], "accelerator": "cpu", "devices": "1", "seed": 42, "feature_cache": cache,
-               "ckpt_every_n_steps": 10_000},
+               "ckpt_every_n_steps": 10_000, "precision": a.get("precision") or "32-true"},
     )
 
 
@@ -79,7 +79,7 @@ def baseline_run(root: str, a: dict[str, Any]) -> dict:
 
     if a["threads"]:
         torch.set_num_threads(a["threads"])
-    cfg = _config(root, a, None)
+    cfg = _config(root, {**a, "precision": None}, None)  # the baseline is the plain fp32 loop
     torch.manual_seed(42)  # the same initial weights as synapse7.train (seeded the same way)
     net = build_model(cfg.model)
     model = SpectrumNet(net)
@@ -115,14 +115,18 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--threads", type=int, help="intra-op threads (default: PyTorch's)")
-    ap.add_argument("--uncached", action="store_true", help="also time synapse7.train without the cache")
+    ap.add_argument("--uncached", action="store_true",
+                    help="also run synapse7.train without the cache, in fp32 (the accuracy reference)")
+    ap.add_argument("--precision", default="32-true",
+                    help="Lightning precision of the synapse7 runs (e.g. bf16-mixed on CPUs with native bf16); "
+                         "the baseline always runs the plain fp32 loop")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "synapse7-bench"))
     ap.add_argument("--out", help="write the JSON result here")
     a = ap.parse_args()
     work = Path(a.work)
     root = str(write_dataset(work / "train-data", n_train=a.n_train, n_val=a.n_val, size=a.src_size))
     args = {k: getattr(a, k) for k in ("image_size", "batch_size", "workers", "backbone", "strategy", "epochs",
-                                       "threads")}
+                                       "threads", "precision")}
     run = Path(tempfile.mkdtemp(prefix="runs-", dir=work))
     results = {
         "baseline (reference-style)": run_isolated(baseline_run, root=root, a=args),
@@ -130,8 +134,9 @@ def main() -> None:
                                                        cache=str(run / "feature-cache"), a=args),
     }
     if a.uncached:
-        results["synapse7 train (no cache)"] = run_isolated(synapse7_run, root=root, out=str(run / "plain"),
-                                                            cache=None, a=args)
+        # the accuracy reference: no cache and plain fp32, whatever --precision the cached run uses
+        results["synapse7 train (no cache, fp32)"] = run_isolated(synapse7_run, root=root, out=str(run / "plain"),
+                                                                  cache=None, a={**args, "precision": None})
     base = results["baseline (reference-style)"]["epochs"]
     n_train = 3 * 2 * a.n_train
     rows = []

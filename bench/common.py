@@ -10,6 +10,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import sys
 import threading
 import time
@@ -203,7 +204,14 @@ def run_isolated(fn: Callable[..., dict], **kwargs: Any) -> dict[str, Any]:
     q = ctx.Queue()
     p = ctx.Process(target=_isolated_target, args=(q, fn, kwargs))
     p.start()
-    status, out = q.get()
+    while True:  # a child that dies before reporting (killed, crashed on import) must not hang the bench
+        try:
+            status, out = q.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                raise RuntimeError(f"{fn.__name__}: its subprocess exited with code {p.exitcode} "
+                                   "without a result") from None
     p.join()
     if status != "ok":
         raise RuntimeError(f"{fn.__name__} failed in its subprocess:\n{out}")

@@ -27,7 +27,7 @@ def _threads(n: int | None) -> None:
 
 
 def model_only(ckpt: str, engine: str, onnx: str | None, n: int, batch: int, threads: int | None,
-               precision: str = "fp32") -> dict:
+               precision: str = "fp32", compile: bool = False) -> dict:
     """The forward pass alone on an in-memory batch: the ceiling for end-to-end prediction."""
     import torch
 
@@ -35,17 +35,17 @@ def model_only(ckpt: str, engine: str, onnx: str | None, n: int, batch: int, thr
 
     from synapse7.predict import Detector
 
-    det = Detector.from_checkpoint(ckpt, device="cpu", engine=engine, onnx=onnx, precision=precision)
+    det = Detector.from_checkpoint(ckpt, device="cpu", engine=engine, onnx=onnx, precision=precision, compile=compile)
     s = det.cfg.data.image_size
     x = torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(0))
-    det.predict_batch(x)  # warm-up (first-call allocations, ONNX Runtime arena)
+    warm, _ = timed(lambda: det.predict_batch(x))  # warm-up (allocations, ONNX Runtime arena, compilation)
     steps = max(1, n // batch)
     dt, _ = timed(lambda: [det.predict_batch(x) for _ in range(steps)])
-    return {"img_s": steps * batch / dt, "seconds": dt, "images": steps * batch}
+    return {"img_s": steps * batch / dt, "seconds": dt, "images": steps * batch, "warmup_seconds": warm}
 
 
 def synapse7_predict(ckpt: str, engine: str, onnx: str | None, paths: list[str], batch: int, workers: int,
-                     fast_decode: bool, threads: int | None, precision: str = "fp32") -> dict:
+                     fast_decode: bool, threads: int | None, precision: str = "fp32", compile: bool = False) -> dict:
     """What `synapse7 predict FOLDER` does: stream P(AI) for files, decoding in DataLoader workers."""
     import torch
 
@@ -54,13 +54,13 @@ def synapse7_predict(ckpt: str, engine: str, onnx: str | None, paths: list[str],
     from synapse7.predict import Detector
 
     det = Detector.from_checkpoint(ckpt, device="cpu", engine=engine, onnx=onnx, fast_decode=fast_decode or None,
-                                   precision=precision)
+                                   precision=precision, compile=compile)
     s = det.cfg.data.image_size
-    det.predict_batch(torch.zeros(batch, 3, s, s))  # same warm-up as model_only
+    warm, _ = timed(lambda: det.predict_batch(torch.zeros(batch, 3, s, s)))  # same warm-up as model_only
     t = time.perf_counter()
     p = [r.p_ai for r in det.predict_paths(paths, batch_size=batch, num_workers=workers)]
     dt = time.perf_counter() - t
-    return {"img_s": len(p) / dt, "seconds": dt, "images": len(p), "p": p}
+    return {"img_s": len(p) / dt, "seconds": dt, "images": len(p), "p": p, "warmup_seconds": warm}
 
 
 def baseline(ckpt: str, paths: list[str], batch: int, workers: int, threads: int | None) -> dict:
@@ -103,6 +103,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="intra-op threads for every pipeline (default: PyTorch's)")
     ap.add_argument("--no-onnx", action="store_true")
     ap.add_argument("--fast-decode", action="store_true", help="also run Synapse-7 predict with --fast-decode")
+    ap.add_argument("--compile", action="store_true",
+                    help="also run the bf16 rows with --compile (torch.compile; its warm-up time is reported apart)")
     ap.add_argument("--no-bf16", action="store_true",
                     help="skip the --precision bf16 rows (they are skipped anyway on CPUs without native bf16)")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "synapse7-bench"))
@@ -145,6 +147,12 @@ def main() -> None:
         runs["model-only forward, eager bf16"] = (model_only, dict(ckpt=ckpt, engine="eager", onnx=None, precision="bf16"))
         runs["synapse7 predict, eager bf16"] = (synapse7_predict, dict(
             ckpt=ckpt, engine="eager", onnx=None, paths=paths, workers=a.workers, fast_decode=False, precision="bf16"))
+        if a.compile:
+            runs["model-only forward, eager bf16 compiled"] = (model_only, dict(
+                ckpt=ckpt, engine="eager", onnx=None, precision="bf16", compile=True))
+            runs["synapse7 predict, eager bf16 compiled"] = (synapse7_predict, dict(
+                ckpt=ckpt, engine="eager", onnx=None, paths=paths, workers=a.workers, fast_decode=False,
+                precision="bf16", compile=True))
     if a.fast_decode:
         runs["synapse7 predict, eager, fast-decode"] = (
             synapse7_predict, dict(ckpt=ckpt, engine="eager", onnx=None, paths=paths, workers=a.workers, fast_decode=True))
@@ -172,6 +180,12 @@ def main() -> None:
     for name in names:
         if "p" in best[name] and name != "baseline (reference-style)":
             extra[f"max |p - baseline p| ({name})"] = float(np.abs(np.asarray(best[name]["p"]) - ref_p).max())
+    for name in names:
+        if "warmup_seconds" in best[name]:
+            extra[f"first-call seconds ({name})"] = round(best[name]["warmup_seconds"], 2)
+    if "synapse7 predict, eager bf16 compiled" in best:
+        extra["predict bf16 compiled / model-only bf16 compiled"] = (
+            best["synapse7 predict, eager bf16 compiled"]["img_s"] / best["model-only forward, eager bf16 compiled"]["img_s"])
     if "synapse7 predict, eager bf16" in best:
         extra["predict bf16 / model-only bf16"] = (best["synapse7 predict, eager bf16"]["img_s"]
                                                    / best["model-only forward, eager bf16"]["img_s"])

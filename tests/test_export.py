@@ -191,3 +191,13 @@ def test_bf16_cpu_close_to_fp32(checkpoint: Path, images: list[str]) -> None:
     b = [p.p_ai for p in bf16.predict(images)]
     assert a != b  # bf16 really ran (fp32 gives bitwise-repeatable outputs)
     np.testing.assert_allclose(b, a, atol=2e-2)  # measured on these tiny random-weight models: ~1e-3
+
+
+def test_cli_precision_flag(checkpoint: Path, images: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["predict", "--checkpoint", str(checkpoint), "--precision", "fp32", "--num-workers", "0",
+                 *images[:2]]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(line.split("\t")[1] in ("AI", "REAL") for line in lines)
+    with pytest.raises(SystemExit) as e:  # argparse: not a choice
+        main(["predict", "--checkpoint", str(checkpoint), "--precision", "fp16", images[0]])
+    assert e.value.code == 2

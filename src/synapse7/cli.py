@@ -122,6 +122,13 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto (default: bf16 autocast on GPU, fp32 on CPU), fp32, or bf16 (also on CPUs with native "
+                        "bf16, e.g. AVX512-BF16: ~1.8x the fp32 forward there; P(AI) moves slightly, see "
+                        "docs/performance.md)")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from synapse7.train import train
 
@@ -151,7 +158,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         res = evaluate_robustness(args.checkpoint, args.data, args.perturb, split=args.split, align=args.align,
                                   generators=args.generators, batch_size=args.batch_size,
                                   num_workers=args.num_workers, on_bad_image=args.on_bad_image,
-                                  threshold=args.threshold, device=args.device,
+                                  threshold=args.threshold, device=args.device, precision=args.precision,
                                   log=lambda m: print(m, file=sys.stderr))
         write_robustness(res, args.out)
         print(robustness_markdown(res))
@@ -159,7 +166,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     evaluate(args.checkpoint, args.data, split=args.split, out_dir=args.out, batch_size=args.batch_size,
              num_workers=args.num_workers, generators=args.generators, on_bad_image=args.on_bad_image,
-             align=args.align, threshold=args.threshold, device=args.device)
+             align=args.align, threshold=args.threshold, device=args.device, precision=args.precision)
     print(f"reports written to {args.out}", file=sys.stderr)
     return 0
 
@@ -320,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate under each perturbation of a comma list, e.g. "
                         "jpeg:95,jpeg:65,jpeg:30,resize:0.5,resize:0.25,blur:1,blur:3,none; writes robustness.csv/"
                         ".md/.json/.png (after --align's re-encoding, if given)")
+    _add_precision(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("calibrate", help="choose the decision threshold on validation data, store it in a checkpoint",
@@ -358,9 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PyTorch (default) or ONNX Runtime (exports the checkpoint on the fly unless --onnx is given)")
     p.add_argument("--onnx", metavar="MODEL.onnx", help="an export from `synapse7 export` (implies --engine onnx)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (eager engine; pays off on GPU)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="eager engine: auto (default: bf16 autocast on GPU, fp32 on CPU), fp32, or bf16 (also on CPUs "
-                        "with native bf16, ~1.8x faster there; P(AI) moves by up to ~1e-2)")
+    _add_precision(p)
     p.add_argument("--fast-decode", action="store_true",
                    help="decode large JPEGs at reduced scale (libjpeg-turbo DCT scaling; docs/performance.md)")
     p.set_defaults(func=cmd_predict)

@@ -48,7 +48,7 @@ def evaluate_robustness(checkpoint: str | Path, data_root: str | Path, perturbat
                         split: str = "val", align: str | None = None, generators: Sequence[str] | None = None,
                         batch_size: int | None = None, num_workers: int | None = None,
                         on_bad_image: str | None = None, threshold: float | None = None, device: str | None = None,
-                        detector: Any = None, log: Any = None) -> RobustnessResult:
+                        detector: Any = None, log: Any = None, precision: str = "auto") -> RobustnessResult:
     """Evaluate `checkpoint` on the split once per perturbation (e.g. "jpeg:95,jpeg:65,resize:0.5,blur:1,none").
 
     The network is loaded once and reused. `align` overrides the checkpoint's own alignment ("none" removes it).
@@ -57,7 +57,7 @@ def evaluate_robustness(checkpoint: str | Path, data_root: str | Path, perturbat
     from synapse7.predict import Detector
 
     ops = parse_perturbation_list(perturbations)
-    det = detector or Detector.from_checkpoint(checkpoint, device=device, threshold=threshold)
+    det = detector or Detector.from_checkpoint(checkpoint, device=device, threshold=threshold, precision=precision)
     rows: list[dict[str, Any]] = []
     used_align: str | None = None
     for op in ops:
