@@ -207,6 +207,12 @@ class Detector:
                 logits = self._forward(x)
         return torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
 
+    def _predict_uint8(self, u8: torch.Tensor) -> np.ndarray:
+        """(B, 3, S, S) uint8 crops -> P(AI); normalised on the model's device (a GPU copies a quarter the bytes)."""
+        if self.engine is None:
+            u8 = u8.to(self.device, non_blocking=True)
+        return self.predict_batch(self.preset.normalize(u8))
+
     def _decode(self, item: ImageInput, max_pixels: int) -> Image.Image:
         if isinstance(item, Image.Image):
             return item.convert("RGB")
@@ -252,7 +258,7 @@ class Detector:
                             pin_memory=self.device.type == "cuda")
         for items in loader:
             good = [(i, t) for i, t, err in items if err is None]
-            probs = self.predict_batch(self.preset.normalize(torch.stack([t for _, t in good]))) if good else np.empty(0)
+            probs = self._predict_uint8(torch.stack([t for _, t in good])) if good else np.empty(0)
             pmap = {i: float(p) for (i, _), p in zip(good, probs, strict=True)}
             for i, _, err in items:
                 name = display_path(paths[i])
