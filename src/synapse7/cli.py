@@ -125,8 +125,8 @@ def config_from_args(args: argparse.Namespace):
 def _add_precision(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto (default: bf16 autocast on GPU, fp32 on CPU), fp32, or bf16 (also on CPUs with native "
-                        "bf16, e.g. AVX512-BF16: ~1.8x the fp32 forward there; P(AI) moves slightly, see "
-                        "docs/performance.md)")
+                        "bf16, e.g. AVX512-BF16: 1.8-2.5x the fp32 forward there; P(AI) moves a little and a few "
+                        "labels near the threshold can flip, see docs/performance.md)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
