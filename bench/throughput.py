@@ -1,6 +1,9 @@
-"""Inference throughput: model-only forward, Synapse-7 `predict` (eager and ONNX Runtime) and the baseline.
+"""Inference throughput: model-only forward, Synapse-7 `predict` (eager, ONNX Runtime, bf16) and the baseline.
 
-    PYTHONPATH=src .venv/bin/python bench/throughput.py --n 256 --backbone resnet34 --image-size 224
+    PYTHONPATH=src .venv/bin/python bench/throughput.py --n 256 --backbone resnet34 --image-size 224 [--compile]
+
+On a CPU with native bf16 (or a GPU) the eager pipelines also run with `--precision bf16` (and, with
+--compile, bf16 + torch.compile); each is compared with its own model-only forward and with the fp32 baseline.
 
 Each pipeline runs in its own fresh process (so its peak RSS is its own) over the same folder of images, in
 alternating order for --repeats rounds; the best round of each is reported. Targets (issue 5): end-to-end
@@ -111,6 +114,8 @@ def main() -> None:
     ap.add_argument("--out", help="write the JSON result here")
     a = ap.parse_args()
 
+    import torch
+
     from synapse7.config import load_config
     from synapse7.predict import Detector
 
@@ -141,8 +146,6 @@ def main() -> None:
         runs["model-only forward, onnxruntime"] = (model_only, dict(ckpt=ckpt, engine="onnx", onnx=onnx))
         runs["synapse7 predict, onnx"] = (synapse7_predict, dict(ckpt=ckpt, engine="onnx", onnx=onnx, paths=paths,
                                                                  workers=a.workers, fast_decode=False))
-    import torch
-
     if not a.no_bf16 and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         runs["model-only forward, eager bf16"] = (model_only, dict(ckpt=ckpt, engine="eager", onnx=None, precision="bf16"))
         runs["synapse7 predict, eager bf16"] = (synapse7_predict, dict(
