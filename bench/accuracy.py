@@ -110,6 +110,11 @@ def _input_of(flags: str) -> str:
     return words[len(words) - 1 - words[::-1].index("--input") + 1] if "--input" in words else ModelConfig().input
 
 
+def _epochs_of(flags: str) -> str:
+    words = shlex.split(flags)
+    return words[len(words) - 1 - words[::-1].index("--epochs") + 1] if "--epochs" in words else "default"
+
+
 def genimage_variants(args: argparse.Namespace) -> list[tuple[str, str]]:
     """(folder prefix, extra flags): the --genimage-train model, then one per extra input mode."""
     base = _input_of(args.genimage_train)
@@ -304,8 +309,8 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU core(s) ({cpu}), {gpu}; "
-            f"Python {platform.python_version()}, torch {torch.__version__}; shared with other engineers' jobs "
-            f"(load averages per step in the ledger below)")
+            f"Python {platform.python_version()}, torch {torch.__version__}; other jobs may share the CPU (load "
+            f"averages per step in the ledger below; a step's wall-clock time includes any time it was paused)")
 
 
 def invocations(out: Path) -> list[tuple[str, str]]:
@@ -329,8 +334,9 @@ def render(out: Path, steps: list[Step], ledger: Ledger, args: argparse.Namespac
     acc = _metric(base / "eval" / "metrics.json", "accuracy")
     auc = _metric(base / "eval" / "metrics.json", "roc_auc")
     trb, evb = "train cifake_base", "evaluate cifake_base"
-    figs.add("cifake", "val accuracy (threshold 0.5)", acc, [trb, evb], ">= 0.975", lambda v: v >= 0.975)
-    figs.add("cifake", "val ROC-AUC", auc, [trb, evb], ">= 0.995", lambda v: v >= 0.995)
+    ep = _epochs_of(args.cifake_train)
+    figs.add("cifake", f"val accuracy (threshold 0.5), {ep} epochs", acc, [trb, evb], ">= 0.975", lambda v: v >= 0.975)
+    figs.add("cifake", f"val ROC-AUC, {ep} epochs", auc, [trb, evb], ">= 0.995", lambda v: v >= 0.995)
     figs.add("cifake", "val AP", _metric(base / "eval" / "metrics.json", "ap"), [trb, evb])
     figs.add("cifake", "val ECE", _metric(base / "eval" / "metrics.json", "ece"), [trb, evb])
     if args.cifake_long_epochs:
