@@ -192,7 +192,6 @@ def main() -> None:
     if "synapse7 predict, eager bf16" in best:
         extra["predict bf16 / model-only bf16"] = (best["synapse7 predict, eager bf16"]["img_s"]
                                                    / best["model-only forward, eager bf16"]["img_s"])
-    extra["predict eager / model-only eager"] = (best["synapse7 predict, eager"]["img_s"] / model_eager)
     if onnx:
         extra["onnx / eager (predict)"] = best["synapse7 predict, onnx"]["img_s"] / best["synapse7 predict, eager"]["img_s"]
         extra["predict onnx / model-only onnx"] = (best["synapse7 predict, onnx"]["img_s"]

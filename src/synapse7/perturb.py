@@ -328,11 +328,6 @@ class RandomHFlip:
         return img
 
 
-def has_train_augmentation(cfg: DataConfig) -> bool:
-    """True when any `aug_*_prob` is on, i.e. training inputs change from epoch to epoch."""
-    return any(p > 0 for p in (cfg.aug_blur_prob, cfg.aug_jpeg_prob, cfg.aug_resize_prob, cfg.aug_flip_prob))
-
-
 def build_train_ops(cfg: DataConfig) -> list[PilOp]:
     """Training-only PIL ops from the `aug_*` fields of a data config (empty when all probabilities are 0)."""
     ops: list[PilOp] = []
@@ -348,3 +343,8 @@ def build_train_ops(cfg: DataConfig) -> list[PilOp]:
     if cfg.aug_flip_prob > 0:
         ops.append(RandomHFlip(cfg.aug_flip_prob))
     return ops
+
+
+def has_train_augmentation(cfg: DataConfig) -> bool:
+    """True when the config asks for random training ops, i.e. training inputs change from epoch to epoch."""
+    return bool(build_train_ops(cfg))
