@@ -432,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", default="png", metavar="png|jpeg:Q", help="file format of both classes (default png)")
     p.add_argument("--workers", type=int, default=1, help="processes writing images (default 1)")
-    p.add_argument("--ae-steps", type=int, default=600, help="autoencoder training steps (default 600)")
+    p.add_argument("--ae-steps", type=int, default=1500, help="autoencoder training steps (default 1500, ~2 CPU min each)")
     p.add_argument("--ae-max-seconds", type=float,
                    help="also stop each autoencoder's training after this many seconds (output then not reproducible)")
     p.add_argument("--ae-factor", type=int, choices=[4, 8], default=4, help="autoencoder down-sampling (default 4)")
