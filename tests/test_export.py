@@ -207,10 +207,3 @@ def test_cli_precision_flag(checkpoint: Path, images: list[str], capsys: pytest.
     assert main(["predict", "--checkpoint", str(checkpoint), "--engine", "onnx", "--precision", "bf16",
                  images[0]]) == 1
     assert "eager engine" in capsys.readouterr().err
-
-
-def test_predict_paths_equals_in_memory_predict(checkpoint: Path, images: list[str]) -> None:
-    # predict_paths ships uint8 crops from its workers and normalises batches; predict() normalises per image
-    det = Detector.from_checkpoint(checkpoint, device="cpu")
-    streamed = [p.p_ai for p in det.predict_paths(images, batch_size=2, num_workers=0)]
-    np.testing.assert_allclose(streamed, [p.p_ai for p in det.predict(images)], rtol=0, atol=1e-6)

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, JpegImagePlugin
 
-from synapse7.data import LayoutError, Sample, discover_samples, display_path
-from synapse7.io import BadImageError, atomic_path, atomic_write_text, open_image
+from synapse7.data import LayoutError, Sample, discover_samples
+from synapse7.io import BadImageError, atomic_path, atomic_write_text, open_image, printable_path
 
 # IJG (libjpeg) standard tables, ITU-T T.81 Annex K, in natural (row-major) order, as PIL reports them.
 STANDARD_LUMA = np.array([
@@ -463,13 +463,13 @@ class AuditResult:
             "shortcuts": [_score_dict(s) for s in self.shortcuts],
             "combined_metadata": [_score_dict(s) for s in self.combined],
             "summaries": [asdict(s) for s in self.summaries],
-            "unreadable": [{"path": display_path(r.path), "split": r.split, "generator": r.generator,
+            "unreadable": [{"path": printable_path(r.path), "split": r.split, "generator": r.generator,
                             "class": "ai" if r.label else "nature", "reason": r.error} for r in self.unreadable],
         }
 
     def summary_text(self) -> str:
         """A short plain-text summary (what `run_audit` prints)."""
-        lines = [f"audit of {display_path(self.root)} (splits: {', '.join(self.splits)}): {len(self.records)} files, "
+        lines = [f"audit of {printable_path(self.root)} (splits: {', '.join(self.splits)}): {len(self.records)} files, "
                  f"{len(self.generators)} generator(s), {len(self.unreadable)} unreadable"]
         for split, why in self.skipped_splits.items():
             lines.append(f"  split '{split}' skipped: {why}")
@@ -593,7 +593,7 @@ def _fmt(v: float | None, spec: str = ".3f") -> str:
 
 def audit_markdown(result: AuditResult) -> str:
     r = result
-    out = [f"# Dataset audit: `{display_path(r.root)}`", "",
+    out = [f"# Dataset audit: `{printable_path(r.root)}`", "",
            f"Splits: {', '.join(r.splits)}. Files: {len(r.records)} in {len(r.generators)} generator(s); "
            f"unreadable: {len(r.unreadable)}.", ""]
     for split, why in r.skipped_splits.items():
@@ -642,7 +642,7 @@ def audit_markdown(result: AuditResult) -> str:
             "not IJG's (another encoder), giving the closest quality.", "", "## Unreadable files", ""]
     if r.unreadable:
         out += ["| path | split | class | reason |", "|---|---|---|---|"]
-        out += [f"| `{display_path(u.path)}` | {u.split} | {'ai' if u.label else 'nature'} | {u.error} |"
+        out += [f"| `{printable_path(u.path)}` | {u.split} | {'ai' if u.label else 'nature'} | {u.error} |"
                 for u in r.unreadable]
     else:
         out.append("None.")

@@ -202,7 +202,7 @@ def cmd_crossgen(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from synapse7.data import display_path
+    from synapse7.io import printable_path
     from synapse7.predict import Detector, ResumableOutput, expand_paths, format_prediction
 
     if args.checkpoint is None and args.onnx is None:
@@ -226,7 +226,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = ResumableOutput(args.output, resume=args.resume, as_json=args.json) if args.output else None
     if out is not None and out.done:
         total = len(paths)
-        paths = [p for p in paths if display_path(p) not in out.done]
+        paths = [p for p in paths if printable_path(p) not in out.done]
         print(f"resuming: {total - len(paths)} of {total} image(s) already done", file=sys.stderr)
     errors = 0
     try:

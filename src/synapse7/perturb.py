@@ -24,7 +24,7 @@ from torchvision.transforms.v2 import functional as TF
 from synapse7.config import DataConfig
 from synapse7.io import _to_rgb
 
-PilOp = Callable[[Image.Image], Image.Image]
+PilOp = Callable[[Image.Image], Image.Image]  # one image operation; presets run them before resizing
 
 # libjpeg's chroma subsampling codes as PIL's `subsampling=` takes them.
 SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -15,13 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
 from synapse7.config import RunConfig, config_from_dict
-from synapse7.data import display_path
-from synapse7.io import BadImageError, ensure_writable_dir, is_image_file, open_image
+from synapse7.data import MultiGenDataset, build_loader
+from synapse7.io import BadImageError, ensure_writable_dir, printable_path, walk_images
 from synapse7.model import Synapse7Net, build_model
-from synapse7.transforms import ClassificationPreset, build_preset
+from synapse7.transforms import build_preset
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | bytes
 
@@ -62,36 +60,12 @@ def expand_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            for dirpath, dirnames, filenames in os.walk(p, followlinks=False):
-                dirnames.sort()
-                out += [os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f) and not f.startswith(".")]
+            out += walk_images(p)[0]
         elif p.exists() or p.is_symlink():
             out.append(str(p))
         else:
-            raise FileNotFoundError(f"no such file or directory: {display_path(p)}")
+            raise FileNotFoundError(f"no such file or directory: {printable_path(p)}")
     return out
-
-
-class _FileDataset(Dataset):
-    def __init__(self, paths: Sequence[str], preset: ClassificationPreset, max_pixels: int) -> None:
-        self.paths, self.preset, self.max_pixels = list(paths), preset, max_pixels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
-        # uint8 (3, S, S): a quarter of the float bytes to pass between processes; the main process normalises
-        # whole batches at once (predict_paths), which is also cheaper than per image.
-        try:
-            img = open_image(self.paths[i], max_pixels=self.max_pixels, name=display_path(self.paths[i]),
-                             draft_size=self.preset.draft_size)
-            return i, self.preset.to_uint8(img), None
-        except BadImageError as e:
-            return i, None, e.reason
-
-
-def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> list[tuple[int, torch.Tensor | None, str | None]]:
-    return items
 
 
 ENGINES = ("eager", "onnx")
@@ -214,59 +188,51 @@ class Detector:
             u8 = u8.to(self.device, non_blocking=True)
         return self.predict_batch(self.preset.normalize(u8))
 
-    def _decode(self, item: ImageInput, max_pixels: int) -> Image.Image:
-        if isinstance(item, Image.Image):
-            return item.convert("RGB")
-        if isinstance(item, np.ndarray):
-            arr = item if item.ndim == 3 else np.stack([item] * 3, axis=-1)
-            return Image.fromarray(arr.astype(np.uint8)[..., :3], "RGB")
-        if isinstance(item, bytes):
-            return open_image(io.BytesIO(item), max_pixels=max_pixels, name="<bytes>")
-        return open_image(item, max_pixels=max_pixels, name=display_path(item))
-
     def _label(self, p: float) -> str:
         return "AI" if p >= self.threshold else "REAL"
 
     def predict(self, images: Sequence[ImageInput] | ImageInput, *, batch_size: int = 32) -> list[Prediction]:
-        """Predict in memory. Undecodable inputs give a Prediction with label "ERROR" and the reason."""
+        """Predict in memory. Undecodable inputs give a Prediction with label "ERROR" and the reason.
+
+        Decoding and preprocessing are `predict_paths`'s (the preset's decode, uint8 crops normalised per
+        batch), so a file gives the same P(AI) through either.
+        """
         if not isinstance(images, (list, tuple)):
             images = [images]
         out: list[Prediction] = []
+        max_pixels = self.cfg.data.max_pixels
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            tensors, slots = [], []
-            results: list[Prediction | None] = [None] * len(chunk)
+            names = [printable_path(item) if isinstance(item, (str, os.PathLike)) else f"<image {start + j}>"
+                     for j, item in enumerate(chunk)]
+            crops: dict[int, torch.Tensor] = {}
+            errors: dict[int, str] = {}
             for j, item in enumerate(chunk):
-                name = display_path(item) if isinstance(item, (str, os.PathLike)) else f"<image {start + j}>"
                 try:
-                    tensors.append(self.preset(self._decode(item, self.cfg.data.max_pixels)))
-                    slots.append(j)
+                    crops[j] = self.preset.load(item, max_pixels=max_pixels, name=names[j])
                 except BadImageError as e:
-                    results[j] = Prediction(name, "ERROR", float("nan"), e.reason)
-            if tensors:
-                probs = self.predict_batch(torch.stack(tensors))
-                for j, p in zip(slots, probs, strict=True):
-                    item = chunk[j]
-                    name = display_path(item) if isinstance(item, (str, os.PathLike)) else f"<image {start + j}>"
-                    results[j] = Prediction(name, self._label(float(p)), float(p))
-            out.extend(r for r in results if r is not None)
+                    errors[j] = e.reason
+            probs = self._predict_uint8(torch.stack(list(crops.values()))) if crops else np.empty(0)
+            pmap = dict(zip(crops, probs.tolist(), strict=True))
+            out += [self._prediction(names[j], pmap.get(j), errors.get(j)) for j in range(len(chunk))]
         return out
+
+    def _prediction(self, name: str, p: float | None, error: str | None) -> Prediction:
+        if p is None:
+            return Prediction(name, "ERROR", float("nan"), error)
+        return Prediction(name, self._label(p), p)
 
     def predict_paths(self, paths: Sequence[str], *, batch_size: int = 32, num_workers: int = 2) -> Iterator[Prediction]:
         """Stream predictions for files, in order, decoding in DataLoader workers while the model runs."""
-        ds = _FileDataset(paths, self.preset, self.cfg.data.max_pixels)
-        loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
-                            pin_memory=self.device.type == "cuda")
-        for items in loader:
-            good = [(i, t) for i, t, err in items if err is None]
-            probs = self._predict_uint8(torch.stack([t for _, t in good])) if good else np.empty(0)
-            pmap = {i: float(p) for (i, _), p in zip(good, probs, strict=True)}
-            for i, _, err in items:
-                name = display_path(paths[i])
-                if err is not None:
-                    yield Prediction(name, "ERROR", float("nan"), err)
-                else:
-                    yield Prediction(name, self._label(pmap[i]), pmap[i])
+        ds = MultiGenDataset.from_paths(paths, self.preset, max_pixels=self.cfg.data.max_pixels, normalize=False)
+        loader = build_loader(ds, batch_size=batch_size, num_workers=num_workers)
+        for batch in loader:
+            bad = dict(batch["bad"])
+            idx = batch["index"].tolist()
+            probs = self._predict_uint8(batch["image"]).tolist() if "image" in batch else []
+            pmap = dict(zip(idx, probs, strict=True))
+            for i in sorted([*idx, *bad]):
+                yield self._prediction(printable_path(paths[i]), pmap.get(i), bad.get(i))
 
 
 def format_prediction(p: Prediction, *, as_json: bool) -> str:
