@@ -296,13 +296,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    from synapse7.model import backbone_names, get_backbone_spec
+    from synapse7.backbones import registry_table
 
-    print("| backbone | imagenet weights | stages | width |\n|---|---|---|---|")
-    for name in backbone_names():
-        s = get_backbone_spec(name)
-        stages = "; ".join(f"{k}={','.join(v) or '(new head)'}" for k, v in s.stages.items())
-        print(f"| {name} | {s.weights} | {stages} | {s.feature_width} |")
+    print(registry_table(), end="")
     return 0
 
 
@@ -422,10 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # unknown options exit with status 2 and a usage message
+    from synapse7.backbones import WeightsUnavailableError
     from synapse7.config import ConfigError
     from synapse7.data import LayoutError
     from synapse7.io import BadImageError
-    from synapse7.model import WeightsUnavailableError
 
     expected: tuple[type[BaseException], ...] = (ConfigError, LayoutError, BadImageError, WeightsUnavailableError,
                                                  FileNotFoundError, FileExistsError, PermissionError, ValueError, OSError)

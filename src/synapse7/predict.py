@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from synapse7.backbones import read_torch_file
 from synapse7.config import RunConfig, config_from_dict
 from synapse7.data import MultiGenDataset, build_loader
 from synapse7.io import BadImageError, ensure_writable_dir, printable_path, walk_images
-from synapse7.model import Synapse7Net, build_model
+from synapse7.model import Synapse7Net, build_model, net_state_dict
 from synapse7.transforms import build_preset
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | bytes
@@ -42,13 +43,11 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A Synapse-7 checkpoint as a dict; a missing, unreadable or foreign file raises naming it."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found: {p}")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file
-        raise ValueError(f"cannot read checkpoint {p}: {e}") from e
+    ckpt = read_torch_file(p, weights_only=False, what="checkpoint", error=ValueError)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt.get("hyper_parameters", {}):
         raise ValueError(f"{p} is not a Synapse-7 checkpoint (no state_dict / config)")
     return ckpt
@@ -136,8 +135,7 @@ class Detector:
         ckpt = load_checkpoint(path)
         cfg = config_from_dict(ckpt["hyper_parameters"]["config"])
         net = build_model(cfg.model, load_weights=False)
-        state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-        net.load_state_dict(state)
+        net.load_state_dict(net_state_dict(ckpt["state_dict"]))
         stored = float(ckpt.get("synapse7", {}).get("threshold", 0.5))
         thr = stored if threshold is None else threshold
         runner = None

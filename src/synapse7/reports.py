@@ -18,7 +18,6 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from synapse7.calibration import expected_calibration_error
 from synapse7.io import atomic_path, atomic_write_text
 
 TARGET_NAMES = ["REAL", "AI"]
@@ -43,6 +42,49 @@ def binary_metrics(y_true: np.ndarray, p_ai: np.ndarray, threshold: float = 0.5)
         "support": int(len(y)),
         "threshold": float(threshold),
     }
+
+
+def check_scores(y_true: Any, p_ai: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (0/1) and finite scores of equal, non-zero length as int64 / float64 arrays, or ValueError."""
+    y = np.asarray(y_true).reshape(-1)
+    p = np.asarray(p_ai, dtype=np.float64).reshape(-1)
+    if y.shape != p.shape:
+        raise ValueError(f"y_true and p_ai differ in length: {y.shape[0]} vs {p.shape[0]}")
+    if y.size == 0:
+        raise ValueError("no samples")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("y_true must hold only 0 (real) and 1 (AI)")
+    if not np.isfinite(p).all():
+        raise ValueError("p_ai holds NaN or infinite values")
+    return y.astype(np.int64), p
+
+
+def expected_calibration_error(y_true: Any, p_ai: Any, n_bins: int = 15, *, on: str = "predicted") -> float:
+    """Expected calibration error with `n_bins` equal-width bins over [0, 1] (Guo et al., 2017).
+
+    on="predicted" (default): confidence = probability of the predicted class, max(p, 1 - p), with the
+    prediction p >= 0.5; each bin compares mean confidence with accuracy. on="p_ai": confidence = P(AI)
+    and each bin compares it with the fraction of AI images (torchmetrics' binary definition).
+    ECE = sum over bins of (bin count / n) * |mean confidence - observed frequency|. Bins are (lo, hi],
+    the first also holding 0.
+    """
+    if on not in ("predicted", "p_ai"):
+        raise ValueError(f"on must be 'predicted' or 'p_ai', got {on!r}")
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    y, p = check_scores(y_true, p_ai)
+    if (p < 0).any() or (p > 1).any():
+        raise ValueError("p_ai must be probabilities in [0, 1]")
+    if on == "predicted":
+        pred = (p >= 0.5).astype(np.int64)
+        conf = np.where(pred == 1, p, 1.0 - p)
+        hit = (pred == y).astype(np.float64)
+    else:
+        conf, hit = p, y.astype(np.float64)
+    idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
+    hit_sum = np.bincount(idx, weights=hit, minlength=n_bins)
+    return float(np.abs(conf_sum - hit_sum).sum() / len(y))
 
 
 def classification_report_text(y_true: np.ndarray, p_ai: np.ndarray, threshold: float = 0.5) -> str:
