@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from synapse7.config import ModelConfig
+from synapse7.config import DataConfig, ModelConfig
 from synapse7.spectrum import INPUT_MODES
 
 Handler = Callable[[argparse.Namespace], int]
@@ -83,18 +83,29 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast-decode", action="store_true", default=None,
                    help="decode large JPEGs at reduced scale (libjpeg-turbo DCT scaling); see docs/performance.md")
     aug = p.add_argument_group("training-time robustness augmentation (CNNSpot-style; per image, seeded)")
-    aug.add_argument("--aug-blur-prob", type=float, metavar="P", help="probability of a Gaussian blur (default 0)")
-    aug.add_argument("--aug-blur-sigma", type=_pair(float), metavar="LO,HI", help="blur sigma range (default 0,3)")
-    aug.add_argument("--aug-jpeg-prob", type=float, metavar="P", help="probability of JPEG re-compression (default 0)")
-    aug.add_argument("--aug-jpeg-quality", type=_pair(int), metavar="LO,HI", help="JPEG quality range (default 30,100)")
-    aug.add_argument("--aug-resize-prob", type=float, metavar="P", help="probability of a random resize (default 0)")
-    aug.add_argument("--aug-resize-scale", type=_pair(float), metavar="LO,HI", help="resize factor range (default 0.5,1.5)")
-    aug.add_argument("--aug-flip-prob", type=float, metavar="P", help="probability of a horizontal flip (default 0)")
+    for name, range_type, help_ in AUG_FLAGS:
+        default = getattr(DataConfig, f"aug_{name}")
+        shown = ",".join(f"{v:g}" for v in default) if range_type else f"{default:g}"
+        aug.add_argument(f"--aug-{name.replace('_', '-')}", type=_pair(range_type) if range_type else float,
+                         metavar="LO,HI" if range_type else "P", help=f"{help_} (default {shown})")
     p.add_argument("--calibrate", metavar="accuracy|fpr:T",
                    help="after training, choose the decision threshold on the validation data (best accuracy, or "
                         "the highest TPR at FPR <= T) and store it in best.ckpt")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from RUN_DIR/last.ckpt")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+# Training augmentation flags --aug-<name>: DataConfig field aug_<name> (which holds the default), the type of
+# a LO,HI range's ends (None: a probability), help.
+AUG_FLAGS: tuple[tuple[str, type | None, str], ...] = (
+    ("blur_prob", None, "probability of a Gaussian blur"),
+    ("blur_sigma", float, "blur sigma range"),
+    ("jpeg_prob", None, "probability of JPEG re-compression"),
+    ("jpeg_quality", int, "JPEG quality range"),
+    ("resize_prob", None, "probability of a random resize"),
+    ("resize_scale", float, "resize factor range"),
+    ("flip_prob", None, "probability of a horizontal flip"),
+)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -110,9 +121,7 @@ def config_from_args(args: argparse.Namespace):
               "preprocess": args.preprocess, "batch_size": args.batch_size, "num_workers": args.num_workers,
               "on_bad_image": args.on_bad_image, "align": args.align, "train_generators": args.train_generators,
               "test_generators": args.test_generators, "fast_decode": getattr(args, "fast_decode", None),
-              **{f"aug_{k}": getattr(args, f"aug_{k}", None) for k in ("blur_prob", "blur_sigma", "jpeg_prob",
-                                                                         "jpeg_quality", "resize_prob", "resize_scale",
-                                                                         "flip_prob")}},
+              **{f"aug_{name}": getattr(args, f"aug_{name}", None) for name, _, _ in AUG_FLAGS}},
         model={"backbone": args.backbone, "weights": args.weights, "input": args.input,
                "trainable": args.strategy or args.trainable},
         train={"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,

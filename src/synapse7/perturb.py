@@ -257,12 +257,13 @@ class RandomAugment:
     Blur sigma and resize scale are uniform in their ranges; JPEG quality is a uniform integer (inclusive).
     """
 
-    blur_prob: float = 0.0
-    blur_sigma: tuple[float, float] = (0.0, 3.0)
-    jpeg_prob: float = 0.0
-    jpeg_quality: tuple[int, int] = (30, 100)
-    resize_prob: float = 0.0
-    resize_scale: tuple[float, float] = (0.5, 1.5)
+    # Defaults: DataConfig's aug_* fields, the one place they are set.
+    blur_prob: float = DataConfig.aug_blur_prob
+    blur_sigma: tuple[float, float] = DataConfig.aug_blur_sigma
+    jpeg_prob: float = DataConfig.aug_jpeg_prob
+    jpeg_quality: tuple[int, int] = DataConfig.aug_jpeg_quality
+    resize_prob: float = DataConfig.aug_resize_prob
+    resize_scale: tuple[float, float] = DataConfig.aug_resize_scale
     generator: torch.Generator | None = None
 
     def __post_init__(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -103,15 +104,18 @@ def per_generator_metrics(y_true: np.ndarray, p_ai: np.ndarray, generators: Sequ
     return rows
 
 
-def _fmt(v: Any) -> str:
+def fmt_value(v: Any, spec: str = ".4f", *, none: str = "") -> str:
+    """A table cell: floats with `spec` (NaN as "nan"), None as `none`, anything else as str()."""
+    if v is None:
+        return none
     if isinstance(v, float):
-        return "nan" if np.isnan(v) else f"{v:.4f}"
+        return "nan" if math.isnan(v) else format(v, spec)
     return str(v)
 
 
 def table_markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COLUMNS) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt_value(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -120,7 +124,7 @@ def table_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COL
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)
     for r in rows:
-        w.writerow([_fmt(r.get(c, "")) for c in columns])
+        w.writerow([fmt_value(r.get(c)) for c in columns])
     return buf.getvalue()
 
 
@@ -134,20 +138,48 @@ def per_generator_reports_text(y_true: np.ndarray, p_ai: np.ndarray, generators:
     return "\n".join(parts)
 
 
-def save_confusion_matrix_png(cm: np.ndarray, path: str | Path, title: str = "Confusion matrix") -> None:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display needed); imported on first use, as it is slow."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path) -> None:
+    """Write a matplotlib figure as PNG, atomically, and free it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    pyplot().close(fig)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Strict JSON (NaN and infinities become null, keys strings), indented, written atomically."""
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
+
+
+def json_safe(obj: Any) -> Any:
+    """A copy of `obj` that strict JSON can hold: non-finite floats become None, dict keys str."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def save_confusion_matrix_png(cm: np.ndarray, path: str | Path, title: str = "Confusion matrix") -> None:
     from sklearn.metrics import ConfusionMatrixDisplay
 
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 3.8), dpi=120)
     ConfusionMatrixDisplay(cm, display_labels=TARGET_NAMES).plot(ax=ax, cmap="Blues", colorbar=False, values_format="d")
     ax.set_title(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _ece(y: np.ndarray, p_ai: np.ndarray) -> float:
@@ -179,15 +211,5 @@ def write_eval_report(report: dict[str, Any], out_dir: str | Path, extra: dict[s
     atomic_write_text(out / "per_generator.md", table_markdown(report["per_generator"]))
     metrics = {**report["overall"], "n_images": report["overall"]["support"],
                "confusion_matrix": report["confusion_matrix"].tolist(), **(extra or {})}
-    atomic_write_text(out / "metrics.json", json.dumps(_json_safe(metrics), indent=2) + "\n")
+    write_json(out / "metrics.json", metrics)
     save_confusion_matrix_png(report["confusion_matrix"], out / "confusion_matrix.png")
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and np.isnan(obj):
-        return None
-    return obj
