@@ -401,7 +401,7 @@ def check_cacheable(cfg: RunConfig, train_pre_ops: Sequence[Any]) -> None:
         raise CacheRefused("random training augmentation is on (aug_*_prob > 0): every epoch sees new inputs")
     t = cfg.train
     devices = int(t.devices) if str(t.devices).isdigit() else None
-    if t.num_nodes > 1 or t.strategy not in ("auto", "single_device") or (devices or 1) > 1 or \
+    if t.num_nodes > 1 or t.dist_strategy not in ("auto", "single_device") or (devices or 1) > 1 or \
             (t.devices == "auto" and t.accelerator in ("auto", "gpu", "cuda") and torch.cuda.device_count() > 1):
         raise CacheRefused("multi-process training: the cache is built and read by a single process only")
 

@@ -58,7 +58,7 @@ def widen_first_conv(trunk: nn.Module, path: str, in_channels: int) -> None:
 class Synapse7Net(nn.Module):
     """InputEncoder -> backbone trunk -> Linear(width, 1). forward returns logits of shape (B,)."""
 
-    def __init__(self, spec: BackboneSpec, input_mode: str = "fft") -> None:
+    def __init__(self, spec: BackboneSpec, input_mode: str = ModelConfig.input) -> None:
         super().__init__()
         self.spec = spec
         self.encoder = InputEncoder(input_mode)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from synapse7.backbones import read_torch_file
-from synapse7.config import RunConfig, config_from_dict
+from synapse7.config import RunConfig, check_precision, config_from_dict
 from synapse7.data import MultiGenDataset, build_loader
 from synapse7.io import BadImageError, ensure_writable_dir, printable_path, walk_images
 from synapse7.model import Synapse7Net, build_model, net_state_dict
@@ -68,24 +68,42 @@ def expand_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
 
 
 ENGINES = ("eager", "onnx")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def resolve_precision(precision: str, device: torch.device) -> bool:
-    """True when the eager network should run under bf16 autocast.
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (x86: AVX512-BF16 or AMX-BF16; Arm: the BF16 extension).
+
+    Read from the CPU flags the kernel reports (/proc/cpuinfo), which is what oneDNN's bf16 kernels need;
+    False where they cannot be read (then --precision bf16 is refused on the CPU, as emulation is slow).
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    flags = {f for line in text.splitlines() if line.lower().startswith(("flags", "features"))
+             for f in line.split(":", 1)[-1].split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype the eager network runs under for a --precision value (None: fp32).
 
     "auto": bf16 on CUDA, fp32 on CPU. bf16 moves P(AI) (a trained EfficientNet-Lite0 on CIFAKE val: mean
     |change| 0.003, max 0.33, 4 of 2,000 labels flipped; bench/precision.py), so on the CPU it is opt-in.
-    "bf16" on a CPU without native bf16 (AVX512-BF16 / AMX) is refused: emulated bf16 is slower than fp32.
+    "bf16" on a CPU without native bf16 (AVX512-BF16 / AMX) is refused: emulated bf16 is slower than fp32;
+    "fp16" runs on CUDA only.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    precision = check_precision(precision)
     if precision == "auto":
-        return device.type == "cuda"
-    if precision == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         raise ValueError("--precision bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); this one has "
                          "neither, and emulated bf16 is slower than fp32: use --precision fp32")
-    return precision == "bf16"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 runs on a CUDA GPU only; use fp32 (or bf16 on a CPU with native bf16)")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def _with_fast_decode(cfg: RunConfig, fast_decode: bool | None) -> RunConfig:
@@ -109,7 +127,8 @@ class Detector:
         self.threshold = float(threshold)
         self.device = pick_device(device)
         self.engine = engine
-        self.amp = resolve_precision(precision, self.device) and engine is None
+        # autocast dtype of the eager network (None: fp32); the ONNX export runs in fp32.
+        self.amp_dtype = resolve_precision(precision, self.device) if engine is None else None
         self.net = None if net is None else net.to(self.device).eval()
         if self.net is not None and self.device.type == "cpu":
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -129,8 +148,8 @@ class Detector:
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
         engine = "onnx" if onnx is not None else engine
-        if engine == "onnx" and precision == "bf16":
-            raise ValueError("--precision bf16 applies to the eager engine; the ONNX export runs in fp32")
+        if engine == "onnx" and check_precision(precision) in ("bf16", "fp16"):
+            raise ValueError(f"--precision {precision} applies to the eager engine; the ONNX export runs in fp32")
         resolve_precision(precision, pick_device(device))  # unknown or unsupported: fail before loading
         ckpt = load_checkpoint(path)
         cfg = config_from_dict(ckpt["hyper_parameters"]["config"])
@@ -176,7 +195,8 @@ class Detector:
             x = x.to(self.device, non_blocking=True)
             if self.device.type == "cpu":
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
                 logits = self._forward(x)
         return torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
 
