@@ -239,6 +239,7 @@ def test_torchvision_weights_offline(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.shared
+@pytest.mark.slow  # ~20 s: 210 photos through EfficientNet-Lite0 at 224 px
 @needs_package
 def test_effnet_imagenet_top1_on_genimage_nature_photos() -> None:
     files = sorted({p.name: p for p in DATA.glob("genimage-mini/*/*/nature/*")}.values())

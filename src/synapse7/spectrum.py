@@ -21,7 +21,7 @@ def log_magnitude(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     half-precision FFTs lose the small high-frequency magnitudes this detector relies on.
     A real input's spectrum is Hermitian (|F[k1, k2]| = |F[-k1, -k2]|), so only the rfft2 half is computed
     and logged, and one gather mirrors it and applies fftshift: ~5x faster than fft2 + fftshift on CPU,
-    equal to it within float32 rounding (tests/test_export.py).
+    equal to it within float32 rounding (tests/test_spectrum.py).
     """
     h, w = x.shape[-2:]
     with torch.autocast(device_type=x.device.type, enabled=False):
@@ -67,7 +67,7 @@ def log_magnitude_matmul(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     ONNX has a DFT op, but ONNX Runtime's CPU kernel was 8x slower than this and 0.055 off at 224 px
     (bench/spectrum.py, docs/performance.md). With A = C - iS: A_H x A_W^T = (C x C^T - S x S^T) - i (C x S^T + S x C^T); only the
     W//2+1 columns of the rfft half are computed, then mirrored like `log_magnitude`.
-    Agrees with torch.fft to ~1e-3 after standardisation (tests/test_export.py).
+    Agrees with torch.fft to ~1e-3 after standardisation (tests/test_spectrum.py).
     """
     h, w = x.shape[-2:]
     wh = w // 2 + 1
