@@ -21,9 +21,6 @@ from synapse7.model import STRATEGIES, build_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODES = ("fft", "rgb", "rgb+fft")
-# Smallest square input each backbone accepts: ConvNeXt's stride-2 downsampling convs need >= 32 px;
-# the others run from 8 px. 32 px (CIFAKE's size) therefore works for all of them.
-MIN_SIZE = {"convnext_tiny": 32}
 
 
 def _installed(name: str) -> bool:
@@ -73,14 +70,19 @@ def _source_state() -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", _names(backbone_names()))
 def test_forward_every_backbone_and_mode(name: str, mode: str) -> None:
-    size = MIN_SIZE.get(name, 32)
+    size = 64  # maps of at least 2x2 at the end of every trunk, so that pooling really reduces something
     net = build_model(ModelConfig(backbone=name, weights="none", input=mode)).eval()
+    x = torch.randn(2, 3, size, size)
     with torch.no_grad():
-        feats = net.forward_features(torch.randn(2, 3, size, size))
-        logits = net.forward_head(feats)
-    assert feats.shape == (2, net.spec.feature_width)
+        maps = net.forward_features(x)
+        logits = net.forward_head(maps)
+        # The registry row's features + pool are the trunk's own forward, cut where timm cuts it.
+        reference = net.head(net.backbone(net.encoder(x))).squeeze(-1)
+    assert maps.ndim == 4 and maps.shape[1:].numel() > net.spec.feature_width  # unpooled maps
+    assert net.pool(maps).shape == (2, net.spec.feature_width)
     assert logits.shape == (2,)
     assert torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_registry_has_efficientnet_and_table_lists_every_backbone() -> None:

@@ -47,6 +47,13 @@ class BackboneSpec:
     weights: str  # where `imagenet` weights come from (human-readable)
     load_imagenet: Callable[[nn.Module], None]  # loads ImageNet weights in place, offline, or raises
     stages: dict[str, tuple[str, ...]]  # freezing vocabulary -> module paths
+    # The trunk's forward up to the last feature map: these modules applied one after another, in order
+    # (timm's forward_features), so that the feature cache can cut it between any two of them.
+    features: tuple[str, ...]
+    # Unpooled maps -> (B, feature_width): fn(trunk, maps), timm's forward_head without the classifier,
+    # and the modules it uses (they belong to the "head" side of every cut).
+    pool: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    pool_modules: tuple[str, ...]
     feature_width: int
     first_conv: str  # path of the first convolution (widened for rgb+fft)
     classifier: str  # path of the final Linear, replaced by Identity (the head lives in Synapse7Net)
@@ -90,7 +97,9 @@ def _torchvision_loader(weights_enum: object) -> Callable[[nn.Module], None]:
 
 
 def _torchvision_spec(name: str, ctor: str, weights_enum: str, stages: dict[str, tuple[str, ...]], width: int,
-                      first_conv: str, classifier: str) -> BackboneSpec:
+                      first_conv: str, classifier: str, features: tuple[str, ...],
+                      pool: Callable[[nn.Module, torch.Tensor], torch.Tensor], pool_modules: tuple[str, ...]
+                      ) -> BackboneSpec:
     import torchvision.models as tvm
 
     enum = getattr(tvm, weights_enum).IMAGENET1K_V1
@@ -100,6 +109,9 @@ def _torchvision_spec(name: str, ctor: str, weights_enum: str, stages: dict[str,
         weights=f"torchvision {weights_enum}.IMAGENET1K_V1 from the torch hub cache ({Path(urlparse(enum.url).path).name})",
         load_imagenet=_torchvision_loader(enum),
         stages=stages,
+        features=features,
+        pool=pool,
+        pool_modules=pool_modules,
         feature_width=width,
         first_conv=first_conv,
         classifier=classifier,
@@ -109,6 +121,24 @@ def _torchvision_spec(name: str, ctor: str, weights_enum: str, stages: dict[str,
 def _resnet_stages() -> dict[str, tuple[str, ...]]:
     return {"stem": ("conv1", "bn1"), "stage1": ("layer1",), "stage2": ("layer2",), "stage3": ("layer3",),
             "stage4": ("layer4",), "head": ()}
+
+
+# torchvision ResNet: stem, 4 layers, then global average pooling (fc is the classifier).
+_RESNET_FEATURES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+# torchvision ConvNeXt / Swin: `features` is a Sequential of the stem and (stage, downsample) pairs.
+_HIERARCHICAL_FEATURES = tuple(f"features.{i}" for i in range(8))
+
+
+def _resnet_pool(trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.flatten(trunk.avgpool(x), 1)  # (B, C, h, w) -> (B, C)
+
+
+def _convnext_pool(trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return trunk.classifier(trunk.avgpool(x))  # LayerNorm2d, flatten; the Linear is Identity here
+
+
+def _swin_pool(trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return trunk.flatten(trunk.avgpool(trunk.permute(trunk.norm(x))))  # (B, h, w, C) -> (B, C)
 
 
 def _hierarchical_stages(head: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
@@ -211,6 +241,11 @@ def efficientnet_lite0_spec() -> BackboneSpec:
         stages={"stem": ("conv_stem", "bn1"), "stage1": ("blocks.0", "blocks.1"), "stage2": ("blocks.2",),
                 "stage3": ("blocks.3", "blocks.4"), "stage4": ("blocks.5", "blocks.6"),
                 "head": ("conv_head", "bn2")},
+        # timm EfficientNet: conv_stem, bn1 (norm + act), blocks[0..6], conv_head, bn2; then global_pool
+        # (and its drop_rate dropout) in forward_head, whose classifier is Identity here.
+        features=("conv_stem", "bn1", *(f"blocks.{i}" for i in range(7)), "conv_head", "bn2"),
+        pool=lambda trunk, x: trunk.forward_head(x),
+        pool_modules=("global_pool", "classifier"),
         feature_width=1280,
         first_conv="conv_stem",
         classifier="classifier",
@@ -223,13 +258,18 @@ def efficientnet_lite0_spec() -> BackboneSpec:
 
 
 _REGISTRY: dict[str, Callable[[], BackboneSpec]] = {
-    "resnet18": lambda: _torchvision_spec("resnet18", "resnet18", "ResNet18_Weights", _resnet_stages(), 512, "conv1", "fc"),
-    "resnet34": lambda: _torchvision_spec("resnet34", "resnet34", "ResNet34_Weights", _resnet_stages(), 512, "conv1", "fc"),
-    "resnet50": lambda: _torchvision_spec("resnet50", "resnet50", "ResNet50_Weights", _resnet_stages(), 2048, "conv1", "fc"),
+    "resnet18": lambda: _torchvision_spec("resnet18", "resnet18", "ResNet18_Weights", _resnet_stages(), 512, "conv1", "fc",
+                                          _RESNET_FEATURES, _resnet_pool, ("avgpool",)),
+    "resnet34": lambda: _torchvision_spec("resnet34", "resnet34", "ResNet34_Weights", _resnet_stages(), 512, "conv1", "fc",
+                                          _RESNET_FEATURES, _resnet_pool, ("avgpool",)),
+    "resnet50": lambda: _torchvision_spec("resnet50", "resnet50", "ResNet50_Weights", _resnet_stages(), 2048, "conv1", "fc",
+                                          _RESNET_FEATURES, _resnet_pool, ("avgpool",)),
     "convnext_tiny": lambda: _torchvision_spec("convnext_tiny", "convnext_tiny", "ConvNeXt_Tiny_Weights",
-                                               _hierarchical_stages(("classifier",)), 768, "features.0.0", "classifier.2"),
+                                               _hierarchical_stages(("classifier",)), 768, "features.0.0", "classifier.2",
+                                               _HIERARCHICAL_FEATURES, _convnext_pool, ("avgpool", "classifier")),
     "swin_t": lambda: _torchvision_spec("swin_t", "swin_t", "Swin_T_Weights", _hierarchical_stages(("norm",)), 768,
-                                        "features.0.0", "head"),
+                                        "features.0.0", "head", _HIERARCHICAL_FEATURES, _swin_pool,
+                                        ("norm", "permute", "avgpool", "flatten")),
     "efficientnet_lite0": efficientnet_lite0_spec,
 }
 

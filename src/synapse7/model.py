@@ -69,11 +69,22 @@ class Synapse7Net(nn.Module):
         self.head = nn.Linear(spec.feature_width, 1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised RGB -> (B, width) pooled features."""
-        return self.backbone(self.encoder(x))
+        """(B, 3, H, W) normalised RGB -> the trunk's last feature maps, unpooled (as timm's forward_features).
 
-    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.head(feats).squeeze(-1)  # (B,)
+        (B, C, h, w) for CNNs; (B, h, w, C) for Swin.
+        """
+        x = self.encoder(x)
+        for path in self.spec.features:
+            x = self.backbone.get_submodule(path)(x)
+        return x
+
+    def pool(self, maps: torch.Tensor) -> torch.Tensor:
+        """Feature maps -> (B, feature_width) pooled features."""
+        return self.spec.pool(self.backbone, maps)
+
+    def forward_head(self, maps: torch.Tensor) -> torch.Tensor:
+        """Feature maps -> logits (B,): pooling, then the linear head."""
+        return self.head(self.pool(maps)).squeeze(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
