@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from synapse7 import __version__
 from synapse7.config import RunConfig
 from synapse7.data import MultiGenDataset, build_loader
 from synapse7.io import atomic_write_text
@@ -202,7 +203,6 @@ def code_version() -> dict[str, str]:
     import PIL
     import torchvision
 
-    from synapse7 import __version__
 
     h = hashlib.sha256()
     for name in SOURCE_MODULES:

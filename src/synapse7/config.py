@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from synapse7.io import atomic_write_text
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -180,6 +182,5 @@ def load_config(path: str | Path | None = None, **sections: dict[str, Any]) -> R
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    from synapse7.io import atomic_write_text
-
+    """Write the resolved config as YAML, atomically."""
     atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -20,8 +20,11 @@ import yaml
 
 from synapse7.config import RunConfig
 from synapse7.data import LayoutError, find_generators
+from synapse7.evaluate import evaluate
 from synapse7.io import atomic_write_text, ensure_writable_dir
+from synapse7.model import resolve_normalization
 from synapse7.reports import table_csv, table_markdown, write_json
+from synapse7.train import train
 
 CROSSGEN_MODES = ("train-one-test-all", "leave-one-out")
 LOO_COLUMNS = ["held_out", "accuracy", "ap", "roc_auc", "real_acc", "fake_acc", "support", "seen_accuracy"]
@@ -95,8 +98,6 @@ def sub_config(cfg: RunConfig, run: SubRun) -> RunConfig:
 
 
 def _check_same_config(run_dir: Path, cfg: RunConfig) -> None:
-    from synapse7.model import resolve_normalization
-
     saved = run_dir / "config.yaml"
     # train() saves the config with the backbone's pretrained normalisation filled in.
     if saved.is_file() and yaml.safe_load(saved.read_text()) != resolve_normalization(cfg).to_dict():
@@ -106,7 +107,6 @@ def _check_same_config(run_dir: Path, cfg: RunConfig) -> None:
 def train_sub_run(cfg: RunConfig, run: SubRun, *, progress: bool = False,
                   calibrate: Callable[[Path, RunConfig], Any] | None = None) -> Path:
     """Train one sub-run unless finished (train_result.json), resuming an interrupted one; returns best.ckpt."""
-    from synapse7.train import train
 
     rcfg = sub_config(cfg, run)
     done = run.run_dir / "train_result.json"
@@ -123,7 +123,6 @@ def train_sub_run(cfg: RunConfig, run: SubRun, *, progress: bool = False,
 
 def evaluate_sub_run(cfg: RunConfig, run: SubRun, *, device: str | None = None) -> list[dict[str, Any]]:
     """Evaluate a sub-run's best.ckpt on its test generators (cached in eval/crossgen_eval.json)."""
-    from synapse7.evaluate import evaluate
 
     cache = run.eval_dir / "crossgen_eval.json"
     ckpt = run.run_dir / "best.ckpt"

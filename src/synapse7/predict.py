@@ -18,6 +18,7 @@ from PIL import Image
 from synapse7.backbones import read_torch_file
 from synapse7.config import RunConfig, check_precision, config_from_dict
 from synapse7.data import MultiGenDataset, build_loader
+from synapse7.export import OnnxEngine, export_onnx
 from synapse7.io import BadImageError, ensure_writable_dir, printable_path, walk_images
 from synapse7.model import Synapse7Net, build_model, net_state_dict
 from synapse7.transforms import build_preset
@@ -159,8 +160,6 @@ class Detector:
         thr = stored if threshold is None else threshold
         runner = None
         if engine == "onnx":
-            from synapse7.export import OnnxEngine, export_onnx
-
             dev = str(pick_device(device))
             if onnx is None:
                 tmp = Path(tempfile.mkdtemp(prefix="synapse7-onnx-"))
@@ -180,7 +179,6 @@ class Detector:
     def from_onnx(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
                   threshold: float | None = None, fast_decode: bool | None = None) -> Detector:
         """A detector from an ONNX export alone (`synapse7 export`): config and threshold are in its metadata."""
-        from synapse7.export import OnnxEngine
 
         runner = OnnxEngine(path, device=str(pick_device(device)))
         thr = runner.threshold if threshold is None else threshold

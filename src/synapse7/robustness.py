@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from synapse7.evaluate import evaluate
 from synapse7.io import atomic_write_text, ensure_writable_dir
 from synapse7.perturb import Identity, parse_perturbation_list
+from synapse7.predict import Detector
 from synapse7.reports import fmt_value, pyplot, save_figure, table_csv, table_markdown, write_json
 
 ROBUSTNESS_COLUMNS = ["perturbation", "family", "strength", "generator", "accuracy", "ap", "roc_auc", "real_acc",
@@ -51,8 +53,6 @@ def evaluate_robustness(checkpoint: str | Path, data_root: str | Path, perturbat
 
     The network is loaded once and reused. `align` overrides the checkpoint's own alignment ("none" removes it).
     """
-    from synapse7.evaluate import evaluate
-    from synapse7.predict import Detector
 
     ops = parse_perturbation_list(perturbations)
     det = detector or Detector.from_checkpoint(checkpoint, device=device, threshold=threshold, precision=precision)

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
+from synapse7.cache import CacheRefused, prepare_cached_training
 from synapse7.config import RunConfig, check_precision, save_config
 from synapse7.data import BadImageLog
 from synapse7.datamodule import GenImageDataModule
@@ -122,8 +123,6 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
     save_config(cfg, out / "config.yaml")
     fit_data: dict = {"datamodule": dm}
     if cfg.train.feature_cache is not None:
-        from synapse7.cache import CacheRefused, prepare_cached_training
-
         try:
             cached = prepare_cached_training(cfg, module, dm.train_set, dm.val_set, train_pre_ops=dm.train_pre_ops,
                                              log=lambda m: print(m, file=sys.stderr))
