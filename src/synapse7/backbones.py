@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+import torchvision.models as tvm
 from torch import nn
 
 from synapse7.config import IMAGENET_MEAN, IMAGENET_STD
@@ -100,8 +101,6 @@ def _torchvision_spec(name: str, ctor: str, weights_enum: str, stages: dict[str,
                       first_conv: str, classifier: str, features: tuple[str, ...],
                       pool: Callable[[nn.Module, torch.Tensor], torch.Tensor], pool_modules: tuple[str, ...]
                       ) -> BackboneSpec:
-    import torchvision.models as tvm
-
     enum = getattr(tvm, weights_enum).IMAGENET1K_V1
     return BackboneSpec(
         name=name,

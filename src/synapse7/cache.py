@@ -24,6 +24,7 @@ and for multi-process training. Where the network is cut comes from the backbone
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -33,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
 import torch
+import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -198,12 +201,6 @@ SOURCE_MODULES = ("synapse7.io", "synapse7.transforms", "synapse7.spectrum", "sy
 
 def code_version() -> dict[str, str]:
     """Library versions and a sha256 of the source of SOURCE_MODULES: any edit there invalidates the cache."""
-    import importlib
-
-    import PIL
-    import torchvision
-
-
     h = hashlib.sha256()
     for name in SOURCE_MODULES:
         h.update(Path(importlib.import_module(name).__file__ or "").read_bytes())

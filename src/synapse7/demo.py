@@ -32,7 +32,7 @@ SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field
 
 def load_photos() -> list[np.ndarray]:
     """HWC uint8 RGB photographs shipped inside scikit-image."""
-    import skimage.data
+    import skimage.data  # slow to import, and only the demo data needs it
 
     photos = []
     for name in SKIMAGE_PHOTOS:

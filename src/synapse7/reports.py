@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.metrics import (
+    ConfusionMatrixDisplay,
     accuracy_score,
     average_precision_score,
     classification_report,
@@ -172,8 +173,6 @@ def json_safe(obj: Any) -> Any:
 
 
 def save_confusion_matrix_png(cm: np.ndarray, path: str | Path, title: str = "Confusion matrix") -> None:
-    from sklearn.metrics import ConfusionMatrixDisplay
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 3.8), dpi=120)
     ConfusionMatrixDisplay(cm, display_labels=TARGET_NAMES).plot(ax=ax, cmap="Blues", colorbar=False, values_format="d")

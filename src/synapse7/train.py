@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,9 +50,6 @@ def _devices(value: str) -> int | str:
 
 def quiet_lightning() -> None:
     """Keep Lightning's start-up banners and tips out of the output; warnings and errors still show."""
-    import logging
-    import warnings
-
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
