@@ -42,13 +42,7 @@ def _cfg(root: Path, cache: Path | None, **model: str) -> RunConfig:
     )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: one intra-op thread is faster, and far faster when other processes share the 2 cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
