@@ -1,14 +1,31 @@
-"""Command-line interface: argument parsing only; each subcommand calls one library function."""
+"""Command-line interface: argument parsing only; each subcommand calls one library function.
+
+Each `cmd_*` imports its library module when it runs, so `synapse7 --help` and light commands do not pay for
+Lightning, sklearn or ONNX start-up.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from functools import partial
 
-from synapse7.config import ModelConfig
+from synapse7 import __version__
+from synapse7.backbones import WeightsUnavailableError
+from synapse7.config import (
+    PRECISIONS,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    check_precision,
+    load_config,
+)
+from synapse7.data import LayoutError
+from synapse7.io import BadImageError, printable_path
 from synapse7.spectrum import INPUT_MODES
 
 Handler = Callable[[argparse.Namespace], int]
@@ -65,7 +82,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trainable", metavar="PARTS",
                    help="'all', or comma list of stem,stage1..stage4,head or module names (e.g. layer3,layer4,fc)")
     p.add_argument("--strategy", choices=["frozen-early", "linear-probe", "full"],
-                   help="training strategy (an alias for --trainable)")
+                   help="freezing strategy, a named --trainable (for the multi-GPU strategy see --dist-strategy)")
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--seed", type=int)
@@ -74,8 +91,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accelerator", help="auto (default), cpu, gpu")
     p.add_argument("--devices", help="number of devices or 'auto'")
     p.add_argument("--num-nodes", type=int, help="nodes for multi-node DDP")
-    p.add_argument("--dist-strategy", help="Lightning strategy: auto (default), ddp, ddp_spawn, ...")
-    p.add_argument("--precision", help="32-true (default), bf16-mixed, 16-mixed")
+    p.add_argument("--dist-strategy", help="Lightning distribution strategy: auto (default), ddp, ddp_spawn, ...")
+    _add_precision(p, default=None, shown=TrainConfig.precision)
     p.add_argument("--limit-train-batches", type=float, help="fraction (<=1) or number of training batches per epoch")
     p.add_argument("--feature-cache", metavar="DIR",
                    help="cache the frozen stages' outputs (fp16, memory-mapped) in DIR and train the rest on them; "
@@ -83,13 +100,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast-decode", action="store_true", default=None,
                    help="decode large JPEGs at reduced scale (libjpeg-turbo DCT scaling); see docs/performance.md")
     aug = p.add_argument_group("training-time robustness augmentation (CNNSpot-style; per image, seeded)")
-    aug.add_argument("--aug-blur-prob", type=float, metavar="P", help="probability of a Gaussian blur (default 0)")
-    aug.add_argument("--aug-blur-sigma", type=_pair(float), metavar="LO,HI", help="blur sigma range (default 0,3)")
-    aug.add_argument("--aug-jpeg-prob", type=float, metavar="P", help="probability of JPEG re-compression (default 0)")
-    aug.add_argument("--aug-jpeg-quality", type=_pair(int), metavar="LO,HI", help="JPEG quality range (default 30,100)")
-    aug.add_argument("--aug-resize-prob", type=float, metavar="P", help="probability of a random resize (default 0)")
-    aug.add_argument("--aug-resize-scale", type=_pair(float), metavar="LO,HI", help="resize factor range (default 0.5,1.5)")
-    aug.add_argument("--aug-flip-prob", type=float, metavar="P", help="probability of a horizontal flip (default 0)")
+    for name, range_type, help_ in AUG_FLAGS:
+        default = getattr(DataConfig, f"aug_{name}")
+        shown = ",".join(f"{v:g}" for v in default) if range_type else f"{default:g}"
+        aug.add_argument(f"--aug-{name.replace('_', '-')}", type=_pair(range_type) if range_type else float,
+                         metavar="LO,HI" if range_type else "P", help=f"{help_} (default {shown})")
     p.add_argument("--calibrate", metavar="accuracy|fpr:T",
                    help="after training, choose the decision threshold on the validation data (best accuracy, or "
                         "the highest TPR at FPR <= T) and store it in best.ckpt")
@@ -97,10 +112,21 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+# Training augmentation flags --aug-<name>: DataConfig field aug_<name> (which holds the default), the type of
+# a LO,HI range's ends (None: a probability), help.
+AUG_FLAGS: tuple[tuple[str, type | None, str], ...] = (
+    ("blur_prob", None, "probability of a Gaussian blur"),
+    ("blur_sigma", float, "blur sigma range"),
+    ("jpeg_prob", None, "probability of JPEG re-compression"),
+    ("jpeg_quality", int, "JPEG quality range"),
+    ("resize_prob", None, "probability of a random resize"),
+    ("resize_scale", float, "resize factor range"),
+    ("flip_prob", None, "probability of a horizontal flip"),
+)
+
+
 def config_from_args(args: argparse.Namespace):
     """Resolve YAML defaults + flags into a RunConfig."""
-    from synapse7.config import load_config
-
     limit = args.limit_train_batches
     if limit is not None and limit > 1:
         limit = int(limit)
@@ -110,23 +136,29 @@ def config_from_args(args: argparse.Namespace):
               "preprocess": args.preprocess, "batch_size": args.batch_size, "num_workers": args.num_workers,
               "on_bad_image": args.on_bad_image, "align": args.align, "train_generators": args.train_generators,
               "test_generators": args.test_generators, "fast_decode": getattr(args, "fast_decode", None),
-              **{f"aug_{k}": getattr(args, f"aug_{k}", None) for k in ("blur_prob", "blur_sigma", "jpeg_prob",
-                                                                         "jpeg_quality", "resize_prob", "resize_scale",
-                                                                         "flip_prob")}},
+              **{f"aug_{name}": getattr(args, f"aug_{name}", None) for name, _, _ in AUG_FLAGS}},
         model={"backbone": args.backbone, "weights": args.weights, "input": args.input,
                "trainable": args.strategy or args.trainable},
         train={"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,
                "accelerator": args.accelerator, "devices": args.devices, "num_nodes": args.num_nodes,
-               "strategy": args.dist_strategy, "precision": args.precision, "limit_train_batches": limit,
+               "dist_strategy": args.dist_strategy, "precision": args.precision, "limit_train_batches": limit,
                "feature_cache": getattr(args, "feature_cache", None)},
     )
 
 
-def _add_precision(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto (default: bf16 autocast on GPU, fp32 on CPU), fp32, or bf16 (also on CPUs with native "
-                        "bf16, e.g. AVX512-BF16: 1.8-2.5x the fp32 forward there; P(AI) moves a little and a few "
-                        "labels near the threshold can flip, see docs/performance.md)")
+def _precision(value: str) -> str:
+    try:
+        return check_precision(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_precision(p: argparse.ArgumentParser, *, default: str | None = "auto", shown: str = "auto") -> None:
+    p.add_argument("--precision", type=_precision, default=default, metavar="|".join(PRECISIONS),
+                   help=f"the network's number format (default {shown}). auto: bf16 on a GPU, fp32 on the CPU; "
+                        "bf16 on the CPU needs native bf16 (AVX512-BF16/AMX: 1.8-2.5x the fp32 forward there; P(AI) "
+                        "moves a little and labels near the threshold can flip, see docs/performance.md); fp16: GPU "
+                        "only. Training runs bf16/fp16 as mixed precision")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -188,8 +220,6 @@ def cmd_crossgen(args: argparse.Namespace) -> int:
 
     hook = None
     if args.calibrate:
-        from functools import partial
-
         from synapse7.calibration import calibrate_after_training, parse_calibration_spec
 
         parse_calibration_spec(args.calibrate)
@@ -202,7 +232,6 @@ def cmd_crossgen(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from synapse7.data import display_path
     from synapse7.predict import Detector, ResumableOutput, expand_paths, format_prediction
 
     if args.checkpoint is None and args.onnx is None:
@@ -226,7 +255,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = ResumableOutput(args.output, resume=args.resume, as_json=args.json) if args.output else None
     if out is not None and out.done:
         total = len(paths)
-        paths = [p for p in paths if display_path(p) not in out.done]
+        paths = [p for p in paths if printable_path(p) not in out.done]
         print(f"resuming: {total - len(paths)} of {total} image(s) already done", file=sys.stderr)
     errors = 0
     try:
@@ -296,19 +325,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    from synapse7.model import backbone_names, get_backbone_spec
+    from synapse7.backbones import registry_table
 
-    print("| backbone | imagenet weights | stages | width |\n|---|---|---|---|")
-    for name in backbone_names():
-        s = get_backbone_spec(name)
-        stages = "; ".join(f"{k}={','.join(v) or '(new head)'}" for k, v in s.stages.items())
-        print(f"| {name} | {s.weights} | {stages} | {s.feature_width} |")
+    print(registry_table(), end="")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synapse7", description="Synapse-7: detect AI-generated images from their spectra.")
-    parser.add_argument("--version", action="version", version="synapse7 0.1.0")
+    parser.add_argument("--version", action="version", version=f"synapse7 {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of errors (also SYNAPSE7_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("train", help="train a detector", description="Train on a GenImage-layout dataset.")
@@ -422,16 +449,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # unknown options exit with status 2 and a usage message
-    from synapse7.config import ConfigError
-    from synapse7.data import LayoutError
-    from synapse7.io import BadImageError
-    from synapse7.model import WeightsUnavailableError
-
+    # Expected user errors print one line; --debug (or SYNAPSE7_DEBUG=1) lets them raise with the traceback.
+    debug = args.debug or os.environ.get("SYNAPSE7_DEBUG", "") not in ("", "0")
     expected: tuple[type[BaseException], ...] = (ConfigError, LayoutError, BadImageError, WeightsUnavailableError,
                                                  FileNotFoundError, FileExistsError, PermissionError, ValueError, OSError)
     try:
         return int(args.func(args) or 0)
     except expected as e:
+        if debug:
+            raise
         print(f"synapse7 {args.command}: error: {_unwrap(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -439,9 +465,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _unwrap(e: BaseException) -> Any:
-    # DataLoader workers re-raise with a wrapper; show the original message.
-    return e
+def _unwrap(e: BaseException) -> str:
+    """The message of `e`; for an error re-raised from a DataLoader worker, the original one.
+
+    torch re-raises a worker's exception in the main process as the same type with the message "Caught
+    ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call last): ... ValueError: msg";
+    the last line holds the original message.
+    """
+    text = str(e)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    name = type(e).__name__
+    for prefix in (f"{type(e).__module__}.{name}: ", f"{name}: "):
+        if last.startswith(prefix):
+            return last[len(prefix):]
+    return last.split(": ", 1)[-1]
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from torchvision.transforms.v2 import functional as TF
 from synapse7.config import DataConfig
 from synapse7.io import _to_rgb
 
-PilOp = Callable[[Image.Image], Image.Image]
+PilOp = Callable[[Image.Image], Image.Image]  # one image operation; presets run them before resizing
 
 # libjpeg's chroma subsampling codes as PIL's `subsampling=` takes them.
 SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
@@ -257,12 +257,13 @@ class RandomAugment:
     Blur sigma and resize scale are uniform in their ranges; JPEG quality is a uniform integer (inclusive).
     """
 
-    blur_prob: float = 0.0
-    blur_sigma: tuple[float, float] = (0.0, 3.0)
-    jpeg_prob: float = 0.0
-    jpeg_quality: tuple[int, int] = (30, 100)
-    resize_prob: float = 0.0
-    resize_scale: tuple[float, float] = (0.5, 1.5)
+    # Defaults: DataConfig's aug_* fields, the one place they are set.
+    blur_prob: float = DataConfig.aug_blur_prob
+    blur_sigma: tuple[float, float] = DataConfig.aug_blur_sigma
+    jpeg_prob: float = DataConfig.aug_jpeg_prob
+    jpeg_quality: tuple[int, int] = DataConfig.aug_jpeg_quality
+    resize_prob: float = DataConfig.aug_resize_prob
+    resize_scale: tuple[float, float] = DataConfig.aug_resize_scale
     generator: torch.Generator | None = None
 
     def __post_init__(self) -> None:

@@ -10,17 +10,17 @@ by libjpeg-turbo's DCT scaling (PIL `draft`), which is several times faster and 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import IO
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from synapse7.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
-from synapse7.io import DEFAULT_MAX_PIXELS, open_image
-
-PilOp = Callable[[Image.Image], Image.Image]
+from synapse7.io import DEFAULT_MAX_PIXELS, load_image
+from synapse7.perturb import PilOp, build_align
 
 MAX_ASPECT = 8  # longer side kept before resizing, in multiples of the shorter side
 
@@ -82,10 +82,18 @@ class ClassificationPreset:
             return None
         return 2 * self.resize_size
 
-    def decode(self, source: str | os.PathLike | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PIXELS,
-               name: str | os.PathLike | None = None) -> Image.Image:
-        """open_image with this preset's decoding shortcut (reduced-scale JPEG decoding when enabled)."""
-        return open_image(source, max_pixels=max_pixels, name=name, draft_size=self.draft_size)
+    def decode(self, source: str | os.PathLike | bytes | IO[bytes] | Image.Image | np.ndarray, *,
+               max_pixels: int = DEFAULT_MAX_PIXELS, name: str | os.PathLike | None = None) -> Image.Image:
+        """`io.load_image` with this preset's decoding shortcut (reduced-scale JPEG decoding when enabled).
+
+        Every image Synapse-7 reads (datasets, `Detector.predict`, the web API) is decoded here.
+        """
+        return load_image(source, max_pixels=max_pixels, name=name, draft_size=self.draft_size)
+
+    def load(self, source: str | os.PathLike | bytes | IO[bytes] | Image.Image | np.ndarray, *,
+             max_pixels: int = DEFAULT_MAX_PIXELS, name: str | os.PathLike | None = None) -> torch.Tensor:
+        """decode + to_uint8: uint8 (3, crop, crop), not yet normalised."""
+        return self.to_uint8(self.decode(source, max_pixels=max_pixels, name=name))
 
     def to_uint8(self, img: Image.Image) -> torch.Tensor:
         """PIL RGB -> uint8 tensor (3, crop, crop), before normalisation."""
@@ -130,8 +138,6 @@ def build_preset(cfg: DataConfig, *, pre_ops: Sequence[PilOp] = ()) -> Classific
     """The evaluation/inference preset for a data config (alignment ops first, if configured)."""
     ops: list[PilOp] = []
     if cfg.align:
-        from synapse7.perturb import build_align
-
         ops.append(build_align(cfg.align))
     ops.extend(pre_ops)
     return ClassificationPreset(
