@@ -65,23 +65,32 @@ class Explanation:
     residual_name: str | None = None
 
 
+def _centre_offset(size: int, keep: int) -> int:
+    return int(round((size - keep) / 2.0))  # torchvision's center_crop rounding
+
+
 def analysed_region(width: int, height: int, preset: ClassificationPreset) -> Region:
     """The box of a width x height image that `preset.to_uint8` keeps: aspect limit, resize, centre crop.
 
-    Mirrors ClassificationPreset.to_uint8 (tests/test_explain.py checks it against the real crop): the long side
-    is first cut to MAX_ASPECT x the short one, the short side is scaled to the resize target ("resize", or
-    "crop" for images smaller than the crop), and the centre crop_size x crop_size of that is kept.
+    Mirrors ClassificationPreset.to_uint8 step by step, with torchvision's roundings (tests/test_explain.py
+    checks it against the real crop): the long side is cut to MAX_ASPECT x the short one, the short side is
+    scaled to the resize target ("resize", or "crop" for images smaller than the crop), and the centre
+    crop_size x crop_size of that is kept.
     """
     short, long = min(width, height), max(width, height)
-    kept_long = long if long <= MAX_ASPECT * short else MAX_ASPECT * short + (long - MAX_ASPECT * short) % 2
-    kw, kh = (kept_long, short) if width >= height else (short, kept_long)
-    if preset.preprocess == "resize":
-        scale = preset.resize_size / short
+    kept = long if long <= MAX_ASPECT * short else MAX_ASPECT * short + (long - MAX_ASPECT * short) % 2
+    kw, kh = (kept, short) if width >= height else (short, kept)
+    ox, oy = _centre_offset(width, kw), _centre_offset(height, kh)
+    target = preset.resize_size if preset.preprocess == "resize" else preset.crop_size if short < preset.crop_size else None
+    if target is None:
+        rw, rh = kw, kh
     else:
-        scale = preset.crop_size / short if short < preset.crop_size else 1.0
-    side = preset.crop_size / scale  # the crop's side in image pixels
-    bw, bh = min(kw, side), min(kh, side)
-    return Region((width - bw) / 2, (height - bh) / 2, (width + bw) / 2, (height + bh) / 2)
+        new_long = int(target * kept / short)  # torchvision's resize rounding
+        rw, rh = (new_long, target) if kw >= kh else (target, new_long)
+    cw, ch = min(rw, preset.crop_size), min(rh, preset.crop_size)
+    left, top = _centre_offset(rw, cw), _centre_offset(rh, ch)
+    sx, sy = rw / kw, rh / kh
+    return Region(ox + left / sx, oy + top / sy, ox + (left + cw) / sx, oy + (top + ch) / sy)
 
 
 def residual_for_mode(input_mode: str) -> tuple[str, ResidualFn] | None:
