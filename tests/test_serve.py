@@ -257,9 +257,49 @@ def test_cli_serve_parser_and_bad_checkpoint(tmp_path: Path, capsys: pytest.Capt
     from synapse7.cli import build_parser, main
 
     args = build_parser().parse_args(["serve", "--checkpoint", "x.ckpt"])
-    assert (args.host, args.port, args.max_upload_mb) == ("127.0.0.1", 8000, 20.0)
+    assert (args.host, args.port, args.max_upload_mb, args.max_request_mb) == ("127.0.0.1", 8000, 20.0, 64.0)
+    assert (args.token, args.rate_limit) == (None, 120.0)
     assert main(["serve", "--checkpoint", str(tmp_path / "missing.ckpt")]) == 1
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--port", "99999"], ["--port", "0"], ["--port", "http"], ["--max-files", "0"],
+                                  ["--max-upload-mb", "-1"], ["--max-request-mb", "0"], ["--rate-limit", "-5"]])
+def test_cli_serve_bad_options_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from synapse7.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--checkpoint", "x.ckpt", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: synapse7 serve" in err and argv[0] in err
+
+
+def test_cli_serve_passes_token_limits_and_warns(checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import uvicorn
+
+    from synapse7.cli import main
+
+    ran: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app, **kw))
+    monkeypatch.setenv("SYNAPSE7_TOKEN", "from-env")
+    assert main(["serve", "--checkpoint", str(checkpoint), "--host", "0.0.0.0", "--port", "8123",
+                 "--max-request-mb", "8", "--rate-limit", "30"]) == 0
+    assert (ran["host"], ran["port"]) == ("0.0.0.0", 8123)
+    assert ran["app"].state.limits["max_request_bytes"] == 8 * 2**20
+    assert ran["app"].state.limits["rate_limit_per_minute"] == 30
+    with TestClient(ran["app"]) as c:
+        files = [("a.png", _image_bytes("PNG"))]
+        assert _post(c, files).status_code == 401
+        assert _post(c, files, headers={"Authorization": "Bearer from-env"}).status_code == 200
+    assert "warning" not in capsys.readouterr().err  # a token guards it
+    monkeypatch.delenv("SYNAPSE7_TOKEN")
+    assert main(["serve", "--checkpoint", str(checkpoint), "--host", "0.0.0.0"]) == 0
+    assert "warning: listening on 0.0.0.0 without an API token" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", str(checkpoint), "--token", "t"]) == 0
+    with TestClient(ran["app"]) as c:
+        assert _post(c, [("a.png", _image_bytes("PNG"))], headers={"Authorization": "Bearer t"}).status_code == 200
 
 
 # ---------------------------------------------------------------------------------------------------------
