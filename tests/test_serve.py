@@ -415,7 +415,8 @@ def test_concurrent_requests_under_load(checkpoint: Path, detector: Detector) ->
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
-    import uvicorn
+
+    from synapse7.serve.testing import running_server
 
     active, peak = [0], [0]
     lock = threading.Lock()
@@ -433,18 +434,9 @@ def test_concurrent_requests_under_load(checkpoint: Path, detector: Detector) ->
                     active[0] -= 1
 
     app = create_app(Slow(detector.net, detector.cfg, device="cpu"), rate_limit=10_000)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    port = server.servers[0].sockets[0].getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
     images = [_image_bytes("PNG", seed=100 + i) for i in range(12)]
     expected = [p.p_ai for p in detector.predict(images)]
-    try:
+    with running_server(app) as base:
         def one(i: int) -> tuple[int, float | None]:
             with httpx.Client(base_url=base, timeout=60) as h:
                 r = h.post("/api/predict", files=[("files", (f"{i}.png", images[i]))])
@@ -459,9 +451,6 @@ def test_concurrent_requests_under_load(checkpoint: Path, detector: Detector) ->
                     assert h.get("/api/health").status_code == 200
                     health.append(time.monotonic() - t0)
             results = [f.result(timeout=120) for f in futures]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
     assert [code for code, _ in results] == [200] * len(images)
     for (_, p), exp in zip(results, expected, strict=True):
         assert p == pytest.approx(exp, abs=1e-5)
