@@ -6,8 +6,10 @@
 - the residual an artifact encoder computes from it, for input modes that use one (`residual_for_mode`: the
   hook looks the mode's parts up in `synapse7.residuals.RESIDUALS`, e.g. "npr" for x - up(down(x)));
 - an occlusion map (Zeiler & Fergus 2014, via Captum's `Occlusion`): the drop in the AI logit when each
-  patch is replaced by the dataset mean. Occlusion rather than Grad-CAM because it is defined in image
-  coordinates for every input mode: with the spectrum as input, Grad-CAM's map lives in frequency space;
+  patch is replaced by a blurred copy of itself. Occlusion rather than Grad-CAM because it is defined in image
+  coordinates for every input mode (with the spectrum as input, Grad-CAM's map lives in frequency space); a
+  blurred patch rather than a flat grey one because the evidence is high-frequency, and a flat patch's hard
+  edges add spectral artefacts of their own (they pushed a demo model towards AI wherever it was put);
 - the region the model analysed (the centre crop after resizing), as a box in the image's own pixels.
 
 `render_views` turns that into PNG images (writing kept apart from computing). Captum is in the `serve` extra.
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from torchvision.transforms.v2 import functional as TF
 
 from synapse7.spectrum import log_magnitude
 from synapse7.transforms import MAX_ASPECT, ClassificationPreset
@@ -120,7 +123,8 @@ def occlusion_map(det: Detector, x: torch.Tensor, *, grid: int = DEFAULT_GRID,
     """Captum occlusion on the AI logit. x: (1, 3, S, S) normalised. Returns ((S, S) map, window side).
 
     The forward goes through `det.predict_batch`, so the map is of the model exactly as served (eager, bf16,
-    compiled or ONNX). Baseline 0 in normalised space is the dataset mean colour.
+    compiled or ONNX). The baseline is x under a Gaussian blur (sigma 2 px), which removes the fine structure
+    generator up-sampling leaves (periods of 2-4 px) and keeps the content.
     """
     from captum.attr import Occlusion
 
@@ -130,8 +134,9 @@ def occlusion_map(det: Detector, x: torch.Tensor, *, grid: int = DEFAULT_GRID,
     def forward(batch_x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(_logit(det.predict_batch(batch_x)))  # (B,)
 
+    blurred = TF.gaussian_blur(x, kernel_size=[9, 9], sigma=[2.0, 2.0])
     attr = Occlusion(forward).attribute(x, sliding_window_shapes=(3, window, window), strides=(3, window, window),
-                                        baselines=0.0, perturbations_per_eval=batch)
+                                        baselines=blurred, perturbations_per_eval=batch)
     # Every channel of a patch is occluded together, so each channel holds the same value: keep one.
     return attr[0, 0].float().numpy(), window
 

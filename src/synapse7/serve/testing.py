@@ -95,8 +95,10 @@ def upload_and_wait(driver: Any, base_url: str, paths: Sequence[str | Path], *, 
 
 def full_page_screenshot(driver: Any, path: str | Path, *, width: int = 1280) -> Path:
     """Resize the window to the page's height and save a PNG of all of it."""
+    # The window's size includes the browser's own frame: add what the viewport lacks of it.
+    frame = int(driver.execute_script("return window.outerHeight - window.innerHeight"))
     height = int(driver.execute_script("return document.documentElement.scrollHeight"))
-    driver.set_window_size(width, height)
+    driver.set_window_size(width, height + frame)
     time.sleep(0.3)  # one layout/paint at the new size
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
