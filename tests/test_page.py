@@ -110,3 +110,22 @@ def test_page_asks_for_the_token(trained_run: Path, uploads: dict[str, Path]) ->
         WebDriverWait(driver, 120).until(
             lambda d: d.find_elements(By.CSS_SELECTOR, ".card .why figure[data-view=spectrum]"))
         assert _card(driver, "astronaut.jpg").find_element(By.CSS_SELECTOR, ".verdict").text in ("AI", "REAL")
+
+
+def test_page_splits_uploads_to_fit_the_request_cap(trained_run: Path, tmp_path: Path) -> None:
+    """Three ~150 KB files under a 300 KB request cap: one request would be a 413; the page sends them in turns."""
+    from selenium.webdriver.common.by import By
+
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"noise{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (220, 220, 3), dtype=np.uint8)).save(p)
+        assert 120_000 < p.stat().st_size < 200_000
+        paths.append(p)
+    det = Detector.from_checkpoint(trained_run / "run" / "best.ckpt", device="cpu")
+    app = create_app(det, max_upload_bytes=200_000, max_request_bytes=300_000)
+    with running_server(app) as base, headless_chromium() as driver:
+        upload_and_wait(driver, base, paths)
+        verdicts = [c.find_element(By.CSS_SELECTOR, ".verdict").text for c in driver.find_elements(By.CSS_SELECTOR, ".card")]
+    assert sorted(verdicts) == sorted(p.label for p in det.predict(list(map(str, paths))))
+    assert "ERROR" not in verdicts

@@ -167,8 +167,8 @@ def test_oversize_file_is_a_per_file_error(client: TestClient) -> None:
 
 
 def test_oversize_request_is_413(checkpoint: Path, detector: Detector) -> None:
-    app = create_app(detector, max_upload_bytes=MAX_UPLOAD, max_request_bytes=32 * 1024)
-    big = _image_bytes("PNG", size=(200, 200), seed=8)
+    app = create_app(detector, max_upload_bytes=MAX_UPLOAD, max_request_bytes=160 * 1024)
+    big = _image_bytes("PNG", size=(320, 320), seed=8)  # ~300 KB of random pixels
     with TestClient(app) as c:
         r = _post(c, [("big.png", big)])
         assert r.status_code == 413 and "too large" in r.json()["detail"]
@@ -176,7 +176,7 @@ def test_oversize_request_is_413(checkpoint: Path, detector: Detector) -> None:
         # No Content-Length (chunked): the limit is enforced while the body streams in.
         def chunks():
             yield b"--xyz\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n"
-            for _ in range(8):
+            for _ in range(24):
                 yield b"\x00" * 8192
             yield b"\r\n--xyz--\r\n"
 
@@ -244,6 +244,16 @@ def test_unexpected_failure_is_isolated_to_its_file(detector: Detector) -> None:
     assert bad["label"] == "ERROR" and "RuntimeError: boom" in bad["error"]
 
 
+def test_request_cap_must_hold_one_file(detector: Detector, checkpoint: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="no room for one file"):
+        create_app(detector, max_upload_bytes=10 * 2**20, max_request_bytes=10 * 2**20)
+    from synapse7.cli import main
+
+    assert main(["serve", "--checkpoint", str(checkpoint), "--max-request-mb", "8"]) == 1  # 20 MiB files
+    assert "no room for one file" in capsys.readouterr().err
+
+
 def test_create_app_needs_one_model_source(checkpoint: Path, detector: Detector) -> None:
     with pytest.raises(ValueError):
         create_app()
@@ -285,7 +295,7 @@ def test_cli_serve_passes_token_limits_and_warns(checkpoint: Path, monkeypatch: 
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app, **kw))
     monkeypatch.setenv("SYNAPSE7_TOKEN", "from-env")
     assert main(["serve", "--checkpoint", str(checkpoint), "--host", "0.0.0.0", "--port", "8123",
-                 "--max-request-mb", "8", "--rate-limit", "30"]) == 0
+                 "--max-upload-mb", "4", "--max-request-mb", "8", "--rate-limit", "30"]) == 0
     assert (ran["host"], ran["port"]) == ("0.0.0.0", 8123)
     assert ran["app"].state.limits["max_request_bytes"] == 8 * 2**20
     assert ran["app"].state.limits["rate_limit_per_minute"] == 30

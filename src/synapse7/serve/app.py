@@ -54,7 +54,7 @@ DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 PREDICT_PATH = "/api/predict"
 EXPLAIN_PATH = "/api/explain"
 MODEL_PATHS = (PREDICT_PATH, EXPLAIN_PATH)
-_MULTIPART_OVERHEAD = 2**20  # part headers and boundaries, on top of the file bytes
+_MULTIPART_OVERHEAD = 64 * 1024  # part headers and boundaries, on top of the file bytes
 
 # The service accepts the formats of synapse7.io.IMAGE_EXTENSIONS, recognised by their magic bytes. PIL can open
 # more (EPS via Ghostscript, ICNS, PSD, ...), which a network-facing service has no reason to expose.
@@ -198,6 +198,9 @@ def create_app(detector: Detector | None = None, checkpoint: str | os.PathLike |
         raise ValueError("create_app needs exactly one of detector= or checkpoint=")
     if min(max_upload_bytes, max_files, max_request_bytes, batch_size, explain_grid) < 1:
         raise ValueError("max_upload_bytes, max_files, max_request_bytes, batch_size and explain_grid must be positive")
+    if max_request_bytes < max_upload_bytes + _MULTIPART_OVERHEAD:
+        raise ValueError(f"the request cap ({_human_bytes(max_request_bytes)}) leaves no room for one file of the "
+                         f"upload limit ({_human_bytes(max_upload_bytes)}); raise it or lower the upload limit")
     det = detector if detector is not None else Detector.from_checkpoint(checkpoint, device=device, threshold=threshold)
     page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
     limiter = anyio.CapacityLimiter(1)
