@@ -181,7 +181,7 @@ def _png(img: Image.Image | np.ndarray) -> bytes:
     if isinstance(img, np.ndarray):
         img = Image.fromarray(img)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
+    img.save(buf, format="PNG")  # optimize=True took ~0.3 s more per explanation for a few % smaller files
     return buf.getvalue()
 
 

@@ -69,6 +69,7 @@ _MAGIC: tuple[tuple[str, bytes, int], ...] = (  # (name, signature, offset)
     ("TIFF", b"MM\x00*", 0),
 )
 ACCEPTED_TYPES = ("JPEG", "PNG", "WebP", "BMP", "GIF", "TIFF")
+NO_BROWSER_PREVIEW = ("TIFF",)  # accepted types that common browsers cannot show: the API sends a PNG preview
 
 
 def sniff_image_type(data: bytes) -> str | None:
@@ -298,10 +299,10 @@ def create_app(detector: Detector | None = None, checkpoint: str | os.PathLike |
 
     @app.post(EXPLAIN_PATH, openapi_extra=upload_schema("file", False), dependencies=[Depends(guard)])
     async def explain_one(request: Request) -> dict[str, Any]:
-        """Classify one image (field `file`) and show why: PNG views as data: URLs (`views`): `preview`,
-        `regions` (the analysed region drawn on the image), `crop`, `spectrum`, `heatmap` (occlusion: red is
-        evidence for AI, blue for REAL) and, for artifact encoders, `residual`; `region` is the analysed box in
-        image pixels."""
+        """Classify one image (field `file`) and show why: PNG views as data: URLs (`views`): `regions` (the
+        analysed region drawn on the image), `crop`, `spectrum`, `heatmap` (occlusion: red is evidence for AI,
+        blue for REAL), `residual` for artifact encoders, and `preview` (the whole image) for TIFF, which
+        browsers do not display; `region` is the analysed box in image pixels."""
         form = await _read_form(request, 1)
         try:
             entries = _file_entries(form, "file", "one image")
@@ -310,8 +311,10 @@ def create_app(detector: Detector | None = None, checkpoint: str | os.PathLike |
             await form.close()
         result = results[0]
         if pending:
-            out = await anyio.to_thread.run_sync(partial(_explain_isolated, det, pending[0][1], explain_grid),
-                                                 limiter=limiter)
+            data = pending[0][1]
+            out = await anyio.to_thread.run_sync(
+                partial(_explain_isolated, det, data, explain_grid, preview=sniff_image_type(data) in NO_BROWSER_PREVIEW),
+                limiter=limiter)
             result |= out
         return result | {"threshold": det.threshold, "model": _model_summary(det)}
 
@@ -345,15 +348,16 @@ def _file_entries(form: FormData, field: str, what: str) -> list[UploadFile]:
     return entries  # type: ignore[return-value]
 
 
-def _explain_isolated(det: Detector, data: bytes, grid: int) -> dict[str, Any]:
-    """Decode, classify and explain one upload; a failure becomes that file's error, never a 500."""
+def _explain_isolated(det: Detector, data: bytes, grid: int, *, preview: bool) -> dict[str, Any]:
+    """Decode, classify and explain one upload; a failure becomes that file's error, never a 500.
+    preview: add a PNG of the whole image (for formats browsers do not display)."""
     try:
         image = open_image(io.BytesIO(data), max_pixels=det.cfg.data.max_pixels, name="<upload>")
     except BadImageError as e:
         return {"label": "ERROR", "p_ai": None, "error": e.reason}
     try:
         e = explain(det, image, grid=grid)
-        views = render_views(e) | {"preview": preview_png(image)}
+        views = render_views(e) | ({"preview": preview_png(image)} if preview else {})
     except Exception as exc:  # noqa: BLE001 - report per file
         log.exception("explanation failed")
         return {"label": "ERROR", "p_ai": None, "error": f"could not process image: {type(exc).__name__}: {exc}"}
