@@ -466,3 +466,19 @@ def test_concurrent_requests_under_load(checkpoint: Path, detector: Detector) ->
         assert p == pytest.approx(exp, abs=1e-5)
     assert peak[0] == 1  # requests take turns on the model instead of oversubscribing the cores
     assert sum(health) < 1.0, health  # with inference on the loop, each probe waits for 0.5 s calls
+
+
+def test_cli_serve_without_captum_says_install_the_extra(checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+    import sys
+
+    from synapse7.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == "captum" else real(name, *a, **k))
+    for mod in ("synapse7.serve", "synapse7.serve.app"):  # imported afresh, as in a new process
+        monkeypatch.delitem(sys.modules, mod)
+    assert main(["serve", "--checkpoint", str(checkpoint)]) == 1
+    err = capsys.readouterr().err
+    assert "captum is not installed" in err and "synapse7[serve]" in err

@@ -11,6 +11,7 @@ require a bearer token and are rate-limited per client address.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import ipaddress
 import logging
@@ -41,6 +42,11 @@ from synapse7.io import BadImageError, open_image
 from synapse7.predict import Detector, Prediction
 
 log = logging.getLogger(__name__)
+
+# Explanations import Captum on first use; without it the service would fail on every /api/explain, so refuse to
+# start instead (the CLI turns this into "install the extra").
+if importlib.util.find_spec("captum") is None:
+    raise ImportError("captum is not installed (explanations need it)", name="captum")
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
 DEFAULT_MAX_FILES = 32
