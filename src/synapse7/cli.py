@@ -56,6 +56,22 @@ def _pair(kind: type) -> Callable[[str], tuple]:
     return parse
 
 
+def _bounded(kind: type, lo: float, hi: float | None = None) -> Callable[[str], Any]:
+    """An argparse type: `kind` within [lo, hi]; outside it is a usage error naming the range."""
+
+    def parse(value: str) -> Any:
+        try:
+            v = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {value!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{value} is out of range: expected {lo}..{hi}" if hi is not None
+                                             else f"{value} is out of range: expected >= {lo}")
+        return v
+
+    return parse
+
+
 def _add_data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--data", required=required, metavar="ROOT",
                    help="dataset root in the GenImage layout: ROOT/<generator>/{train,val}/{ai,nature}/")
@@ -308,18 +324,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from synapse7.serve import create_app
+        from synapse7.serve import create_app, exposure_warning
     except ImportError as e:
         print(f"synapse7 serve: error: {e.name or e} is not installed; install the extra: pip install 'synapse7[serve]'",
               file=sys.stderr)
         return 1
-    if args.max_upload_mb <= 0 or args.max_files < 1:
-        print("synapse7 serve: error: --max-upload-mb and --max-files must be positive", file=sys.stderr)
-        return 2
+    token = args.token or os.environ.get("SYNAPSE7_TOKEN") or None
     app = create_app(checkpoint=args.checkpoint, threshold=args.threshold, device=args.device,
-                     max_upload_bytes=int(args.max_upload_mb * 2**20), max_files=args.max_files)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"synapse7 serve: note: listening on {args.host}, reachable from other machines", file=sys.stderr)
+                     max_upload_bytes=int(args.max_upload_mb * 2**20), max_files=args.max_files,
+                     max_request_bytes=int(args.max_request_mb * 2**20), token=token,
+                     rate_limit=args.rate_limit or None)
+    warning = exposure_warning(args.host, token)
+    if warning:
+        print(f"synapse7 serve: warning: {warning}", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
@@ -433,9 +450,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve a checkpoint over HTTP (needs the 'serve' extra: fastapi, uvicorn).")
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted file, in MiB (default 20)")
-    p.add_argument("--max-files", type=int, default=32, help="most files per request (default 32)")
+    p.add_argument("--port", type=_bounded(int, 1, 65535), default=8000, help="TCP port, 1-65535 (default 8000)")
+    p.add_argument("--max-upload-mb", type=_bounded(float, 0.001), default=20.0,
+                   help="largest accepted file, in MiB (default 20)")
+    p.add_argument("--max-files", type=_bounded(int, 1), default=32, help="most files per request (default 32)")
+    p.add_argument("--max-request-mb", type=_bounded(float, 0.001), default=64.0,
+                   help="largest request body, in MiB; larger ones get 413 (default 64)")
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on the model endpoints "
+                                   "(default: $SYNAPSE7_TOKEN; none: open)")
+    p.add_argument("--rate-limit", type=_bounded(float, 0), default=120.0, metavar="N",
+                   help="model requests per minute per client address, in bursts of up to N (default 120; 0: off)")
     p.add_argument("--threshold", type=float, help="decision threshold on P(AI) (default: the checkpoint's)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
