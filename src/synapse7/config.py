@@ -23,10 +23,12 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    root: str | None = None
+    root: str | tuple[str, ...] | None = None  # one dataset root, or several whose generators are merged
     image_size: int = 224  # centre-crop size
     resize_size: int | None = None  # None: scaled with image_size as 256/224, as in the reference
-    preprocess: str = "resize"  # resize: resize then centre-crop; crop: centre-crop at native resolution
+    preprocess: str = "resize"  # resize: resize then centre-crop; crop: native resolution (random crops in training)
+    train_crop: str = "random"  # preprocess=crop, training: random (a new position each time) | center
+    crops: int = 1  # evaluation/prediction: k*k tiles on a grid instead of the centre crop (logits combined)
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     batch_size: int = 32
@@ -66,6 +68,7 @@ class ModelConfig:
     weights: str = "imagenet"  # imagenet | none | PATH to a state_dict or checkpoint
     input: str = "rgb+fft"  # fft | rgb | rgb+fft; default justified in README ("Input modes")
     trainable: str | None = None  # None: policy default; or "all" or a comma list (stage4,head / layer4,fc)
+    crop_vote: str = "mean"  # how the logits of several crops of one image are combined: mean | max
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,25 @@ _REGISTRY: dict[str, Callable[[], BackboneSpec]] = {
 }
 
 
+def _no_imagenet(name: str) -> Callable[[nn.Module], None]:
+    def load(model: nn.Module) -> None:
+        raise WeightsUnavailableError(f"{name} has no ImageNet weights: it is trained from scratch (--weights none)")
+
+    return load
+
+
+def _npr_spec() -> BackboneSpec:
+    from synapse7.nets import NPR_STAGES, build_npr_resnet
+
+    return BackboneSpec(name="npr_resnet", build=build_npr_resnet, weights="none (trained from scratch)",
+                        load_imagenet=_no_imagenet("npr_resnet"), stages=NPR_STAGES, feature_width=512,
+                        first_conv="conv1", classifier="fc",
+                        notes="NPR's truncated ResNet-50 (stem, layer1, layer2; ~1.4 M parameters), for artefact inputs")
+
+
+_REGISTRY["npr_resnet"] = _npr_spec
+
+
 def register_backbone(name: str, factory: Callable[[], BackboneSpec]) -> None:
     """Add a backbone to the registry (used by optional backbones, e.g. timm-based ones)."""
     _REGISTRY[name] = factory
@@ -173,6 +192,7 @@ class Synapse7Net(nn.Module):
         if self.encoder.out_channels != 3:
             widen_first_conv(self.backbone, spec.first_conv, self.encoder.out_channels)
         self.head = nn.Linear(spec.feature_width, 1)
+        self.crop_vote = "mean"  # mean | max of the crops' logits (set from ModelConfig.crop_vote)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised RGB -> (B, width) pooled features."""
@@ -182,6 +202,11 @@ class Synapse7Net(nn.Module):
         return self.head(feats).squeeze(-1)  # (B,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B,) logits; (B, K, 3, H, W) crops of B images -> (B,) combined by `crop_vote`."""
+        if x.dim() == 5:
+            b, k = x.shape[:2]
+            logits = self.forward_head(self.forward_features(x.flatten(0, 1))).view(b, k)  # (B, K)
+            return logits.amax(dim=1) if self.crop_vote == "max" else logits.mean(dim=1)
         return self.forward_head(self.forward_features(x))
 
 
@@ -260,7 +285,10 @@ def frozen_modules(net: nn.Module) -> list[nn.Module]:
 def build_model(cfg: ModelConfig, *, load_weights: bool = True) -> Synapse7Net:
     """Build the network for a model config. load_weights=False skips pretrained weights (for checkpoints)."""
     spec = get_backbone_spec(cfg.backbone)
+    if cfg.crop_vote not in ("mean", "max"):
+        raise ValueError(f"crop_vote must be 'mean' or 'max', got {cfg.crop_vote!r}")
     net = Synapse7Net(spec, cfg.input)
+    net.crop_vote = cfg.crop_vote
     weights = cfg.weights
     if load_weights and weights not in ("none", "imagenet"):
         _load_weights_file(net, Path(weights))

@@ -328,6 +328,25 @@ class RandomHFlip:
         return img
 
 
+@dataclass(frozen=True)
+class RandomCrop:
+    """A size x size crop at a uniformly drawn position (torch's RNG, or `generator`); images smaller than
+    `size` on a side keep that side whole (the preset pads them afterwards, never resizes)."""
+
+    size: int
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"crop size must be >= 1, got {self.size}")
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        x = int(torch.randint(0, max(0, w - self.size) + 1, (), generator=self.generator))
+        y = int(torch.randint(0, max(0, h - self.size) + 1, (), generator=self.generator))
+        return img.crop((x, y, x + min(w, self.size), y + min(h, self.size)))
+
+
 def build_train_ops(cfg: DataConfig) -> list[PilOp]:
     """Training-only PIL ops from the `aug_*` fields of a data config (empty when all probabilities are 0)."""
     ops: list[PilOp] = []
@@ -342,6 +361,8 @@ def build_train_ops(cfg: DataConfig) -> list[PilOp]:
         ))
     if cfg.aug_flip_prob > 0:
         ops.append(RandomHFlip(cfg.aug_flip_prob))
+    if cfg.preprocess == "crop" and cfg.train_crop == "random":
+        ops.append(RandomCrop(cfg.image_size))  # last: the preset's centre crop then keeps it whole
     return ops
 
 

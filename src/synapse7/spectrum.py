@@ -9,7 +9,23 @@ import numpy as np
 import torch
 from torch import nn
 
-INPUT_MODES = ("fft", "rgb", "rgb+fft")
+from synapse7.residuals import RESIDUALS
+
+# Encoder components; a mode is one of them or several joined by "+" (stacked along channels, in order).
+# Each maps (B, 3, H, W) normalised RGB to (B, 3, H, W). npr/hh/srm are the artefact residuals of
+# synapse7.residuals (NPR, SAFE's Haar HH band, SRM high-pass filters).
+ENCODER_COMPONENTS = ("rgb", "fft", "npr", "hh", "srm")
+INPUT_MODES = ("fft", "rgb", "rgb+fft", "npr", "hh", "srm", "rgb+npr", "npr+srm")  # the documented choices
+
+
+def parse_input_mode(mode: str) -> tuple[str, ...]:
+    """'rgb+fft' -> ('rgb', 'fft'); raises ValueError naming the known components for anything else."""
+    parts = tuple(p.strip() for p in mode.split("+"))
+    bad = [p for p in parts if p not in ENCODER_COMPONENTS]
+    if not mode or bad or len(set(parts)) != len(parts):
+        raise ValueError(f"unknown input mode {mode!r}; use one of {', '.join(ENCODER_COMPONENTS)} or several "
+                         f"joined by '+' (e.g. {', '.join(INPUT_MODES)})")
+    return parts
 
 
 def log_magnitude(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -98,27 +114,33 @@ def spectrum_features(x: torch.Tensor, *, dft: str = "fft") -> torch.Tensor:
 class InputEncoder(nn.Module):
     """Turns the normalised RGB batch into the backbone's input for an input mode.
 
-    fft: (B, 3, H, W) spectrum; rgb: the image unchanged; rgb+fft: (B, 6, H, W), image then spectrum.
+    Components: rgb (the image unchanged), fft (standardised global log-magnitude spectrum), npr / hh / srm
+    (artefact residuals, synapse7.residuals). "rgb+fft" gives (B, 6, H, W): image, then
+    spectrum. Everything is computed batched on the input's device.
     """
 
-    def __init__(self, mode: str = "fft") -> None:
+    def __init__(self, mode: str = "rgb+fft") -> None:
         super().__init__()
-        if mode not in INPUT_MODES:
-            raise ValueError(f"unknown input mode {mode!r}; choose from {', '.join(INPUT_MODES)}")
+        self.parts = parse_input_mode(mode)
         self.mode = mode
         self.dft = "fft"  # "matmul" only while exporting to ONNX (synapse7.export)
 
     @property
     def out_channels(self) -> int:
-        return 6 if self.mode == "rgb+fft" else 3
+        return 3 * len(self.parts)
+
+    def _component(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if name == "rgb":
+            return x
+        if name == "fft":
+            return spectrum_features(x, dft=self.dft).to(x.dtype)
+        # Residuals are not standardised per image: how much residual energy an image has is part of the
+        # evidence (the batch norm after the first convolution rescales them globally).
+        return RESIDUALS[name](x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "rgb":
-            return x
-        spec = spectrum_features(x, dft=self.dft).to(x.dtype)
-        if self.mode == "fft":
-            return spec
-        return torch.cat([x, spec], dim=1)
+        outs = [self._component(p, x) for p in self.parts]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"
