@@ -459,6 +459,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backbones", help="list the backbone registry")
     p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("synthesize", help="make training fakes from real photos (one fake per photo, paired)",
+                       description="Write ROOT/synth_<method>/{train,val}/{ai,nature}/ (GenImage layout): every fake is "
+                                   "made from one real photo, and both are saved the same way. Not real generator "
+                                   "output: ROOT/README.md says what they are; ROOT/manifest.csv pairs them.")
+    p.add_argument("--real", required=True, metavar="DIR", help="folder of real photos (searched recursively)")
+    p.add_argument("--out", required=True, metavar="ROOT", help="output root (new methods may be added to one)")
+    p.add_argument("--methods", default="all", metavar="M1,M2",
+                   help="up_nearest, up_bilinear, up_bicubic, up_tconv, ae_upconv, ae_tconv (synth_ prefix optional), "
+                        "or the groups chains, ae, all (default)")
+    p.add_argument("--max-images", type=int, help="use at most this many photos (a seeded random subset)")
+    p.add_argument("--size", type=int, help="square crop side, the same seeded crop for real and fake (default: native size)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of photos in val (default 0.2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", default="png", metavar="png|jpeg:Q", help="file format of both classes (default png)")
+    p.add_argument("--workers", type=int, default=1, help="processes writing images (default 1)")
+    p.add_argument("--ae-steps", type=int, default=1500, help="autoencoder training steps (default 1500, ~2 CPU min each)")
+    p.add_argument("--ae-max-seconds", type=float,
+                   help="also stop each autoencoder's training after this many seconds (output then not reproducible)")
+    p.add_argument("--ae-factor", type=int, choices=[4, 8], default=4, help="autoencoder down-sampling (default 4)")
+    p.set_defaults(func=cmd_synthesize)
     return parser
 
 
@@ -488,6 +509,18 @@ def _unwrap(e: BaseException) -> Any:
     # DataLoader workers re-raise with a wrapper; show the original message.
     return e
 
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    from synapse7.synthesize import SynthConfig, parse_methods, synthesize
+
+    cfg = SynthConfig(methods=parse_methods(args.methods), size=args.size, val_fraction=args.val_fraction,
+                      seed=args.seed, max_images=args.max_images, format=args.format, workers=args.workers,
+                      ae_steps=args.ae_steps, ae_max_seconds=args.ae_max_seconds, ae_factor=args.ae_factor)
+    res = synthesize(args.real, args.out, cfg)
+    print(json.dumps({"root": str(res.root), "pairs": len(res.rows), "skipped": len(res.bad),
+                      "methods": [f"synth_{m}" for m in cfg.methods], "seconds": res.seconds}))
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())
