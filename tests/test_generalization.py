@@ -116,3 +116,16 @@ def test_train_and_evaluate_on_two_roots_with_crops(tmp_path: Path) -> None:
                  "--out", str(out), "--num-workers", "0"]) == 0
     table = (out / "per_generator.csv").read_text()
     assert "gen_a" in table and "gen_b" in table
+
+
+def test_safe_augmentation_flags_reach_the_training_ops_around_the_crop() -> None:
+    from synapse7.augment_safe import ColorJitter, RandomPatchMask, RandomRotation
+    from synapse7.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["train", "--data", "D", "--out", "O", "--preprocess", "crop",
+                                      "--aug-rotate-prob", "0.5", "--aug-jitter-prob", "0.4",
+                                      "--aug-mask-prob", "0.3", "--aug-mask-ratio", "0.1,0.2"])
+    ops = build_train_ops(config_from_args(args).data)
+    kinds = [type(op) for op in ops]
+    assert kinds == [RandomRotation, ColorJitter, RandomCrop, RandomPatchMask]
+    assert ops[0].prob == 0.5 and ops[1].prob == 0.4 and ops[3].prob == 0.3 and tuple(ops[3].ratio) == (0.1, 0.2)

@@ -128,6 +128,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     aug.add_argument("--aug-resize-prob", type=float, metavar="P", help="probability of a random resize (default 0)")
     aug.add_argument("--aug-resize-scale", type=_pair(float), metavar="LO,HI", help="resize factor range (default 0.5,1.5)")
     aug.add_argument("--aug-flip-prob", type=float, metavar="P", help="probability of a horizontal flip (default 0)")
+    safe = p.add_argument_group("SAFE-style training augmentation (per image, seeded)")
+    safe.add_argument("--aug-rotate-prob", type=float, metavar="P", help="probability of a random rotation (default 0)")
+    safe.add_argument("--aug-rotate-degrees", type=float, metavar="D", help="rotation range +-D degrees (default 180)")
+    safe.add_argument("--aug-jitter-prob", type=float, metavar="P", help="probability of colour jitter (default 0)")
+    safe.add_argument("--aug-jitter", type=float, metavar="J",
+                      help="brightness/contrast/saturation factors in [1-J, 1+J] (default 0.5)")
+    safe.add_argument("--aug-mask-prob", type=float, metavar="P",
+                      help="probability of masking random patches of the training crop (default 0)")
+    safe.add_argument("--aug-mask-ratio", type=_pair(float), metavar="LO,HI",
+                      help="share of the crop masked, drawn from this range (default 0,0.75)")
+    safe.add_argument("--aug-mask-patch", type=int, metavar="PX", help="masked patch size in pixels (default 16)")
     p.add_argument("--calibrate", metavar="accuracy|fpr:T",
                    help="after training, choose the decision threshold on the validation data (best accuracy, or "
                         "the highest TPR at FPR <= T) and store it in best.ckpt")
@@ -151,7 +162,9 @@ def config_from_args(args: argparse.Namespace):
               "test_generators": args.test_generators, "fast_decode": getattr(args, "fast_decode", None),
               **{f"aug_{k}": getattr(args, f"aug_{k}", None) for k in ("blur_prob", "blur_sigma", "jpeg_prob",
                                                                          "jpeg_quality", "resize_prob", "resize_scale",
-                                                                         "flip_prob")}},
+                                                                         "flip_prob", "rotate_prob", "rotate_degrees",
+                                                                         "jitter_prob", "jitter", "mask_prob",
+                                                                         "mask_ratio", "mask_patch")}},
         model={"backbone": args.backbone, "weights": args.weights, "input": args.input,
                "trainable": args.strategy or args.trainable, "crop_vote": args.crop_vote},
         train={"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,

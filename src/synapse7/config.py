@@ -54,6 +54,15 @@ class DataConfig:
     # Random horizontal flip (after the ops above). A mirror keeps every spectral artefact (it mirrors the
     # spectrum too), so it adds views without teaching anything false; it is not a robustness op.
     aug_flip_prob: float = 0.0
+    # SAFE-style augmentation (Li et al., KDD 2025; synapse7.augment_safe): random rotation and colour jitter
+    # before the training crop, random patch masking after it.
+    aug_rotate_prob: float = 0.0
+    aug_rotate_degrees: float = 180.0
+    aug_jitter_prob: float = 0.0
+    aug_jitter: float = 0.5  # brightness, contrast and saturation factors drawn from [1 - j, 1 + j]
+    aug_mask_prob: float = 0.0
+    aug_mask_ratio: tuple[float, float] = (0.0, 0.75)
+    aug_mask_patch: int = 16
 
     @property
     def resolved_resize(self) -> int:

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+from synapse7.augment_safe import build_safe_ops
 from synapse7.config import DataConfig
 from synapse7.io import _to_rgb
 
@@ -361,8 +362,14 @@ def build_train_ops(cfg: DataConfig) -> list[PilOp]:
         ))
     if cfg.aug_flip_prob > 0:
         ops.append(RandomHFlip(cfg.aug_flip_prob))
+    # Rotation and jitter see the whole image (no rotated-in corners inside the crop when it is large enough);
+    # masking hides patches of what the network will see, so it comes after the crop.
+    ops += build_safe_ops(rotation_prob=cfg.aug_rotate_prob, rotation_degrees=cfg.aug_rotate_degrees,
+                          jitter_prob=cfg.aug_jitter_prob, jitter=cfg.aug_jitter, mask_prob=0.0)
     if cfg.preprocess == "crop" and cfg.train_crop == "random":
-        ops.append(RandomCrop(cfg.image_size))  # last: the preset's centre crop then keeps it whole
+        ops.append(RandomCrop(cfg.image_size))  # the preset's centre crop then keeps it whole
+    ops += build_safe_ops(rotation_prob=0.0, jitter_prob=0.0, mask_prob=cfg.aug_mask_prob,
+                          mask_ratio=tuple(cfg.aug_mask_ratio), mask_patch=cfg.aug_mask_patch)
     return ops
 
 
