@@ -35,7 +35,8 @@ LOGIT_ATOL = 2e-2
 
 def _cfg(root: Path, cache: Path | None, **model: str) -> RunConfig:
     return load_config(
-        data={"root": str(root), "image_size": SIZE, "preprocess": "crop", "batch_size": 8, "num_workers": 0},
+        data={"root": str(root), "image_size": SIZE, "preprocess": "crop", "train_crop": "center", "batch_size": 8,
+              "num_workers": 0},
         model={"backbone": "resnet18", "weights": "none", "input": "fft", "trainable": "stage4,head", **model},
         train={"epochs": 2, "accelerator": "cpu", "devices": "1", "seed": 0,
                "feature_cache": str(cache) if cache else None},

@@ -30,6 +30,7 @@ from torch import nn
 
 from synapse7.config import IMAGENET_MEAN, IMAGENET_STD
 from synapse7.io import printable_path
+from synapse7.nets import NPR_STAGES, build_npr_resnet
 from synapse7.transforms import ClassificationPreset
 
 STAGES = ("stem", "stage1", "stage2", "stage3", "stage4", "head")
@@ -256,6 +257,21 @@ def efficientnet_lite0_spec() -> BackboneSpec:
     )
 
 
+def _no_imagenet(name: str) -> Callable[[nn.Module], None]:
+    def load(model: nn.Module) -> None:
+        raise WeightsUnavailableError(f"{name} has no ImageNet weights: it is trained from scratch (--weights none)")
+
+    return load
+
+
+def npr_resnet_spec() -> BackboneSpec:
+    return BackboneSpec(name="npr_resnet", build=build_npr_resnet, weights="none (trained from scratch)",
+                        load_imagenet=_no_imagenet("npr_resnet"), stages=NPR_STAGES,
+                        features=("conv1", "bn1", "relu", "maxpool", "layer1", "layer2"), pool=_resnet_pool,
+                        pool_modules=("avgpool",), feature_width=512, first_conv="conv1", classifier="fc",
+                        notes="NPR's truncated ResNet-50 (stem, layer1, layer2; ~1.4 M parameters), for artefact inputs")
+
+
 _REGISTRY: dict[str, Callable[[], BackboneSpec]] = {
     "resnet18": lambda: _torchvision_spec("resnet18", "resnet18", "ResNet18_Weights", _resnet_stages(), 512, "conv1", "fc",
                                           _RESNET_FEATURES, _resnet_pool, ("avgpool",)),
@@ -270,6 +286,7 @@ _REGISTRY: dict[str, Callable[[], BackboneSpec]] = {
                                         "features.0.0", "head", _HIERARCHICAL_FEATURES, _swin_pool,
                                         ("norm", "permute", "avgpool", "flatten")),
     "efficientnet_lite0": efficientnet_lite0_spec,
+    "npr_resnet": npr_resnet_spec,
 }
 
 

@@ -357,7 +357,10 @@ def check_cacheable(cfg: RunConfig, train_pre_ops: Sequence[Any]) -> None:
     """Raise CacheRefused when this run's training input is not deterministic or not single-process."""
     d = cfg.data
     if train_pre_ops or has_train_augmentation(d):
-        raise CacheRefused("random training augmentation is on (aug_*_prob > 0): every epoch sees new inputs")
+        raise CacheRefused("random training augmentation is on (aug_*_prob > 0, or random crops with "
+                           "--preprocess crop; --train-crop center makes them fixed): every epoch sees new inputs")
+    if d.crops > 1:
+        raise CacheRefused("several crops per validation image (--crops > 1): the cache holds one input per image")
     t = cfg.train
     devices = int(t.devices) if str(t.devices).isdigit() else None
     if t.num_nodes > 1 or t.dist_strategy not in ("auto", "single_device") or (devices or 1) > 1 or \

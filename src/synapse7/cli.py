@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 from synapse7 import __version__
 from synapse7.backbones import WeightsUnavailableError
@@ -26,10 +27,18 @@ from synapse7.config import (
 )
 from synapse7.data import LayoutError
 from synapse7.io import BadImageError, printable_path
-from synapse7.spectrum import INPUT_MODES
+from synapse7.spectrum import parse_input_mode
 
 Handler = Callable[[argparse.Namespace], int]
 
+
+
+def _input_mode(value: str) -> str:
+    try:
+        parse_input_mode(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
 
 def _csv_list(value: str) -> tuple[str, ...]:
     items = tuple(v.strip() for v in value.split(",") if v.strip())
@@ -72,15 +81,40 @@ def _bounded(kind: type, lo: float, hi: float | None = None) -> Callable[[str], 
     return parse
 
 
+def _roots(value: Any) -> Any:
+    """--data given once is one root (a string); repeated, a tuple of roots."""
+    if isinstance(value, list):
+        return value[0] if len(value) == 1 else tuple(value)
+    return value
+
+
 def _add_data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-    p.add_argument("--data", required=required, metavar="ROOT",
-                   help="dataset root in the GenImage layout: ROOT/<generator>/{train,val}/{ai,nature}/")
+    p.add_argument("--data", required=required, metavar="ROOT", action="append",
+                   help="dataset root in the GenImage layout: ROOT/<generator>/{train,val}/{ai,nature}/; repeat "
+                        "it to merge several roots (generators keep their names)")
     p.add_argument("--batch-size", type=int, help="images per batch (default 32)")
     p.add_argument("--num-workers", type=int, help="data-loading worker processes (default 2)")
     p.add_argument("--on-bad-image", choices=["skip", "error"],
                    help="corrupt/truncated/empty images: skip them with a printed count (default) or stop")
     p.add_argument("--align", metavar="png|jpeg:Q|none",
                    help="re-encode every image of both classes identically, removing the file-format shortcut")
+
+
+def _positive_square(value: str) -> int:
+    from synapse7.transforms import grid_side
+
+    try:
+        n = int(value)
+        grid_side(n)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return n
+
+
+def _add_crops(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--crops", type=_positive_square, metavar="N",
+                   help="evaluation/prediction: score N = k*k crops on a grid covering the image and combine their "
+                        "logits, instead of the one centre crop (default: the model's setting, 1)")
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -92,9 +126,14 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resize-size", type=int, help="override the resize size")
     p.add_argument("--preprocess", choices=["resize", "crop"],
                    help="resize then crop (reference), or crop at native resolution (keeps high frequencies)")
-    p.add_argument("--backbone", help="resnet34 (default), resnet18, resnet50, convnext_tiny, swin_t, efficientnet_lite0")
+    p.add_argument("--train-crop", choices=["random", "center"],
+                   help="with --preprocess crop: a random crop per image and epoch (default) or the centre crop")
+    _add_crops(p)
+    p.add_argument("--crop-vote", choices=["mean", "max"],
+                   help="how the logits of an image's crops are combined (default mean)")
+    p.add_argument("--backbone", help="resnet34 (default), resnet18, resnet50, convnext_tiny, swin_t, efficientnet_lite0, npr_resnet")
     p.add_argument("--weights", metavar="imagenet|none|PATH", help="initial weights (default imagenet, from the local cache)")
-    p.add_argument("--input", choices=INPUT_MODES, help="model input: rgb+fft (default: image and its spectrum), fft (the reference), or rgb")
+    p.add_argument("--input", metavar="MODE", type=_input_mode, help="model input: rgb+fft (default: image and its spectrum), fft (the reference), rgb, or artefact residuals npr / hh / srm, alone or joined with + (e.g. rgb+npr)")
     p.add_argument("--trainable", metavar="PARTS",
                    help="'all', or comma list of stem,stage1..stage4,head or module names (e.g. layer3,layer4,fc)")
     p.add_argument("--strategy", choices=["frozen-early", "linear-probe", "full"],
@@ -119,8 +158,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     for name, range_type, help_ in AUG_FLAGS:
         default = getattr(DataConfig, f"aug_{name}")
         shown = ",".join(f"{v:g}" for v in default) if range_type else f"{default:g}"
-        aug.add_argument(f"--aug-{name.replace('_', '-')}", type=_pair(range_type) if range_type else float,
-                         metavar="LO,HI" if range_type else "P", help=f"{help_} (default {shown})")
+        scalar = int if isinstance(default, int) and not isinstance(default, bool) else float
+        aug.add_argument(f"--aug-{name.replace('_', '-')}", type=_pair(range_type) if range_type else scalar,
+                         metavar="LO,HI" if range_type else ("P" if name.endswith("_prob") else "X"),
+                         help=f"{help_} (default {shown})")
     p.add_argument("--calibrate", metavar="accuracy|fpr:T",
                    help="after training, choose the decision threshold on the validation data (best accuracy, or "
                         "the highest TPR at FPR <= T) and store it in best.ckpt")
@@ -138,6 +179,14 @@ AUG_FLAGS: tuple[tuple[str, type | None, str], ...] = (
     ("resize_prob", None, "probability of a random resize"),
     ("resize_scale", float, "resize factor range"),
     ("flip_prob", None, "probability of a horizontal flip"),
+    # SAFE-style (synapse7.perturb): rotation and colour jitter before the training crop, masking after it
+    ("rotate_prob", None, "probability of a random rotation"),
+    ("rotate_degrees", None, "rotation range, +-X degrees"),
+    ("jitter_prob", None, "probability of colour jitter"),
+    ("jitter", None, "brightness/contrast/saturation factors drawn from [1-X, 1+X]"),
+    ("mask_prob", None, "probability of masking random patches of the training crop"),
+    ("mask_ratio", float, "share of the crop masked, drawn from this range"),
+    ("mask_patch", None, "masked patch size in pixels"),
 )
 
 
@@ -148,13 +197,14 @@ def config_from_args(args: argparse.Namespace):
         limit = int(limit)
     return load_config(
         getattr(args, "config", None),
-        data={"root": args.data, "image_size": args.image_size, "resize_size": args.resize_size,
-              "preprocess": args.preprocess, "batch_size": args.batch_size, "num_workers": args.num_workers,
+        data={"root": _roots(args.data), "image_size": args.image_size, "resize_size": args.resize_size,
+              "preprocess": args.preprocess, "train_crop": args.train_crop, "crops": args.crops,
+              "batch_size": args.batch_size, "num_workers": args.num_workers,
               "on_bad_image": args.on_bad_image, "align": args.align, "train_generators": args.train_generators,
               "test_generators": args.test_generators, "fast_decode": getattr(args, "fast_decode", None),
               **{f"aug_{name}": getattr(args, f"aug_{name}", None) for name, _, _ in AUG_FLAGS}},
         model={"backbone": args.backbone, "weights": args.weights, "input": args.input,
-               "trainable": args.strategy or args.trainable},
+               "trainable": args.strategy or args.trainable, "crop_vote": args.crop_vote},
         train={"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,
                "accelerator": args.accelerator, "devices": args.devices, "num_nodes": args.num_nodes,
                "dist_strategy": args.dist_strategy, "precision": args.precision, "limit_train_batches": limit,
@@ -214,7 +264,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     evaluate(args.checkpoint, args.data, split=args.split, out_dir=args.out, batch_size=args.batch_size,
              num_workers=args.num_workers, generators=args.generators, on_bad_image=args.on_bad_image,
-             align=args.align, threshold=args.threshold, device=args.device, precision=args.precision)
+             align=args.align, threshold=args.threshold, device=args.device, precision=args.precision,
+             crops=args.crops)
     print(f"reports written to {args.out}", file=sys.stderr)
     return 0
 
@@ -255,12 +306,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 2
     fast = True if args.fast_decode else None
     if args.checkpoint is None:
-        det = Detector.from_onnx(args.onnx, device=args.device, threshold=args.threshold, fast_decode=fast)
+        det = Detector.from_onnx(args.onnx, device=args.device, threshold=args.threshold, fast_decode=fast,
+                                 crops=args.crops)
     else:
         engine = "onnx" if args.onnx is not None else args.engine
         det = Detector.from_checkpoint(args.checkpoint, device=args.device, threshold=args.threshold, engine=engine,
                                        onnx=args.onnx, compile=args.compile, fast_decode=fast,
-                                       precision=args.precision)
+                                       precision=args.precision, crops=args.crops)
     paths = expand_paths(args.paths)
     if not paths:
         print("synapse7 predict: no image files found", file=sys.stderr)
@@ -367,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generators", "--test-generators", dest="generators", type=_csv_list, metavar="G1,G2")
     p.add_argument("--threshold", type=float, help="decision threshold on P(AI) (default: the checkpoint's)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    _add_crops(p)
     p.add_argument("--perturb", metavar="LIST",
                    help="evaluate under each perturbation of a comma list, e.g. "
                         "jpeg:95,jpeg:65,jpeg:30,resize:0.5,resize:0.25,blur:1,blur:3,none; writes robustness.csv/"
@@ -403,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE", help="write the lines to FILE (complete or absent) instead of stdout")
     p.add_argument("--resume", action="store_true", help="with --output: continue an interrupted run, skipping done images")
     p.add_argument("--threshold", type=float, help="decision threshold on P(AI) (default: the checkpoint's)")
+    _add_crops(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -429,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--backbone", default="resnet34")
     p.add_argument("--weights", default="none")
-    p.add_argument("--input", choices=INPUT_MODES, default=ModelConfig.input)
+    p.add_argument("--input", metavar="MODE", type=_input_mode, default=ModelConfig.input, help="model input (see train --help)")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
@@ -467,12 +521,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backbones", help="list the backbone registry")
     p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("synthesize", help="make training fakes from real photos (one fake per photo, paired)",
+                       description="Write ROOT/synth_<method>/{train,val}/{ai,nature}/ (GenImage layout): every fake is "
+                                   "made from one real photo, and both are saved the same way. Not real generator "
+                                   "output: ROOT/README.md says what they are; ROOT/manifest.csv pairs them.")
+    p.add_argument("--real", required=True, metavar="DIR", help="folder of real photos (searched recursively)")
+    p.add_argument("--out", required=True, metavar="ROOT", help="output root (new methods may be added to one)")
+    p.add_argument("--methods", default="all", metavar="M1,M2",
+                   help="up_nearest, up_bilinear, up_bicubic, up_tconv, ae_upconv, ae_tconv (synth_ prefix optional), "
+                        "or the groups chains, ae, all (default)")
+    p.add_argument("--max-images", type=int, help="use at most this many photos (a seeded random subset)")
+    p.add_argument("--size", type=int, help="square crop side, the same seeded crop for real and fake (default: native size)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of photos in val (default 0.2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", default="png", metavar="png|jpeg:Q", help="file format of both classes (default png)")
+    p.add_argument("--workers", type=int, default=1, help="processes writing images (default 1)")
+    p.add_argument("--ae-steps", type=int, default=1500, help="autoencoder training steps (default 1500, ~2 CPU min each)")
+    p.add_argument("--ae-max-seconds", type=float,
+                   help="also stop each autoencoder's training after this many seconds (output then not reproducible)")
+    p.add_argument("--ae-factor", type=int, choices=[4, 8], default=4, help="autoencoder down-sampling (default 4)")
+    p.set_defaults(func=cmd_synthesize)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # unknown options exit with status 2 and a usage message
+    if hasattr(args, "data"):
+        args.data = _roots(args.data)
     # Expected user errors print one line; --debug (or SYNAPSE7_DEBUG=1) lets them raise with the traceback.
     debug = args.debug or os.environ.get("SYNAPSE7_DEBUG", "") not in ("", "0")
     expected: tuple[type[BaseException], ...] = (ConfigError, LayoutError, BadImageError, WeightsUnavailableError,
@@ -506,6 +583,18 @@ def _unwrap(e: BaseException) -> str:
             return last[len(prefix):]
     return last.split(": ", 1)[-1]
 
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    from synapse7.synthesize import SynthConfig, parse_methods, synthesize
+
+    cfg = SynthConfig(methods=parse_methods(args.methods), size=args.size, val_fraction=args.val_fraction,
+                      seed=args.seed, max_images=args.max_images, format=args.format, workers=args.workers,
+                      ae_steps=args.ae_steps, ae_max_seconds=args.ae_max_seconds, ae_factor=args.ae_factor)
+    res = synthesize(args.real, args.out, cfg)
+    print(json.dumps({"root": str(res.root), "pairs": len(res.rows), "skipped": len(res.bad),
+                      "methods": [f"synth_{m}" for m in cfg.methods], "seconds": res.seconds}))
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

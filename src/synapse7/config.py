@@ -32,10 +32,12 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    root: str | None = None
+    root: str | tuple[str, ...] | None = None  # one dataset root, or several whose generators are merged
     image_size: int = 224  # centre-crop size
     resize_size: int | None = None  # None: scaled with image_size as 256/224, as in the reference
-    preprocess: str = "resize"  # resize: resize then centre-crop; crop: centre-crop at native resolution
+    preprocess: str = "resize"  # resize: resize then centre-crop; crop: native resolution (random crops in training)
+    train_crop: str = "random"  # preprocess=crop, training: random (a new position each time) | center
+    crops: int = 1  # evaluation/prediction: k*k tiles on a grid instead of the centre crop (logits combined)
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     batch_size: int = 32
@@ -61,6 +63,15 @@ class DataConfig:
     # Random horizontal flip (after the ops above). A mirror keeps every spectral artefact (it mirrors the
     # spectrum too), so it adds views without teaching anything false; it is not a robustness op.
     aug_flip_prob: float = 0.0
+    # SAFE-style augmentation (Li et al., KDD 2025; synapse7.perturb): random rotation and colour jitter
+    # before the training crop, random patch masking after it.
+    aug_rotate_prob: float = 0.0
+    aug_rotate_degrees: float = 180.0
+    aug_jitter_prob: float = 0.0
+    aug_jitter: float = 0.5  # brightness, contrast and saturation factors drawn from [1 - j, 1 + j]
+    aug_mask_prob: float = 0.0
+    aug_mask_ratio: tuple[float, float] = (0.0, 0.75)
+    aug_mask_patch: int = 16
 
     @property
     def resolved_resize(self) -> int:
@@ -75,6 +86,7 @@ class ModelConfig:
     weights: str = "imagenet"  # imagenet | none | PATH to a state_dict or checkpoint
     input: str = "rgb+fft"  # fft | rgb | rgb+fft; default justified in README ("Input modes")
     trainable: str | None = None  # None: policy default; or "all" or a comma list (stage4,head / layer4,fc)
+    crop_vote: str = "mean"  # how the logits of several crops of one image are combined: mean | max
 
 
 @dataclass(frozen=True)

@@ -70,9 +70,37 @@ def find_generators(root: str | os.PathLike, split: str) -> dict[str, Path]:
     return gens
 
 
-def discover_samples(root: str | os.PathLike, split: str, generators: Sequence[str] | None = None) -> list[Sample]:
-    """All labelled image files of a split, in a stable order, each tagged with its generator."""
-    found = find_generators(root, split)
+Roots = str | os.PathLike | Sequence[str | os.PathLike]
+
+
+def root_list(root: Roots) -> list[str | os.PathLike]:
+    """One root or several (e.g. `--data A --data B`) as a list."""
+    return [root] if isinstance(root, (str, os.PathLike)) else list(root)
+
+
+def find_generators_multi(roots: Roots, split: str) -> dict[str, Path]:
+    """find_generators over one or several roots, merged. A generator name found under more than one root is
+    kept apart as `<root folder name>:<generator>` (e.g. two single-generator roots both called `train`)."""
+    per_root = [(Path(r), find_generators(r, split)) for r in root_list(roots)]
+    counts = Counter(g for _, found in per_root for g in found)
+    merged: dict[str, Path] = {}
+    for r, found in per_root:
+        for g, d in found.items():
+            name = g if counts[g] == 1 else f"{r.resolve().name}:{g}"
+            if name in merged:
+                raise LayoutError(f"generator {name} is found twice (roots {printable_path(r)} and another with the "
+                                  f"same folder name); rename one of the roots")
+            merged[name] = d
+    return merged
+
+
+def discover_samples(root: Roots, split: str, generators: Sequence[str] | None = None) -> list[Sample]:
+    """All labelled image files of a split, in a stable order, each tagged with its generator.
+
+    `root` may be several roots: their generators are merged (see `find_generators_multi`).
+    """
+    found = find_generators_multi(root, split)
+    root = ", ".join(printable_path(r) for r in root_list(root))
     if generators:
         missing = sorted(set(generators) - set(found))
         if missing:

@@ -79,10 +79,11 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, *, split: str = "val
              batch_size: int | None = None, num_workers: int | None = None, generators: Sequence[str] | None = None,
              on_bad_image: str | None = None, align: str | None = None, threshold: float | None = None,
              pre_ops: Sequence[PilOp] = (), device: str | None = None, quiet: bool = False,
-             detector: Detector | None = None, precision: str = "auto") -> EvalResult:
+             detector: Detector | None = None, precision: str = "auto", crops: int | None = None) -> EvalResult:
     """Evaluate `checkpoint` on `data_root/<generator>/<split>`; write reports into out_dir when given."""
     out = ensure_writable_dir(out_dir) if out_dir is not None else None
-    det = detector or Detector.from_checkpoint(checkpoint, device=device, threshold=threshold, precision=precision)
+    det = detector or Detector.from_checkpoint(checkpoint, device=device, threshold=threshold, precision=precision,
+                                               crops=crops)
     dcfg = det.cfg.data
     if align is not None:
         dcfg = replace(dcfg, align=None if align == "none" else align)

@@ -67,6 +67,7 @@ class Synapse7Net(nn.Module):
         if self.encoder.out_channels != 3:
             widen_first_conv(self.backbone, spec.first_conv, self.encoder.out_channels)
         self.head = nn.Linear(spec.feature_width, 1)
+        self.crop_vote = "mean"  # mean | max of the crops' logits (set from ModelConfig.crop_vote)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised RGB -> the trunk's last feature maps, unpooled (as timm's forward_features).
@@ -87,6 +88,11 @@ class Synapse7Net(nn.Module):
         return self.head(self.pool(maps)).squeeze(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B,) logits; (B, K, 3, H, W) crops of B images -> (B,) combined by `crop_vote`."""
+        if x.dim() == 5:
+            b, k = x.shape[:2]
+            logits = self.forward_head(self.forward_features(x.flatten(0, 1))).view(b, k)  # (B, K)
+            return logits.amax(dim=1) if self.crop_vote == "max" else logits.mean(dim=1)
         return self.forward_head(self.forward_features(x))
 
 
@@ -166,7 +172,10 @@ def frozen_modules(net: nn.Module) -> list[nn.Module]:
 def build_model(cfg: ModelConfig, *, load_weights: bool = True) -> Synapse7Net:
     """Build the network for a model config. load_weights=False skips pretrained weights (for checkpoints)."""
     spec = get_backbone_spec(cfg.backbone)
+    if cfg.crop_vote not in ("mean", "max"):
+        raise ValueError(f"crop_vote must be 'mean' or 'max', got {cfg.crop_vote!r}")
     net = Synapse7Net(spec, cfg.input)
+    net.crop_vote = cfg.crop_vote
     weights = cfg.weights
     if load_weights and weights not in ("none", "imagenet"):
         _load_weights_file(net, Path(weights))

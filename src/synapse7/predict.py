@@ -107,8 +107,10 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def _with_fast_decode(cfg: RunConfig, fast_decode: bool | None) -> RunConfig:
-    return cfg if fast_decode is None else replace(cfg, data=replace(cfg.data, fast_decode=fast_decode))
+def _with_data(cfg: RunConfig, **overrides: Any) -> RunConfig:
+    """cfg with the data fields in `overrides` replaced (None values keep the stored setting)."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return replace(cfg, data=replace(cfg.data, **clean)) if clean else cfg
 
 
 class Detector:
@@ -140,7 +142,7 @@ class Detector:
     def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
                         threshold: float | None = None, engine: str = "eager", onnx: str | os.PathLike | None = None,
                         compile: bool = False, fast_decode: bool | None = None,
-                        precision: str = "auto") -> Detector:
+                        precision: str = "auto", crops: int | None = None) -> Detector:
         """Load a Synapse-7 checkpoint; needs no pretrained weights and no network.
 
         engine="onnx" runs the model in ONNX Runtime: from `onnx` (an export of this checkpoint; giving it implies
@@ -172,26 +174,32 @@ class Detector:
                 got, want = runner.config, cfg
                 if got.model != want.model or got.data.image_size != want.data.image_size:
                     raise ValueError(f"{onnx} was exported from another model or image size than {path}")
-        return cls(net, _with_fast_decode(cfg, fast_decode), threshold=thr, device=device, engine=runner,
+        return cls(net, _with_data(cfg, fast_decode=fast_decode, crops=crops), threshold=thr, device=device, engine=runner,
                    compile=compile, precision=precision)
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
-                  threshold: float | None = None, fast_decode: bool | None = None) -> Detector:
+                  threshold: float | None = None, fast_decode: bool | None = None, crops: int | None = None) -> Detector:
         """A detector from an ONNX export alone (`synapse7 export`): config and threshold are in its metadata."""
 
         runner = OnnxEngine(path, device=str(pick_device(device)))
         thr = runner.threshold if threshold is None else threshold
-        return cls(None, _with_fast_decode(runner.config, fast_decode), threshold=thr, device=device, engine=runner)
+        return cls(None, _with_data(runner.config, fast_decode=fast_decode, crops=crops), threshold=thr, device=device,
+                   engine=runner)
 
     @torch.inference_mode()
     def predict_batch(self, x: torch.Tensor) -> np.ndarray:
-        """(B, 3, S, S) normalised -> P(AI) as float64 array (B,)."""
+        """(B, 3, S, S) normalised -> P(AI) as float64 array (B,); (B, K, 3, S, S) crops are combined per image."""
         if self.engine is not None:
-            logits = torch.from_numpy(self.engine(x))
+            if x.dim() == 5:  # the exported graph takes single crops: run them flat, combine the logits here
+                b, k = x.shape[:2]
+                flat = torch.from_numpy(self.engine(x.flatten(0, 1))).view(b, k)
+                logits = flat.amax(dim=1) if self.cfg.model.crop_vote == "max" else flat.mean(dim=1)
+            else:
+                logits = torch.from_numpy(self.engine(x))
         else:
             x = x.to(self.device, non_blocking=True)
-            if self.device.type == "cpu":
+            if self.device.type == "cpu" and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from synapse7.config import ModelConfig
+from synapse7.residuals import RESIDUALS
 
 
 def log_magnitude(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -105,43 +106,62 @@ def _fft(x: torch.Tensor, dft: str) -> torch.Tensor:
     return spectrum_features(x, dft=dft).to(x.dtype)
 
 
-def _rgb_fft(x: torch.Tensor, dft: str) -> torch.Tensor:
-    return torch.cat([x, _fft(x, dft)], dim=1)
+def _residual(name: str) -> Callable[[torch.Tensor, str], torch.Tensor]:
+    # Residuals are not standardised per image: how much residual energy an image has is part of the evidence
+    # (the batch norm after the first convolution rescales them globally).
+    return lambda x, dft: RESIDUALS[name](x)
 
 
 @dataclass(frozen=True)
 class Encoding:
-    """One input mode: the channels it gives the backbone, and fn(x, dft) -> (B, channels, H, W)."""
+    """One input component: the channels it gives the backbone, and fn(x, dft) -> (B, channels, H, W)."""
 
     channels: int
     fn: Callable[[torch.Tensor, str], torch.Tensor]
 
 
-# The input modes: a new one is one row here (its channels widen the backbone's first convolution).
+# The input components: a new one is one row here. A mode is one component or several joined by "+",
+# stacked along channels in that order (their channels widen the backbone's first convolution).
 ENCODERS: dict[str, Encoding] = {
-    "fft": Encoding(3, _fft),  # the reference: the standardised spectrum only
     "rgb": Encoding(3, _rgb),  # the normalised image unchanged
-    "rgb+fft": Encoding(6, _rgb_fft),  # image then spectrum
+    "fft": Encoding(3, _fft),  # the reference: the standardised global log-magnitude spectrum
+    "npr": Encoding(3, _residual("npr")),  # NPR: x - up(down(x)), nearest, factor 2 (synapse7.residuals)
+    "hh": Encoding(3, _residual("hh")),  # SAFE: the HH band of a one-level Haar DWT, undecimated
+    "srm": Encoding(3, _residual("srm")),  # three SRM high-pass filters of the luminance
 }
-INPUT_MODES = tuple(ENCODERS)
+# The documented modes (any "+" combination of components is accepted).
+INPUT_MODES = ("fft", "rgb", "rgb+fft", "npr", "hh", "srm", "rgb+npr", "npr+srm")
+
+
+def parse_input_mode(mode: str) -> tuple[str, ...]:
+    """'rgb+fft' -> ('rgb', 'fft'); raises ValueError naming the known components for anything else."""
+    parts = tuple(p.strip() for p in mode.split("+"))
+    bad = [p for p in parts if p not in ENCODERS]
+    if not mode or bad or len(set(parts)) != len(parts):
+        raise ValueError(f"unknown input mode {mode!r}; use one of {', '.join(ENCODERS)} or several joined by "
+                         f"'+' (e.g. {', '.join(INPUT_MODES)})")
+    return parts
 
 
 class InputEncoder(nn.Module):
-    """Turns the normalised RGB batch (B, 3, H, W) into the backbone's input for an input mode (ENCODERS)."""
+    """Turns the normalised RGB batch (B, 3, H, W) into the backbone's input for an input mode (ENCODERS).
+
+    "rgb+fft" gives (B, 6, H, W): image, then spectrum. Everything is computed batched on the input's device.
+    """
 
     def __init__(self, mode: str = ModelConfig.input) -> None:
         super().__init__()
-        if mode not in ENCODERS:
-            raise ValueError(f"unknown input mode {mode!r}; choose from {', '.join(INPUT_MODES)}")
+        self.parts = parse_input_mode(mode)
         self.mode = mode
         self.dft = "fft"  # "matmul" only while exporting to ONNX (synapse7.export)
 
     @property
     def out_channels(self) -> int:
-        return ENCODERS[self.mode].channels
+        return sum(ENCODERS[p].channels for p in self.parts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ENCODERS[self.mode].fn(x, self.dft)
+        outs = [ENCODERS[p].fn(x, self.dft) for p in self.parts]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"
