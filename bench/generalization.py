@@ -31,7 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from accuracy import REPO, Ledger, Step, machine, record_invocation, rel, run_steps  # noqa: E402 (bench helpers)
+from accuracy import REPO, Ledger, Step, record_invocation, rel, run_steps  # noqa: E402 (bench helpers)
+from common import machine_text  # noqa: E402
 from synapse7.io import atomic_write_text  # noqa: E402
 
 # The self-made fakes: every up-sampling chain and both autoencoder decoders (4x down-sampling).
@@ -122,7 +123,7 @@ def render(out: Path, rows: list[Row], steps: list[Step], ledger: Ledger) -> str
              "stored threshold (real accuracy / fake accuracy). The threshold of every model was chosen on its own "
              "training data's val split (`--calibrate accuracy`); `wild/realorai_game` is never trained on and no "
              "choice is made on it. *seen* marks a column whose generators were in the row's training data.", "",
-             f"Machine: {machine()}.", ""]
+             f"Machine: {machine_text()}; other jobs may share the CPU (load averages per step below).", ""]
     head = "| row | trained on | " + " | ".join(COLUMN_TITLES[c] for c in COLUMNS) + " |"
     lines += [head, "|" + "---|" * (2 + len(COLUMNS))]
     for row in rows:
