@@ -31,6 +31,7 @@ test-all: venv
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
 
 clean:
 	rm -rf demo_out .pytest_cache .ruff_cache build dist src/*.egg-info

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -37,7 +36,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from common import load_average, machine_text  # noqa: E402
 from synapse7.io import atomic_write_text  # noqa: E402
+from synapse7.reports import fmt_value  # noqa: E402
 
 PROTOCOLS = ("cifake", "genimage", "robustness")
 PERTURB = "jpeg:95,jpeg:65,jpeg:30,resize:0.5,resize:0.25,blur:1,blur:3,none"
@@ -51,7 +52,7 @@ CIFAKE_TRAIN = ("--backbone efficientnet_lite0 --weights imagenet --input rgb --
 AUG = ("--aug-blur-prob 0.5 --aug-blur-sigma 0,3 --aug-jpeg-prob 0.5 --aug-jpeg-quality 30,100 "
        "--aug-resize-prob 0.25 --aug-resize-scale 0.25,1")
 GENIMAGE_TRAIN = ("--backbone efficientnet_lite0 --weights imagenet --input rgb --strategy frozen-early "
-                  "--image-size 128 --preprocess crop --epochs 8 --batch-size 32 --lr 1e-3 --seed 42")
+                  "--image-size 128 --preprocess crop --train-crop center --epochs 8 --batch-size 32 --lr 1e-3 --seed 42")
 # The weights expect inputs normalised with mean = std = 0.5 (docs/backbones.md); a config file sets that.
 HALF_NORM = "data:\n  mean: [0.5, 0.5, 0.5]\n  std: [0.5, 0.5, 0.5]\n"
 TARGETS = {"cifake_acc": 0.975, "cifake_auc": 0.995, "jpeg65_drop": 0.05}
@@ -94,13 +95,6 @@ class Ledger:
     def put(self, name: str, record: dict[str, Any]) -> None:
         self.records[name] = record
         atomic_write_text(self.path, json.dumps(self.records, indent=2) + "\n")
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def _input_of(flags: str) -> str:
@@ -232,7 +226,7 @@ def run_steps(steps: list[Step], ledger: Ledger, log_dir: Path) -> None:
         log = log_dir / (step.name.replace(" ", "_").replace(":", "") + ".log")
         print(f"[run ] {step.name}: {cmd}\n       log: {rel(log)}", flush=True)
         env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-        started, load0, t0 = datetime.now().isoformat(timespec="seconds"), loadavg(), time.perf_counter()
+        started, load0, t0 = datetime.now().isoformat(timespec="seconds"), load_average(), time.perf_counter()
         with open(log, "a", encoding="utf-8") as fh:
             fh.write(f"\n# {started} {cmd}\n")
             fh.flush()
@@ -243,7 +237,7 @@ def run_steps(steps: list[Step], ledger: Ledger, log_dir: Path) -> None:
         # A resumed training's time adds to the interrupted part's.
         total = seconds + (prev.get("seconds", 0.0) if resume and prev.get("rc") is None else 0.0)
         rec = {"command": step.command(False), "seconds": round(total, 1), "started": prev.get("started", started)
-               if resume else started, "load_start": load0, "load_end": loadavg(), "rc": rc, "resumed": resume}
+               if resume else started, "load_start": load0, "load_end": load_average(), "rc": rc, "resumed": resume}
         if rc == 0 and step.resume_if is not None:
             atomic_write_text(step.done, json.dumps(rec, indent=2) + "\n")
         ledger.put(step.name, rec)
@@ -261,7 +255,7 @@ def _load(path: Path) -> dict[str, Any] | None:
 
 
 def _f(v: Any, spec: str = ".4f") -> str:
-    return "n/a" if v is None else format(float(v), spec)
+    return fmt_value(None if v is None else float(v), spec, none="n/a")
 
 
 class Figures:
@@ -294,23 +288,6 @@ def _robust_acc(path: Path) -> dict[str, float]:
     if d is None:
         return {}
     return {r["perturbation"]: r["accuracy"] for r in d["rows"] if r["generator"] == "ALL"}
-
-
-def machine() -> str:
-    import torch
-
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU core(s) ({cpu}), {gpu}; "
-            f"Python {platform.python_version()}, torch {torch.__version__}; other jobs may share the CPU (load "
-            f"averages per step in the ledger below; a step's wall-clock time includes any time it was paused)")
 
 
 def invocations(out: Path) -> list[tuple[str, str]]:
@@ -397,7 +374,8 @@ def render(out: Path, steps: list[Step], ledger: Ledger, args: argparse.Namespac
         "Written by `bench/accuracy.py`; every figure below was measured by the commands listed with it, on "
         "this machine:",
         "",
-        f"- **machine:** {machine()}",
+        f"- **machine:** {machine_text()}; other jobs may share the CPU (load averages per step in the ledger "
+        "below; a step's wall-clock time includes any time it was paused)",
         f"- **written:** {datetime.now().isoformat(timespec='seconds')}",
         "- **bench invocations** (each skips the steps already done): "
         + "; ".join(f"`{c}` ({t})" for t, c in invocations(out)),

@@ -16,7 +16,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import re
 import shlex
 import subprocess
@@ -25,9 +24,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
+from common import load_average, machine_text
 from synapse7.io import atomic_write_text
+from synapse7.reports import fmt_value
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifake"
@@ -109,10 +108,6 @@ def run_row(row: Row, args: argparse.Namespace, out: Path) -> RowResult:
                      acc, auc, m.group(1) if m else None, str(err) if err else None)
 
 
-def _fmt(x: float | None, spec: str) -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
 def results_markdown(results: list[RowResult], meta: dict[str, str]) -> str:
     """The comparison table; ratios are against the ResNet-34-from-scratch row with the same input mode."""
     base = {r.row.input: r for r in results if r.row.is_baseline}
@@ -130,22 +125,11 @@ def results_markdown(results: list[RowResult], meta: dict[str, str]) -> str:
         ratio = (r.s_per_epoch / b.s_per_epoch) if (b and r.s_per_epoch and b.s_per_epoch) else None
         status = "" if r.returncode == 0 else f" (failed: {r.error})"
         lines.append(f"| {r.row.name}{status} | {r.row.input} | {r.trainable_params or 'n/a'} | "
-                     f"{_fmt(r.val_acc, '.4f')} | {_fmt(r.val_auc, '.4f')} | {_fmt(d_auc, '+.4f')} | "
-                     f"{_fmt(r.s_per_epoch, '.1f')} | {_fmt(ratio, '.2f') + ('×' if ratio else '')} |")
+                     f"{fmt_value(r.val_acc, '.4f', none='n/a')} | {fmt_value(r.val_auc, '.4f', none='n/a')} | {fmt_value(d_auc, '+.4f', none='n/a')} | "
+                     f"{fmt_value(r.s_per_epoch, '.1f', none='n/a')} | {fmt_value(ratio, '.2f', none='n/a') + ('×' if ratio else '')} |")
     lines += ["", "## Commands", ""]
     lines += [f"{i}. {r.row.name}: `{r.command}`" for i, r in enumerate(results, 1)]
     return "\n".join(lines) + "\n"
-
-
-def machine_description() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.node()}: {os.cpu_count()} CPU cores ({cpu}), {gpu}; torch {torch.__version__}"
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             print(shlex.join(train_command(r, args, args.runs / stamp / r.name.replace(" ", "_"))))
         return 0
-    meta = {"machine": machine_description(), "data": str(args.data), "load average at start": load_average(),
+    meta = {"machine": machine_text(), "data": str(args.data), "load average at start": load_average(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "budget": f"{args.epochs} epochs x {args.limit_train_batches or 'all'} batches of {args.batch_size} "
                       f"at {args.image_size} px, {args.threads} thread(s) per run, runs one after another"}

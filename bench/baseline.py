@@ -65,7 +65,7 @@ class SpectrumNet(nn.Module):
         self.net = net
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_head(self.net.backbone(spec))
+        return self.net.head(self.net.backbone(spec)).squeeze(-1)  # the trunk pools (its classifier is Identity)
 
 
 @torch.inference_mode()

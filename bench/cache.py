@@ -28,7 +28,7 @@ def _config(root: str, a: dict[str, Any], cache: str | None) -> Any:
         data={"root": root, "image_size": a["image_size"], "batch_size": a["batch_size"], "num_workers": a["workers"]},
         model={"backbone": a["backbone"], "weights": "none", "input": "fft", "trainable": a["strategy"]},
         train={"epochs": a["epochs"], "accelerator": "cpu", "devices": "1", "seed": 42, "feature_cache": cache,
-               "ckpt_every_n_steps": 10_000, "precision": a.get("precision") or "32-true"},
+               "ckpt_every_n_steps": 10_000, "precision": a.get("precision") or "fp32"},
     )
 
 
@@ -117,8 +117,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="intra-op threads (default: PyTorch's)")
     ap.add_argument("--uncached", action="store_true",
                     help="also run synapse7.train without the cache, in fp32 (the accuracy reference)")
-    ap.add_argument("--precision", default="32-true",
-                    help="Lightning precision of the synapse7 runs (e.g. bf16-mixed on CPUs with native bf16); "
+    ap.add_argument("--precision", default="fp32",
+                    help="--precision of the synapse7 runs (auto|fp32|bf16|fp16; bf16 on CPUs with native bf16); "
                          "the baseline always runs the plain fp32 loop")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "synapse7-bench"))
     ap.add_argument("--out", help="write the JSON result here")

@@ -218,19 +218,48 @@ def run_isolated(fn: Callable[..., dict], **kwargs: Any) -> dict[str, Any]:
     return out
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (platform's guess elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: how much else ran on the CPU."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on, including the load other processes put on the CPU."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "loadavg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__, "python": platform.python_version()}
+
+
+def machine_text() -> str:
+    """`machine()` in one line, for reports."""
+    m = machine()
+    return (f"{platform.system()} {platform.machine()}, {m['cores']} CPU core(s) ({m['cpu']}), {m['gpu'] or 'no GPU'}; "
+            f"Python {m['python']}, torch {m['torch']}")
+
+
+def best_rate(fn: Callable[[], object], n: int, repeats: int) -> float:
+    """Items per second of the fastest of `repeats` calls of fn (each handling n items), after one warm-up."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return n / best
 
 
 def report(name: str, rows: list[dict[str, Any]], *, extra: dict[str, Any] | None = None,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import report, write_images
+from common import best_rate, report, write_images
 
 
 def _rate(fn: Callable[[str], object], paths: list[str], repeats: int) -> float:
@@ -29,16 +29,6 @@ def _rate(fn: Callable[[str], object], paths: list[str], repeats: int) -> float:
             fn(p)
         best = min(best, time.perf_counter() - t)
     return len(paths) / best
-
-
-def _batch_rate(fn: Callable[[], object], n: int, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return n / best
 
 
 def main() -> None:
@@ -100,8 +90,8 @@ def main() -> None:
 
     x = torch.randn(32, 3, s, s)
     xn = x.numpy()
-    np_rate = _batch_rate(lambda: [numpy_spectrum(xn[i]) for i in range(32)], 32, a.repeats)
-    torch_rate = _batch_rate(lambda: spectrum_features(x), 32, a.repeats)
+    np_rate = best_rate(lambda: [numpy_spectrum(xn[i]) for i in range(32)], 32, a.repeats)
+    torch_rate = best_rate(lambda: spectrum_features(x), 32, a.repeats)
     rows.append({"input": f"spectrum {s}px", "pipeline": "numpy per sample (baseline)", "img/s (1 thread)": np_rate,
                  "x baseline": 1.0})
     rows.append({"input": f"spectrum {s}px", "pipeline": "torch.fft batched (synapse7)", "img/s (1 thread)": torch_rate,

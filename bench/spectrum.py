@@ -14,21 +14,10 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import report
-
-
-def _rate(fn: Callable[[], object], n: int, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return n / best
+from common import best_rate, report
 
 
 def main() -> None:
@@ -84,7 +73,7 @@ def main() -> None:
         base = None
         rows = []
         for name, fn in impls.items():
-            r = _rate(fn, a.batch, a.repeats)
+            r = best_rate(fn, a.batch, a.repeats)
             base = base or r
             rows.append({"implementation": name, "img/s": r, "x numpy": r / base,
                          "max |diff| vs float64": float(np.abs(fn() - ref).max())})

@@ -9,7 +9,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from synapse7.augment_safe import ColorJitter, RandomPatchMask, RandomRotation, build_safe_ops
+from synapse7.perturb import ColorJitter, RandomPatchMask, RandomRotation, build_safe_ops
 
 
 def _image(w: int = 64, h: int = 48, seed: int = 0) -> Image.Image:

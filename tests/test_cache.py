@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from synapse7.backbones import backbone_names, get_backbone_spec
 from synapse7.cache import (
     CachedFeatureDataset,
     CacheRefused,
@@ -33,20 +35,15 @@ LOGIT_ATOL = 2e-2
 
 def _cfg(root: Path, cache: Path | None, **model: str) -> RunConfig:
     return load_config(
-        data={"root": str(root), "image_size": SIZE, "preprocess": "crop", "batch_size": 8, "num_workers": 0},
+        data={"root": str(root), "image_size": SIZE, "preprocess": "crop", "train_crop": "center", "batch_size": 8,
+              "num_workers": 0},
         model={"backbone": "resnet18", "weights": "none", "input": "fft", "trainable": "stage4,head", **model},
         train={"epochs": 2, "accelerator": "cpu", "devices": "1", "seed": 0,
                "feature_cache": str(cache) if cache else None},
     )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: one intra-op thread is faster, and far faster when other processes share the 2 cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +78,17 @@ def test_split_reproduces_full_forward(tmp_path: Path, trainable: str, point: st
         assert not (p.requires_grad and any(name.startswith(m + ".") for m in frozen)), name
 
 
-def test_efficientnet_split_if_available(tmp_path: Path) -> None:
-    pytest.importorskip("timm")
-    net = _net(_cfg(tmp_path, None, backbone="efficientnet_lite0"))
+@pytest.mark.parametrize("name", backbone_names())
+def test_every_backbone_splits_from_its_registry_row(tmp_path: Path, name: str) -> None:
+    missing = [p for p in get_backbone_spec(name).requires if importlib.util.find_spec(p) is None]
+    if missing:
+        pytest.skip(f"{name} needs {', '.join(missing)}")
+    net = _net(_cfg(tmp_path, None, backbone=name, input="rgb"))
+    for m in net.modules():  # ConvNeXt/Swin: stochastic depth off, else their frozen stages are refused (below)
+        if type(m).__name__ == "StochasticDepth":
+            m.p = 0.0
     split = plan_split(net)
+    assert 0 < split.n_frozen < len(split.steps) and split.steps[-1].name == "pool"  # stage4 and head train
     x = _images(2)
     with torch.no_grad():
         torch.testing.assert_close(TrainableTail(net, split)(FrozenTrunk(net, split)(x)), net(x), rtol=1e-5, atol=1e-5)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from synapse7.calibration import choose_threshold, expected_calibration_error
+from synapse7.calibration import choose_threshold
+from synapse7.reports import expected_calibration_error
 
 
 def _apply(y: np.ndarray, p: np.ndarray, t: float) -> tuple[float, float, float]:

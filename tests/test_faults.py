@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import make_dataset
+from synapse7.cli import main
 from synapse7.config import load_config
 from synapse7.train import train
 
@@ -39,6 +40,7 @@ def _state(ckpt: Path) -> tuple[int, dict[str, torch.Tensor]]:
     return c["global_step"], c["state_dict"]
 
 
+@pytest.mark.slow  # three trainings and a subprocess; tests/test_train.py resumes in the default suite
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data", generators=("g",), n=10)  # 20 train images: 5 steps per epoch
     full = train(_cfg(data), tmp_path / "full", progress=False)
@@ -95,6 +97,7 @@ KILL_PREDICT = """
 """
 
 
+@pytest.mark.slow  # two subprocesses that import torch
 def test_predict_killed_then_resumed_loses_nothing(trained_run: Path, tmp_path: Path, monkeypatch) -> None:
     ckpt = str(trained_run / "run" / "best.ckpt")
     folder = trained_run / "data"
@@ -114,13 +117,13 @@ def test_predict_killed_then_resumed_loses_nothing(trained_run: Path, tmp_path: 
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     all_images = sorted(str(p) for p in folder.rglob("*.png"))
     assert sorted(r["path"] for r in rows) == all_images  # each image exactly once
-    ref = tmp_path / "ref.jsonl"
-    assert _run_script(tmp_path, KILL_PREDICT, *args[:-6], "--json", "--output", str(ref),
-                       "--num-workers", "0").returncode == 0
+    ref = tmp_path / "ref.jsonl"  # an uninterrupted run, in this process
+    assert main([*args[:-6], "--json", "--output", str(ref), "--num-workers", "0"]) == 0
     ref_p = {r["path"]: r["p_ai"] for r in map(json.loads, ref.read_text().splitlines())}
     assert all(abs(r["p_ai"] - ref_p[r["path"]]) < 1e-5 for r in rows)
 
 
+@pytest.mark.slow  # a subprocess that imports torch
 def test_evaluate_killed_leaves_no_half_written_reports(trained_run: Path, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "eval"
     monkeypatch.setenv("KILL_AFTER_BATCHES", "2")

@@ -13,7 +13,9 @@ def test_forward_every_input_mode(mode: str) -> None:
     net = build_model(ModelConfig(backbone="resnet34", weights="none", input=mode))
     out = net(torch.randn(2, 3, 64, 64))
     assert out.shape == (2,) and torch.isfinite(out).all()
-    assert net.forward_features(torch.randn(1, 3, 64, 64)).shape == (1, 512)
+    maps = net.forward_features(torch.randn(1, 3, 64, 64))
+    assert maps.shape == (1, 512, 2, 2)  # unpooled: pooling is in forward_head
+    assert net.pool(maps).shape == (1, 512)
 
 
 def test_rgb_fft_widens_first_conv() -> None:

@@ -211,7 +211,7 @@ def test_png_alignment_is_lossless_and_uniform(tmp_path: Path) -> None:
             np.testing.assert_array_equal(np.asarray(out), np.asarray(_to_rgb(src)), err_msg=name)
 
 
-def test_alignment_is_idempotent() -> None:
+def test_alignment_is_deterministic() -> None:
     align = build_align("jpeg:96")
     once = align(_image())
     # Re-encoding an aligned image is deterministic (same function of the pixels).

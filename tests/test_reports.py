@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +54,21 @@ def test_report_files_exact_format(tmp_path: Path) -> None:
     with Image.open(tmp_path / "confusion_matrix.png") as im:
         assert im.format == "PNG" and im.size[0] > 100
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left behind
+
+
+def test_write_json_is_strict_json(tmp_path: Path) -> None:
+    from synapse7.reports import write_json
+
+    write_json(tmp_path / "m.json", {"a": float("nan"), 1: [math.inf, -math.inf, 0.5], "t": (1, "x")})
+    text = (tmp_path / "m.json").read_text()
+    assert json.loads(text) == {"a": None, "1": [None, None, 0.5], "t": [1, "x"]}
+    assert "NaN" not in text and "Infinity" not in text
+
+
+def test_fmt_value_cells() -> None:
+    from synapse7.reports import fmt_value
+
+    assert fmt_value(0.97451) == "0.9745"
+    assert fmt_value(float("nan")) == "nan"
+    assert fmt_value(None) == "" and fmt_value(None, none="-") == "-"
+    assert fmt_value(12) == "12" and fmt_value(0.5, ".1f") == "0.5" and fmt_value("g") == "g"

@@ -38,16 +38,16 @@ def test_rows_per_perturbation_and_generator_and_clean_row_equals_evaluate(train
 
 
 def test_one_detector_and_the_ops_in_order(trained_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import synapse7.evaluate as ev
+    import synapse7.robustness as rob
 
     calls: list[dict] = []
-    real = ev.evaluate
+    real = rob.evaluate
 
     def spy(*args, **kwargs):
         calls.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ev, "evaluate", spy)
+    monkeypatch.setattr(rob, "evaluate", spy)
     res = evaluate_robustness(_ckpt(trained_run), trained_run / "data", ["jpeg:65", "none", "blur:1", "resize:2"],
                               num_workers=0, align="jpeg:96", generators=["gen_b"])
     assert [c["pre_ops"] for c in calls] == [[JpegCompress(65)], [], [GaussianBlur(1.0)], [Rescale(2.0)]]

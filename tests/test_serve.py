@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -22,7 +24,12 @@ from synapse7.config import RunConfig  # noqa: E402
 from synapse7.model import build_model  # noqa: E402
 from synapse7.predict import Detector  # noqa: E402
 from synapse7.serve import create_app  # noqa: E402
-from synapse7.serve.app import clean_filename  # noqa: E402
+from synapse7.serve.app import (  # noqa: E402
+    DEFAULT_MAX_REQUEST_BYTES,
+    RateLimiter,
+    clean_filename,
+    exposure_warning,
+)
 
 MAX_UPLOAD = 64 * 1024
 MAX_FILES = 4
@@ -160,8 +167,8 @@ def test_oversize_file_is_a_per_file_error(client: TestClient) -> None:
 
 
 def test_oversize_request_is_413(checkpoint: Path, detector: Detector) -> None:
-    app = create_app(detector, max_upload_bytes=MAX_UPLOAD, max_request_bytes=32 * 1024)
-    big = _image_bytes("PNG", size=(200, 200), seed=8)
+    app = create_app(detector, max_upload_bytes=MAX_UPLOAD, max_request_bytes=160 * 1024)
+    big = _image_bytes("PNG", size=(320, 320), seed=8)  # ~300 KB of random pixels
     with TestClient(app) as c:
         r = _post(c, [("big.png", big)])
         assert r.status_code == 413 and "too large" in r.json()["detail"]
@@ -169,7 +176,7 @@ def test_oversize_request_is_413(checkpoint: Path, detector: Detector) -> None:
         # No Content-Length (chunked): the limit is enforced while the body streams in.
         def chunks():
             yield b"--xyz\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n"
-            for _ in range(8):
+            for _ in range(24):
                 yield b"\x00" * 8192
             yield b"\r\n--xyz--\r\n"
 
@@ -237,6 +244,16 @@ def test_unexpected_failure_is_isolated_to_its_file(detector: Detector) -> None:
     assert bad["label"] == "ERROR" and "RuntimeError: boom" in bad["error"]
 
 
+def test_request_cap_must_hold_one_file(detector: Detector, checkpoint: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="no room for one file"):
+        create_app(detector, max_upload_bytes=10 * 2**20, max_request_bytes=10 * 2**20)
+    from synapse7.cli import main
+
+    assert main(["serve", "--checkpoint", str(checkpoint), "--max-request-mb", "8"]) == 1  # 20 MiB files
+    assert "no room for one file" in capsys.readouterr().err
+
+
 def test_create_app_needs_one_model_source(checkpoint: Path, detector: Detector) -> None:
     with pytest.raises(ValueError):
         create_app()
@@ -250,6 +267,218 @@ def test_cli_serve_parser_and_bad_checkpoint(tmp_path: Path, capsys: pytest.Capt
     from synapse7.cli import build_parser, main
 
     args = build_parser().parse_args(["serve", "--checkpoint", "x.ckpt"])
-    assert (args.host, args.port, args.max_upload_mb) == ("127.0.0.1", 8000, 20.0)
+    assert (args.host, args.port, args.max_upload_mb, args.max_request_mb) == ("127.0.0.1", 8000, 20.0, 64.0)
+    assert (args.token, args.rate_limit) == (None, 120.0)
     assert main(["serve", "--checkpoint", str(tmp_path / "missing.ckpt")]) == 1
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--port", "99999"], ["--port", "0"], ["--port", "http"], ["--max-files", "0"],
+                                  ["--max-upload-mb", "-1"], ["--max-request-mb", "0"], ["--rate-limit", "-5"]])
+def test_cli_serve_bad_options_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from synapse7.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--checkpoint", "x.ckpt", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: synapse7 serve" in err and argv[0] in err
+
+
+def test_cli_serve_passes_token_limits_and_warns(checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import uvicorn
+
+    from synapse7.cli import main
+
+    ran: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app, **kw))
+    monkeypatch.setenv("SYNAPSE7_TOKEN", "from-env")
+    assert main(["serve", "--checkpoint", str(checkpoint), "--host", "0.0.0.0", "--port", "8123",
+                 "--max-upload-mb", "4", "--max-request-mb", "8", "--rate-limit", "30"]) == 0
+    assert (ran["host"], ran["port"]) == ("0.0.0.0", 8123)
+    assert ran["app"].state.limits["max_request_bytes"] == 8 * 2**20
+    assert ran["app"].state.limits["rate_limit_per_minute"] == 30
+    with TestClient(ran["app"]) as c:
+        files = [("a.png", _image_bytes("PNG"))]
+        assert _post(c, files).status_code == 401
+        assert _post(c, files, headers={"Authorization": "Bearer from-env"}).status_code == 200
+    assert "warning" not in capsys.readouterr().err  # a token guards it
+    monkeypatch.delenv("SYNAPSE7_TOKEN")
+    assert main(["serve", "--checkpoint", str(checkpoint), "--host", "0.0.0.0"]) == 0
+    assert "warning: listening on 0.0.0.0 without an API token" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", str(checkpoint), "--token", "t"]) == 0
+    with TestClient(ran["app"]) as c:
+        assert _post(c, [("a.png", _image_bytes("PNG"))], headers={"Authorization": "Bearer t"}).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Explanations, docs, HEAD, token, rate limit, request cap, load (issue 13, items 10-11)
+
+
+def test_explain_endpoint_shows_why(client: TestClient, detector: Detector) -> None:
+    data = _image_bytes("PNG", size=(90, 60), seed=20)
+    r = client.post("/api/explain", files={"file": ("x.png", data, "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["filename"] == "x.png" and body["threshold"] == 0.5
+    assert body["p_ai"] == pytest.approx(detector.predict([data])[0].p_ai, abs=1e-5)
+    assert body["image_size"] == [90, 60] and body["residual"] is None  # fft model: no residual encoder
+    assert 0 <= body["region"]["x0"] < body["region"]["x1"] <= 90 and 0 <= body["region"]["y0"] < body["region"]["y1"] <= 60
+    assert set(body["views"]) == {"regions", "crop", "spectrum", "heatmap"}  # no preview: browsers show PNG
+    for uri in body["views"].values():
+        assert uri.startswith("data:image/png;base64,")
+        assert Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).format == "PNG"
+
+
+def test_explain_tiff_gets_png_preview_and_bad_file_an_error(client: TestClient) -> None:
+    r = client.post("/api/explain", files={"file": ("scan.tif", _image_bytes("TIFF", size=(80, 50), seed=21))})
+    body = r.json()
+    assert r.status_code == 200 and body["label"] in ("AI", "REAL") and "preview" in body["views"]
+    preview = Image.open(io.BytesIO(base64.b64decode(body["views"]["preview"].split(",", 1)[1])))
+    assert preview.format == "PNG" and preview.size == (80, 50)
+    good = _image_bytes("PNG", seed=22)
+    r = client.post("/api/explain", files={"file": ("half.png", good[: len(good) // 2])})
+    assert r.status_code == 200 and r.json()["label"] == "ERROR" and "views" not in r.json()
+    assert "truncated" in r.json()["error"] or "corrupt" in r.json()["error"]
+    r = client.post("/api/explain", files=[("file", ("a.png", good)), ("file", ("b.png", good))])
+    assert r.status_code == 413 and "at most 1" in r.json()["detail"]
+
+
+def test_head_and_offline_docs(client: TestClient) -> None:
+    r = client.head("/")
+    assert r.status_code == 200 and r.text == "" and r.headers["content-type"].startswith("text/html")
+    r = client.get("/docs")
+    assert r.status_code == 200
+    refs = re.findall(r'(?:src|href)="([^"]+)"', r.text)
+    assert refs and all(ref.startswith("/") for ref in refs), refs  # nothing from a CDN
+    for ref in refs:
+        assert client.get(ref).status_code == 200, ref
+    assert "SwaggerUIBundle" in client.get("/static/docs/swagger-ui-bundle.js").text
+    schema = client.get("/openapi.json").json()
+    assert {"/api/predict", "/api/explain"} <= set(schema["paths"])
+
+
+def test_token_guards_model_endpoints(detector: Detector, monkeypatch: pytest.MonkeyPatch) -> None:
+    with TestClient(create_app(detector, token="s3cret")) as c:
+        assert c.get("/").status_code == 200 and c.get("/api/health").status_code == 200
+        assert c.get("/api/info").json()["auth"] == {"token_required": True}
+        files = [("a.png", _image_bytes("PNG", seed=30))]
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+            r = _post(c, files, headers=headers)
+            assert r.status_code == 401 and "token" in r.json()["detail"], headers
+            assert r.headers["www-authenticate"] == "Bearer"
+        assert c.post("/api/explain", files={"file": files[0]}).status_code == 401
+        r = _post(c, files, headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 200 and r.json()["results"][0]["label"] in ("AI", "REAL")
+    with TestClient(create_app(detector)) as c:
+        assert c.get("/api/info").json()["auth"] == {"token_required": False}
+
+
+def test_rate_limit_per_client(detector: Detector) -> None:
+    files = [("a.png", _image_bytes("PNG", seed=31))]
+    with TestClient(create_app(detector, rate_limit=60, rate_burst=3)) as c:
+        codes = [_post(c, files).status_code for _ in range(5)]
+        assert codes == [200, 200, 200, 429, 429]
+        r = _post(c, files)
+        assert "rate limit" in r.json()["detail"] and int(r.headers["retry-after"]) >= 1
+        assert c.get("/api/health").status_code == 200  # only the model endpoints are limited
+
+
+def test_rate_limiter_refills_and_separates_clients() -> None:
+    now = [0.0]
+    rl = RateLimiter(per_minute=6, burst=2, clock=lambda: now[0])  # one token every 10 s
+    assert [rl.take("a") for _ in range(2)] == [0.0, 0.0]
+    assert rl.take("a") == pytest.approx(10.0)
+    assert rl.take("b") == 0.0  # another client has its own bucket
+    now[0] = 10.0
+    assert rl.take("a") == 0.0 and rl.take("a") > 0
+    with pytest.raises(ValueError):
+        RateLimiter(per_minute=0)
+
+
+def test_exposure_warning() -> None:
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2", "[::1]"):
+        assert exposure_warning(host, None) is None, host
+    for host in ("0.0.0.0", "::", "192.168.1.10", "example.org"):
+        msg = exposure_warning(host, None)
+        assert msg is not None and host in msg and "--token" in msg, host
+        assert exposure_warning(host, "tok") is None
+
+
+def test_default_request_cap_is_sane(detector: Detector) -> None:
+    app = create_app(detector)
+    limits = app.state.limits
+    assert limits["max_request_bytes"] == DEFAULT_MAX_REQUEST_BYTES <= 100 * 2**20  # tens of MB, not 672 MB
+    declared = {"content-type": "multipart/form-data; boundary=x", "content-length": str(DEFAULT_MAX_REQUEST_BYTES + 1)}
+    with TestClient(app) as c:
+        for path in ("/api/predict", "/api/explain"):
+            r = c.post(path, content=b"", headers=declared)
+            assert r.status_code == 413 and "64.0 MiB" in r.json()["detail"], path
+
+
+def test_concurrent_requests_under_load(checkpoint: Path, detector: Detector) -> None:
+    """A real server on loopback, 12 requests from 8 threads at once: every answer complete and correct, inference
+    one call at a time, and /api/health responsive while it queues (the event loop is never blocked)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from synapse7.serve.testing import running_server
+
+    active, peak = [0], [0]
+    lock = threading.Lock()
+
+    class Slow(Detector):  # a heavier model: 0.5 s a call, and it records how many calls overlap
+        def predict(self, images, *, batch_size: int = 32):
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            time.sleep(0.5)
+            try:
+                return super().predict(images, batch_size=batch_size)
+            finally:
+                with lock:
+                    active[0] -= 1
+
+    app = create_app(Slow(detector.net, detector.cfg, device="cpu"), rate_limit=10_000)
+    images = [_image_bytes("PNG", seed=100 + i) for i in range(12)]
+    expected = [p.p_ai for p in detector.predict(images)]
+    with running_server(app) as base:
+        def one(i: int) -> tuple[int, float | None]:
+            with httpx.Client(base_url=base, timeout=60) as h:
+                r = h.post("/api/predict", files=[("files", (f"{i}.png", images[i]))])
+                return r.status_code, r.json()["results"][0]["p_ai"]
+
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(one, i) for i in range(len(images))]
+            health = []
+            with httpx.Client(base_url=base, timeout=10) as h:
+                for _ in range(5):
+                    t0 = time.monotonic()
+                    assert h.get("/api/health").status_code == 200
+                    health.append(time.monotonic() - t0)
+            results = [f.result(timeout=120) for f in futures]
+    assert [code for code, _ in results] == [200] * len(images)
+    for (_, p), exp in zip(results, expected, strict=True):
+        assert p == pytest.approx(exp, abs=1e-5)
+    assert peak[0] == 1  # requests take turns on the model instead of oversubscribing the cores
+    assert sum(health) < 1.0, health  # with inference on the loop, each probe waits for 0.5 s calls
+
+
+def test_cli_serve_without_captum_says_install_the_extra(checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+    import sys
+
+    from synapse7.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == "captum" else real(name, *a, **k))
+    for mod in ("synapse7.serve", "synapse7.serve.app"):  # imported afresh, as in a new process
+        monkeypatch.delitem(sys.modules, mod)
+    assert main(["serve", "--checkpoint", str(checkpoint)]) == 1
+    err = capsys.readouterr().err
+    assert "captum is not installed" in err and "synapse7[serve]" in err

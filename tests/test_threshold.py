@@ -10,15 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from synapse7.calibration import (
-    calibrate_checkpoint,
-    expected_calibration_error,
-    parse_calibration_spec,
-    write_threshold,
-)
+from synapse7.calibration import calibrate_checkpoint, parse_calibration_spec, write_threshold
 from synapse7.cli import build_parser, config_from_args, main
 from synapse7.evaluate import evaluate
 from synapse7.predict import Detector
+from synapse7.reports import expected_calibration_error
 
 
 def _ckpt(run: Path) -> Path:

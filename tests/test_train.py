@@ -17,10 +17,12 @@ def _losses(run: Path) -> list[float]:
     return [float(r["train_loss_epoch"]) for r in rows if r.get("train_loss_epoch")]  # one mean per epoch
 
 
-def test_training_lowers_loss_and_writes_checkpoints(trained_run: Path) -> None:
+def test_training_writes_checkpoints_config_and_epoch_losses(trained_run: Path) -> None:
     run = trained_run / "run"
     for name in ("best.ckpt", "last.ckpt", "config.yaml", "logs/metrics.csv"):
         assert (run / name).is_file(), name
+    losses = _losses(run)
+    assert len(losses) == 2 and all(0 < loss < 10 for loss in losses), losses  # one finite mean per epoch
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["model"]["backbone"] == "resnet18" and cfg["data"]["image_size"] == 32
     ckpt = torch.load(run / "best.ckpt", map_location="cpu", weights_only=False)
@@ -28,7 +30,7 @@ def test_training_lowers_loss_and_writes_checkpoints(trained_run: Path) -> None:
     assert "synapse7" in ckpt and 0 < ckpt["synapse7"]["threshold"] < 1
 
 
-def test_short_run_learns_easy_task(tmp_path: Path) -> None:
+def test_short_run_lowers_loss_and_learns_easy_task(tmp_path: Path) -> None:
     from conftest import make_dataset
 
     data = make_dataset(tmp_path / "data", generators=("g",), n=24)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("synapse7")  # pyproject.toml is the one place the version is written
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 __all__ = ["Detector", "Prediction", "__version__"]
 
 

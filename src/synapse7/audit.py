@@ -13,7 +13,6 @@ a detector trained on such data can score that much without looking at the image
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import sys
@@ -26,9 +25,12 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, JpegImagePlugin
+from sklearn.model_selection import StratifiedKFold
+from sklearn.tree import DecisionTreeClassifier
 
-from synapse7.data import LayoutError, Sample, discover_samples, display_path
-from synapse7.io import BadImageError, atomic_path, atomic_write_text, open_image
+from synapse7.data import LayoutError, Sample, discover_samples
+from synapse7.io import BadImageError, atomic_write_text, open_image, printable_path
+from synapse7.reports import fmt_value, pyplot, save_figure, write_json
 
 # IJG (libjpeg) standard tables, ITU-T T.81 Annex K, in natural (row-major) order, as PIL reports them.
 STANDARD_LUMA = np.array([
@@ -303,13 +305,19 @@ def _metrics(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     return acc, 0.5 * (tpr + tnr)
 
 
-def _stratified_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    folds = np.empty(len(y), dtype=np.int64)
-    for lab in (0, 1):
-        idx = np.nonzero(y == lab)[0]
-        folds[rng.permutation(idx)] = np.arange(len(idx)) % k
-    return folds
+def _out_of_fold(y: np.ndarray, folds: int, seed: int,
+                 fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> tuple[int, float | None, float | None]:
+    """Stratified k-fold predictions: (k, accuracy, balanced accuracy), k = 0 and None where a class has < 2.
+
+    `fit_predict(train_idx, test_idx)` fits on the training indices and returns predictions for the test ones.
+    """
+    k = min(folds, int(y.sum()), int(len(y) - y.sum()))
+    if k < 2:
+        return 0, None, None
+    pred = np.empty(len(y), dtype=np.int64)
+    for train, test in StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+        pred[test] = fit_predict(train, test)
+    return k, *_metrics(y, pred)
 
 
 @dataclass(frozen=True)
@@ -347,18 +355,9 @@ def score_feature(scope: str, feature: Feature | str, values: Sequence[Any], y: 
     p, n = int(y.sum()), int(len(y) - y.sum())
     full = _fit_rule(feat.kind, x, y)
     fit_bacc = _metrics(y, full.predict(x))[1] if p and n else None
-    k = min(folds, p, n)
-    acc = bacc = None
-    if k >= 2:
-        fold = _stratified_folds(y, k, seed)
-        pred = np.empty(len(y), dtype=np.int64)
-        for f in range(k):
-            test = fold == f
-            pred[test] = _fit_rule(feat.kind, x[~test], y[~test]).predict(x[test])
-        acc, bacc = _metrics(y, pred)
+    k, acc, bacc = _out_of_fold(y, folds, seed, lambda tr, te: _fit_rule(feat.kind, x[tr], y[tr]).predict(x[te]))
     flagged = bacc is not None and bacc >= threshold
-    return ShortcutScore(scope, feat.name, feat.kind, p, n, acc, bacc, fit_bacc, _describe(full, feat.name),
-                         k if k >= 2 else 0, flagged)
+    return ShortcutScore(scope, feat.name, feat.kind, p, n, acc, bacc, fit_bacc, _describe(full, feat.name), k, flagged)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -463,13 +462,13 @@ class AuditResult:
             "shortcuts": [_score_dict(s) for s in self.shortcuts],
             "combined_metadata": [_score_dict(s) for s in self.combined],
             "summaries": [asdict(s) for s in self.summaries],
-            "unreadable": [{"path": display_path(r.path), "split": r.split, "generator": r.generator,
+            "unreadable": [{"path": printable_path(r.path), "split": r.split, "generator": r.generator,
                             "class": "ai" if r.label else "nature", "reason": r.error} for r in self.unreadable],
         }
 
     def summary_text(self) -> str:
         """A short plain-text summary (what `run_audit` prints)."""
-        lines = [f"audit of {display_path(self.root)} (splits: {', '.join(self.splits)}): {len(self.records)} files, "
+        lines = [f"audit of {printable_path(self.root)} (splits: {', '.join(self.splits)}): {len(self.records)} files, "
                  f"{len(self.generators)} generator(s), {len(self.unreadable)} unreadable"]
         for split, why in self.skipped_splits.items():
             lines.append(f"  split '{split}' skipped: {why}")
@@ -492,7 +491,7 @@ class AuditResult:
             lines.append(f"  {sc}: {hits[0].feature} {hits[0].balanced_accuracy:.3f} "
                          f"(+{hits[0].margin:.1f} pts over chance; {hits[0].rule})" + (f", {rest}" if rest else ""))
         lines.append("all metadata together (depth-3 tree, CV balanced accuracy): "
-                     + ", ".join(f"{c.scope} {_fmt(c.balanced_accuracy)}" for c in self.combined))
+                     + ", ".join(f"{c.scope} {fmt_value(c.balanced_accuracy, '.3f', none='-')}" for c in self.combined))
         return "\n".join(lines)
 
 
@@ -510,8 +509,6 @@ def _score_dict(s: ShortcutScore) -> dict[str, Any]:
 
 def _combined_score(scope: str, recs: list[FileRecord], threshold: float, folds: int, seed: int) -> ShortcutScore:
     """Every property together in a depth-3 decision tree: what metadata alone can reach."""
-    from sklearn.tree import DecisionTreeClassifier
-
     y = np.array([r.label for r in recs], dtype=np.int64)
     cols = []
     for feat in FEATURES:
@@ -523,18 +520,14 @@ def _combined_score(scope: str, recs: list[FileRecord], threshold: float, folds:
             cols.append([float(codes[str(v)]) for v in vals])
     x = np.array(cols, dtype=np.float64).T  # (N, n_features)
     p, n = int(y.sum()), int(len(y) - y.sum())
-    k = min(folds, p, n)
-    acc = bacc = None
-    if k >= 2:
-        fold = _stratified_folds(y, k, seed)
-        pred = np.empty(len(y), dtype=np.int64)
-        for f in range(k):
-            tree = DecisionTreeClassifier(max_depth=3, class_weight="balanced", random_state=seed)
-            tree.fit(x[fold != f], y[fold != f])
-            pred[fold == f] = tree.predict(x[fold == f])
-        acc, bacc = _metrics(y, pred)
+
+    def fit_predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        tree = DecisionTreeClassifier(max_depth=3, class_weight="balanced", random_state=seed)
+        return tree.fit(x[train], y[train]).predict(x[test])
+
+    k, acc, bacc = _out_of_fold(y, folds, seed, fit_predict)
     return ShortcutScore(scope, "all_metadata", "combined", p, n, acc, bacc, None, "depth-3 decision tree",
-                         k if k >= 2 else 0, bacc is not None and bacc >= threshold)
+                         k, bacc is not None and bacc >= threshold)
 
 
 def audit_dataset(root: str | os.PathLike, splits: Sequence[str] = ("train", "val"), *,
@@ -587,13 +580,9 @@ def audit_dataset(root: str | os.PathLike, splits: Sequence[str] = ("train", "va
 # Writing
 
 
-def _fmt(v: float | None, spec: str = ".3f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def audit_markdown(result: AuditResult) -> str:
     r = result
-    out = [f"# Dataset audit: `{display_path(r.root)}`", "",
+    out = [f"# Dataset audit: `{printable_path(r.root)}`", "",
            f"Splits: {', '.join(r.splits)}. Files: {len(r.records)} in {len(r.generators)} generator(s); "
            f"unreadable: {len(r.unreadable)}.", ""]
     for split, why in r.skipped_splits.items():
@@ -613,7 +602,8 @@ def audit_markdown(result: AuditResult) -> str:
         out.append("No property is flagged.")
     out += ["", "All metadata together (depth-3 decision tree, cross-validated):", "",
             "| scope | balanced acc | accuracy |", "|---|---|---|"]
-    out += [f"| {c.scope} | {_fmt(c.balanced_accuracy)} | {_fmt(c.accuracy)} |" for c in r.combined]
+    out += [f"| {c.scope} | {fmt_value(c.balanced_accuracy, '.3f', none='-')} | {fmt_value(c.accuracy, '.3f', none='-')} |"
+            for c in r.combined]
     scopes = sorted({s.scope for s in r.shortcuts}, key=lambda x: (x != "all", x))
     out += ["", "## Balanced accuracy of every one-feature rule", "",
             "| property | " + " | ".join(scopes) + " |", "|---|" + "---|" * len(scopes)]
@@ -621,7 +611,7 @@ def audit_markdown(result: AuditResult) -> str:
         cells = []
         for sc in scopes:
             s = r.score(sc, feat.name)
-            cell = _fmt(s.balanced_accuracy)
+            cell = fmt_value(s.balanced_accuracy, '.3f', none='-')
             cells.append(f"**{cell}**" if s.flagged else cell)
         out.append(f"| {feat.name} | " + " | ".join(cells) + " |")
     out += ["", "`-`: not scored (fewer than 2 files of a class; JPEG-only properties are scored among JPEG files, "
@@ -637,12 +627,12 @@ def audit_markdown(result: AuditResult) -> str:
             f"| {s.scope} | {s.cls} | {s.n_files} | {_kv(s.per_split)} | {_kv(s.formats)} | {_kv(s.modes)} | "
             f"{_kv(dict(list(s.jpeg_quality.items())[:4]))} | {_kv(s.jpeg_subsampling)} | {s.exif_fraction:.0%} | "
             f"{s.icc_fraction:.0%} | {q3(s.width)} | {q3(s.height)} | {_kv(dict(list(s.top_sizes.items())[:3]))} | "
-            f"{_fmt(s.file_size_median, '.0f')} | {_fmt(s.bytes_per_pixel_median, '.3f')} |")
+            f"{fmt_value(s.file_size_median, '.0f', none='-')} | {fmt_value(s.bytes_per_pixel_median, '.3f', none='-')} |")
     out += ["", "JPEG quality is estimated from the quantisation tables (IJG scaling); `~Q` marks tables that are "
             "not IJG's (another encoder), giving the closest quality.", "", "## Unreadable files", ""]
     if r.unreadable:
         out += ["| path | split | class | reason |", "|---|---|---|---|"]
-        out += [f"| `{display_path(u.path)}` | {u.split} | {'ai' if u.label else 'nature'} | {u.error} |"
+        out += [f"| `{printable_path(u.path)}` | {u.split} | {'ai' if u.label else 'nature'} | {u.error} |"
                 for u in r.unreadable]
     else:
         out.append("None.")
@@ -655,11 +645,7 @@ def _kv(d: dict[str, Any]) -> str:
 
 def plot_audit(result: AuditResult, path: str | os.PathLike) -> None:
     """Heatmap of one-feature balanced accuracy: properties x scopes, flagged cells outlined."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     scopes = sorted({s.scope for s in result.shortcuts}, key=lambda x: (x != "all", x))
     names = [f.name for f in FEATURES]
     grid = np.full((len(names), len(scopes)), np.nan)
@@ -682,20 +668,7 @@ def plot_audit(result: AuditResult, path: str | os.PathLike) -> None:
     ax.set_title(f"One-feature balanced accuracy, ai vs nature (boxed: >= {result.threshold:.2f})", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-
-
-def _finite(obj: Any) -> Any:
-    """JSON-safe copy: non-finite floats become null (strict JSON has no NaN/inf)."""
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+    save_figure(fig, path)
 
 
 def write_audit_report(result: AuditResult, out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -704,7 +677,7 @@ def write_audit_report(result: AuditResult, out_dir: str | os.PathLike) -> dict[
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "audit.md", "json": out / "audit.json", "png": out / "audit.png"}
     atomic_write_text(paths["md"], audit_markdown(result))
-    atomic_write_text(paths["json"], json.dumps(_finite(result.to_dict()), indent=2, allow_nan=False) + "\n")
+    write_json(paths["json"], result.to_dict())
     plot_audit(result, paths["png"])
     return paths
 

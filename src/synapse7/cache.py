@@ -17,12 +17,14 @@ Cache key (sha256, any change gives a new entry and a recompute):
 The cache is refused (training falls back to the normal path, with the reason printed) when training
 augmentation is on, when no backbone stage is frozen (strategy "full", or input "rgb+fft", whose widened first
 convolution is always trained), when a frozen stage holds a random layer (dropout / stochastic depth with p > 0),
-for multi-process training, and for backbones whose stage order is not known here.
+and for multi-process training. Where the network is cut comes from the backbone's registry row
+(`BackboneSpec.features` and `pool`), so a new backbone needs no code here.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -32,14 +34,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
 import torch
+import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from synapse7 import __version__
 from synapse7.config import RunConfig
 from synapse7.data import MultiGenDataset, build_loader
 from synapse7.io import atomic_write_text
 from synapse7.model import Synapse7Net
+from synapse7.module import CachedDetectorModule
+from synapse7.perturb import has_train_augmentation
 
 CACHE_FORMAT = 1
 META = "meta.json"
@@ -65,52 +72,12 @@ class Step:
     run: StepFn
 
 
-def _resnet_steps(b: nn.Module) -> list[Step]:
-    def stem(x: torch.Tensor) -> torch.Tensor:
-        return b.maxpool(b.relu(b.bn1(b.conv1(x))))
-
-    def pool(x: torch.Tensor) -> torch.Tensor:
-        return b.fc(torch.flatten(b.avgpool(x), 1))
-
-    steps = [Step("stem", ("backbone.conv1", "backbone.bn1"), stem)]
-    steps += [Step(f"layer{i}", (f"backbone.layer{i}",), getattr(b, f"layer{i}")) for i in range(1, 5)]
-    return [*steps, Step("pool", ("backbone.fc",), pool)]
-
-
-def _features_steps(b: nn.Module, pool: StepFn, pool_modules: tuple[str, ...]) -> list[Step]:
-    # torchvision ConvNeXt / Swin: `features` is a Sequential of stem, (stage, downsample) pairs.
-    steps = [Step(f"features.{i}", (f"backbone.features.{i}",), m) for i, m in enumerate(b.features)]
-    return [*steps, Step("pool", pool_modules, pool)]
-
-
-def _efficientnet_steps(b: nn.Module) -> list[Step]:
-    # timm EfficientNet: conv_stem, bn1 (norm + act), blocks[0..6], conv_head, bn2, global_pool, classifier.
-    def stem(x: torch.Tensor) -> torch.Tensor:
-        return b.bn1(b.conv_stem(x))
-
-    def head_conv(x: torch.Tensor) -> torch.Tensor:
-        return b.bn2(b.conv_head(x))
-
-    steps = [Step("stem", ("backbone.conv_stem", "backbone.bn1"), stem)]
-    steps += [Step(f"blocks.{i}", (f"backbone.blocks.{i}",), m) for i, m in enumerate(b.blocks)]
-    steps.append(Step("conv_head", ("backbone.conv_head", "backbone.bn2"), head_conv))
-    return [*steps, Step("pool", ("backbone.global_pool", "backbone.classifier"), b.forward_head)]
-
-
 def backbone_steps(net: Synapse7Net) -> list[Step]:
-    """The backbone's forward pass as ordered steps (input: encoder output; output: pooled features)."""
-    b = net.backbone
-    kind = type(b).__name__
-    if kind == "ResNet":
-        return _resnet_steps(b)
-    if kind == "ConvNeXt":
-        return _features_steps(b, lambda x: b.classifier(b.avgpool(x)), ("backbone.classifier",))
-    if kind == "SwinTransformer":
-        return _features_steps(b, lambda x: b.head(b.flatten(b.avgpool(b.permute(b.norm(x))))),
-                               ("backbone.norm", "backbone.head"))
-    if kind == "EfficientNet" and hasattr(b, "blocks") and hasattr(b, "conv_stem"):
-        return _efficientnet_steps(b)
-    raise CacheRefused(f"the feature cache does not know the stage order of {net.spec.name} ({kind})")
+    """The backbone's forward pass as ordered steps, from its registry row (`BackboneSpec.features`, then
+    `pool`): input the encoder's output, output the pooled features. No backbone needs code here."""
+    spec, trunk = net.spec, net.backbone
+    steps = [Step(path, (f"backbone.{path}",), trunk.get_submodule(path)) for path in spec.features]
+    return [*steps, Step("pool", tuple(f"backbone.{p}" for p in spec.pool_modules), net.pool)]
 
 
 def _params(net: nn.Module, paths: Sequence[str]) -> list[nn.Parameter]:
@@ -197,7 +164,7 @@ class TrainableTail(nn.Module):
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         for step in self.split.steps[self.split.n_frozen:]:
             feats = step.run(feats)
-        return self.net.forward_head(feats)
+        return self.net.head(feats).squeeze(-1)  # the steps end with the pooling
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -228,18 +195,12 @@ def weights_digest(net: nn.Module, paths: Sequence[str]) -> str:
 
 
 # Modules whose code shapes the cached tensors (decoding, preprocessing, spectrum, network, steps).
-SOURCE_MODULES = ("synapse7.io", "synapse7.transforms", "synapse7.spectrum", "synapse7.model", "synapse7.cache")
+SOURCE_MODULES = ("synapse7.io", "synapse7.transforms", "synapse7.spectrum", "synapse7.backbones", "synapse7.model",
+                  "synapse7.cache")
 
 
 def code_version() -> dict[str, str]:
     """Library versions and a sha256 of the source of SOURCE_MODULES: any edit there invalidates the cache."""
-    import importlib
-
-    import PIL
-    import torchvision
-
-    from synapse7 import __version__
-
     h = hashlib.sha256()
     for name in SOURCE_MODULES:
         h.update(Path(importlib.import_module(name).__file__ or "").read_bytes())
@@ -385,7 +346,7 @@ class CachedFeatureDataset(Dataset):
 
 @dataclass
 class CachedTraining:
-    module: Any  # CachedDetectorModule
+    module: CachedDetectorModule
     train_loader: DataLoader
     val_loader: DataLoader
     split: FrozenSplit
@@ -395,13 +356,14 @@ class CachedTraining:
 def check_cacheable(cfg: RunConfig, train_pre_ops: Sequence[Any]) -> None:
     """Raise CacheRefused when this run's training input is not deterministic or not single-process."""
     d = cfg.data
-    from synapse7.perturb import has_train_augmentation
-
     if train_pre_ops or has_train_augmentation(d):
-        raise CacheRefused("random training augmentation is on (aug_*_prob > 0): every epoch sees new inputs")
+        raise CacheRefused("random training augmentation is on (aug_*_prob > 0, or random crops with "
+                           "--preprocess crop; --train-crop center makes them fixed): every epoch sees new inputs")
+    if d.crops > 1:
+        raise CacheRefused("several crops per validation image (--crops > 1): the cache holds one input per image")
     t = cfg.train
     devices = int(t.devices) if str(t.devices).isdigit() else None
-    if t.num_nodes > 1 or t.strategy not in ("auto", "single_device") or (devices or 1) > 1 or \
+    if t.num_nodes > 1 or t.dist_strategy not in ("auto", "single_device") or (devices or 1) > 1 or \
             (t.devices == "auto" and t.accelerator in ("auto", "gpu", "cuda") and torch.cuda.device_count() > 1):
         raise CacheRefused("multi-process training: the cache is built and read by a single process only")
 
@@ -441,20 +403,3 @@ def prepare_cached_training(cfg: RunConfig, module: Any, train_set: MultiGenData
                                 shuffle=True, seed=cfg.train.seed)  # the same permutations as without the cache
     val_loader = build_loader(CachedFeatureDataset(entries["val"], val_set), batch_size=bs, num_workers=0)
     return CachedTraining(cached, train_loader, val_loader, split, entries)
-
-
-try:
-    from synapse7.module import DetectorModule
-
-    class CachedDetectorModule(DetectorModule):
-        """DetectorModule whose steps run `tail` on cached features; `self.net` (saved) is the full network."""
-
-        def __init__(self, config: dict[str, Any], *, net: Synapse7Net, tail: TrainableTail) -> None:
-            super().__init__(config, net=net)
-            object.__setattr__(self, "tail", tail)  # not a registered child: the checkpoint holds `net` only
-
-        def step_logits(self, x: torch.Tensor) -> torch.Tensor:
-            return self.tail(x)
-
-except ImportError:  # the cache itself (keys, storage, tail) works without Lightning
-    pass

@@ -1,4 +1,4 @@
-"""Decision-threshold choice on validation scores, and expected calibration error.
+"""Decision-threshold choice on validation scores, and storing it in a checkpoint.
 
 Convention everywhere: an image is called AI when P(AI) >= threshold; label 1 = AI, 0 = real.
 """
@@ -6,12 +6,19 @@ Convention everywhere: an image is called AI when P(AI) >= threshold; label 1 = 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+
+from synapse7.evaluate import evaluate
+from synapse7.io import atomic_path
+from synapse7.predict import load_checkpoint
+from synapse7.reports import check_scores, expected_calibration_error
 
 THRESHOLD_METHODS = ("accuracy", "fpr")
 
@@ -30,20 +37,6 @@ class ThresholdChoice:
         return asdict(self)
 
 
-def _check(y_true: Any, p_ai: Any) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(y_true).reshape(-1)
-    p = np.asarray(p_ai, dtype=np.float64).reshape(-1)
-    if y.shape != p.shape:
-        raise ValueError(f"y_true and p_ai differ in length: {y.shape[0]} vs {p.shape[0]}")
-    if y.size == 0:
-        raise ValueError("no samples")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError("y_true must hold only 0 (real) and 1 (AI)")
-    if not np.isfinite(p).all():
-        raise ValueError("p_ai holds NaN or infinite values")
-    return y.astype(np.int64), p
-
-
 def choose_threshold(y_true: Any, p_ai: Any, *, method: str = "accuracy", target_fpr: float = 0.05) -> ThresholdChoice:
     """Pick the threshold on P(AI) that maximises accuracy, or the TPR subject to FPR <= target_fpr.
 
@@ -53,7 +46,7 @@ def choose_threshold(y_true: Any, p_ai: Any, *, method: str = "accuracy", target
     """
     if method not in THRESHOLD_METHODS:
         raise ValueError(f"method must be one of {', '.join(THRESHOLD_METHODS)}, got {method!r}")
-    y, p = _check(y_true, p_ai)
+    y, p = check_scores(y_true, p_ai)
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
     if method == "fpr":
         if not 0.0 <= target_fpr <= 1.0:
@@ -81,34 +74,6 @@ def choose_threshold(y_true: Any, p_ai: Any, *, method: str = "accuracy", target
                            float(target_fpr) if method == "fpr" else None, len(y))
 
 
-def expected_calibration_error(y_true: Any, p_ai: Any, n_bins: int = 15, *, on: str = "predicted") -> float:
-    """Expected calibration error with `n_bins` equal-width bins over [0, 1] (Guo et al., 2017).
-
-    on="predicted" (default): confidence = probability of the predicted class, max(p, 1 - p), with the
-    prediction p >= 0.5; each bin compares mean confidence with accuracy. on="p_ai": confidence = P(AI)
-    and each bin compares it with the fraction of AI images (torchmetrics' binary definition).
-    ECE = sum over bins of (bin count / n) * |mean confidence - observed frequency|. Bins are (lo, hi],
-    the first also holding 0.
-    """
-    if on not in ("predicted", "p_ai"):
-        raise ValueError(f"on must be 'predicted' or 'p_ai', got {on!r}")
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    y, p = _check(y_true, p_ai)
-    if (p < 0).any() or (p > 1).any():
-        raise ValueError("p_ai must be probabilities in [0, 1]")
-    if on == "predicted":
-        pred = (p >= 0.5).astype(np.int64)
-        conf = np.where(pred == 1, p, 1.0 - p)
-        hit = (pred == y).astype(np.float64)
-    else:
-        conf, hit = p, y.astype(np.float64)
-    idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
-    hit_sum = np.bincount(idx, weights=hit, minlength=n_bins)
-    return float(np.abs(conf_sum - hit_sum).sum() / len(y))
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Calibrating a checkpoint: score a split, choose the threshold, store it (and how it was chosen) in the file.
 
@@ -132,7 +97,7 @@ def parse_calibration_spec(spec: str) -> tuple[str, float]:
 def calibration_summary(y_true: Any, p_ai: Any, *, method: str = "accuracy", target_fpr: float = 0.05,
                         previous_threshold: float = 0.5) -> dict[str, Any]:
     """The chosen threshold with what it achieves, the accuracy at the previous threshold, and the ECE."""
-    y, p = _check(y_true, p_ai)
+    y, p = check_scores(y_true, p_ai)
     choice = choose_threshold(y, p, method=method, target_fpr=target_fpr)
     return {
         **choice.to_dict(),
@@ -146,11 +111,6 @@ def write_threshold(checkpoint: str | Path, threshold: float, calibration: dict[
                     out: str | Path | None = None) -> Path:
     """Store `threshold` and `calibration` under ckpt["synapse7"] of `checkpoint`, written atomically to `out`
     (default: in place). Returns the path written."""
-    import torch
-
-    from synapse7.io import atomic_path
-    from synapse7.predict import load_checkpoint
-
     ckpt = load_checkpoint(checkpoint)
     meta = dict(ckpt.get("synapse7") or {})
     meta["threshold"] = float(threshold)
@@ -170,8 +130,6 @@ def calibrate_checkpoint(checkpoint: str | Path, data_root: str | Path, *, split
                          quiet: bool = True) -> dict[str, Any]:
     """Score `split` of `data_root` with the checkpoint (its own preprocessing and alignment), choose the
     threshold, and write it into `out` (default: the checkpoint itself). Returns the stored calibration."""
-    from synapse7.evaluate import evaluate
-
     if method not in THRESHOLD_METHODS:
         raise ValueError(f"method must be one of {', '.join(THRESHOLD_METHODS)}, got {method!r}")
     res = evaluate(checkpoint, data_root, split=split, batch_size=batch_size, num_workers=num_workers,
@@ -184,8 +142,6 @@ def calibrate_checkpoint(checkpoint: str | Path, data_root: str | Path, *, split
     dst = write_threshold(checkpoint, info["threshold"], info, out)
     info["checkpoint"] = str(dst)
     if not quiet:
-        import sys
-
         print(f"threshold {info['threshold']:.6f} ({method}"
               + (f", target FPR {target_fpr:g}" if method == "fpr" else "")
               + f") on {split}: accuracy {info['accuracy']:.4f} (was {info['previous_accuracy']:.4f} at "

@@ -1,18 +1,44 @@
-"""Command-line interface: argument parsing only; each subcommand calls one library function."""
+"""Command-line interface: argument parsing only; each subcommand calls one library function.
+
+Each `cmd_*` imports its library module when it runs, so `synapse7 --help` and light commands do not pay for
+Lightning, sklearn or ONNX start-up.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
-from synapse7.config import ModelConfig
-from synapse7.spectrum import INPUT_MODES
+from synapse7 import __version__
+from synapse7.backbones import WeightsUnavailableError
+from synapse7.config import (
+    PRECISIONS,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    check_precision,
+    load_config,
+)
+from synapse7.data import LayoutError
+from synapse7.io import BadImageError, printable_path
+from synapse7.spectrum import parse_input_mode
 
 Handler = Callable[[argparse.Namespace], int]
 
+
+
+def _input_mode(value: str) -> str:
+    try:
+        parse_input_mode(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
 
 def _csv_list(value: str) -> tuple[str, ...]:
     items = tuple(v.strip() for v in value.split(",") if v.strip())
@@ -39,15 +65,56 @@ def _pair(kind: type) -> Callable[[str], tuple]:
     return parse
 
 
+def _bounded(kind: type, lo: float, hi: float | None = None) -> Callable[[str], Any]:
+    """An argparse type: `kind` within [lo, hi]; outside it is a usage error naming the range."""
+
+    def parse(value: str) -> Any:
+        try:
+            v = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {value!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{value} is out of range: expected {lo}..{hi}" if hi is not None
+                                             else f"{value} is out of range: expected >= {lo}")
+        return v
+
+    return parse
+
+
+def _roots(value: Any) -> Any:
+    """--data given once is one root (a string); repeated, a tuple of roots."""
+    if isinstance(value, list):
+        return value[0] if len(value) == 1 else tuple(value)
+    return value
+
+
 def _add_data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-    p.add_argument("--data", required=required, metavar="ROOT",
-                   help="dataset root in the GenImage layout: ROOT/<generator>/{train,val}/{ai,nature}/")
+    p.add_argument("--data", required=required, metavar="ROOT", action="append",
+                   help="dataset root in the GenImage layout: ROOT/<generator>/{train,val}/{ai,nature}/; repeat "
+                        "it to merge several roots (generators keep their names)")
     p.add_argument("--batch-size", type=int, help="images per batch (default 32)")
     p.add_argument("--num-workers", type=int, help="data-loading worker processes (default 2)")
     p.add_argument("--on-bad-image", choices=["skip", "error"],
                    help="corrupt/truncated/empty images: skip them with a printed count (default) or stop")
     p.add_argument("--align", metavar="png|jpeg:Q|none",
                    help="re-encode every image of both classes identically, removing the file-format shortcut")
+
+
+def _positive_square(value: str) -> int:
+    from synapse7.transforms import grid_side
+
+    try:
+        n = int(value)
+        grid_side(n)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return n
+
+
+def _add_crops(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--crops", type=_positive_square, metavar="N",
+                   help="evaluation/prediction: score N = k*k crops on a grid covering the image and combine their "
+                        "logits, instead of the one centre crop (default: the model's setting, 1)")
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -59,13 +126,18 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resize-size", type=int, help="override the resize size")
     p.add_argument("--preprocess", choices=["resize", "crop"],
                    help="resize then crop (reference), or crop at native resolution (keeps high frequencies)")
-    p.add_argument("--backbone", help="resnet34 (default), resnet18, resnet50, convnext_tiny, swin_t, efficientnet_lite0")
+    p.add_argument("--train-crop", choices=["random", "center"],
+                   help="with --preprocess crop: a random crop per image and epoch (default) or the centre crop")
+    _add_crops(p)
+    p.add_argument("--crop-vote", choices=["mean", "max"],
+                   help="how the logits of an image's crops are combined (default mean)")
+    p.add_argument("--backbone", help="resnet34 (default), resnet18, resnet50, convnext_tiny, swin_t, efficientnet_lite0, npr_resnet")
     p.add_argument("--weights", metavar="imagenet|none|PATH", help="initial weights (default imagenet, from the local cache)")
-    p.add_argument("--input", choices=INPUT_MODES, help="model input: rgb+fft (default: image and its spectrum), fft (the reference), or rgb")
+    p.add_argument("--input", metavar="MODE", type=_input_mode, help="model input: rgb+fft (default: image and its spectrum), fft (the reference), rgb, or artefact residuals npr / hh / srm, alone or joined with + (e.g. rgb+npr)")
     p.add_argument("--trainable", metavar="PARTS",
                    help="'all', or comma list of stem,stage1..stage4,head or module names (e.g. layer3,layer4,fc)")
     p.add_argument("--strategy", choices=["frozen-early", "linear-probe", "full"],
-                   help="training strategy (an alias for --trainable)")
+                   help="freezing strategy, a named --trainable (for the multi-GPU strategy see --dist-strategy)")
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--seed", type=int)
@@ -74,8 +146,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accelerator", help="auto (default), cpu, gpu")
     p.add_argument("--devices", help="number of devices or 'auto'")
     p.add_argument("--num-nodes", type=int, help="nodes for multi-node DDP")
-    p.add_argument("--dist-strategy", help="Lightning strategy: auto (default), ddp, ddp_spawn, ...")
-    p.add_argument("--precision", help="32-true (default), bf16-mixed, 16-mixed")
+    p.add_argument("--dist-strategy", help="Lightning distribution strategy: auto (default), ddp, ddp_spawn, ...")
+    _add_precision(p, default=None, shown=TrainConfig.precision)
     p.add_argument("--limit-train-batches", type=float, help="fraction (<=1) or number of training batches per epoch")
     p.add_argument("--feature-cache", metavar="DIR",
                    help="cache the frozen stages' outputs (fp16, memory-mapped) in DIR and train the rest on them; "
@@ -83,13 +155,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast-decode", action="store_true", default=None,
                    help="decode large JPEGs at reduced scale (libjpeg-turbo DCT scaling); see docs/performance.md")
     aug = p.add_argument_group("training-time robustness augmentation (CNNSpot-style; per image, seeded)")
-    aug.add_argument("--aug-blur-prob", type=float, metavar="P", help="probability of a Gaussian blur (default 0)")
-    aug.add_argument("--aug-blur-sigma", type=_pair(float), metavar="LO,HI", help="blur sigma range (default 0,3)")
-    aug.add_argument("--aug-jpeg-prob", type=float, metavar="P", help="probability of JPEG re-compression (default 0)")
-    aug.add_argument("--aug-jpeg-quality", type=_pair(int), metavar="LO,HI", help="JPEG quality range (default 30,100)")
-    aug.add_argument("--aug-resize-prob", type=float, metavar="P", help="probability of a random resize (default 0)")
-    aug.add_argument("--aug-resize-scale", type=_pair(float), metavar="LO,HI", help="resize factor range (default 0.5,1.5)")
-    aug.add_argument("--aug-flip-prob", type=float, metavar="P", help="probability of a horizontal flip (default 0)")
+    for name, range_type, help_ in AUG_FLAGS:
+        default = getattr(DataConfig, f"aug_{name}")
+        shown = ",".join(f"{v:g}" for v in default) if range_type else f"{default:g}"
+        scalar = int if isinstance(default, int) and not isinstance(default, bool) else float
+        aug.add_argument(f"--aug-{name.replace('_', '-')}", type=_pair(range_type) if range_type else scalar,
+                         metavar="LO,HI" if range_type else ("P" if name.endswith("_prob") else "X"),
+                         help=f"{help_} (default {shown})")
     p.add_argument("--calibrate", metavar="accuracy|fpr:T",
                    help="after training, choose the decision threshold on the validation data (best accuracy, or "
                         "the highest TPR at FPR <= T) and store it in best.ckpt")
@@ -97,36 +169,62 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+# Training augmentation flags --aug-<name>: DataConfig field aug_<name> (which holds the default), the type of
+# a LO,HI range's ends (None: a probability), help.
+AUG_FLAGS: tuple[tuple[str, type | None, str], ...] = (
+    ("blur_prob", None, "probability of a Gaussian blur"),
+    ("blur_sigma", float, "blur sigma range"),
+    ("jpeg_prob", None, "probability of JPEG re-compression"),
+    ("jpeg_quality", int, "JPEG quality range"),
+    ("resize_prob", None, "probability of a random resize"),
+    ("resize_scale", float, "resize factor range"),
+    ("flip_prob", None, "probability of a horizontal flip"),
+    # SAFE-style (synapse7.perturb): rotation and colour jitter before the training crop, masking after it
+    ("rotate_prob", None, "probability of a random rotation"),
+    ("rotate_degrees", None, "rotation range, +-X degrees"),
+    ("jitter_prob", None, "probability of colour jitter"),
+    ("jitter", None, "brightness/contrast/saturation factors drawn from [1-X, 1+X]"),
+    ("mask_prob", None, "probability of masking random patches of the training crop"),
+    ("mask_ratio", float, "share of the crop masked, drawn from this range"),
+    ("mask_patch", None, "masked patch size in pixels"),
+)
+
+
 def config_from_args(args: argparse.Namespace):
     """Resolve YAML defaults + flags into a RunConfig."""
-    from synapse7.config import load_config
-
     limit = args.limit_train_batches
     if limit is not None and limit > 1:
         limit = int(limit)
     return load_config(
         getattr(args, "config", None),
-        data={"root": args.data, "image_size": args.image_size, "resize_size": args.resize_size,
-              "preprocess": args.preprocess, "batch_size": args.batch_size, "num_workers": args.num_workers,
+        data={"root": _roots(args.data), "image_size": args.image_size, "resize_size": args.resize_size,
+              "preprocess": args.preprocess, "train_crop": args.train_crop, "crops": args.crops,
+              "batch_size": args.batch_size, "num_workers": args.num_workers,
               "on_bad_image": args.on_bad_image, "align": args.align, "train_generators": args.train_generators,
               "test_generators": args.test_generators, "fast_decode": getattr(args, "fast_decode", None),
-              **{f"aug_{k}": getattr(args, f"aug_{k}", None) for k in ("blur_prob", "blur_sigma", "jpeg_prob",
-                                                                         "jpeg_quality", "resize_prob", "resize_scale",
-                                                                         "flip_prob")}},
+              **{f"aug_{name}": getattr(args, f"aug_{name}", None) for name, _, _ in AUG_FLAGS}},
         model={"backbone": args.backbone, "weights": args.weights, "input": args.input,
-               "trainable": args.strategy or args.trainable},
+               "trainable": args.strategy or args.trainable, "crop_vote": args.crop_vote},
         train={"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,
                "accelerator": args.accelerator, "devices": args.devices, "num_nodes": args.num_nodes,
-               "strategy": args.dist_strategy, "precision": args.precision, "limit_train_batches": limit,
+               "dist_strategy": args.dist_strategy, "precision": args.precision, "limit_train_batches": limit,
                "feature_cache": getattr(args, "feature_cache", None)},
     )
 
 
-def _add_precision(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto (default: bf16 autocast on GPU, fp32 on CPU), fp32, or bf16 (also on CPUs with native "
-                        "bf16, e.g. AVX512-BF16: 1.8-2.5x the fp32 forward there; P(AI) moves a little and a few "
-                        "labels near the threshold can flip, see docs/performance.md)")
+def _precision(value: str) -> str:
+    try:
+        return check_precision(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_precision(p: argparse.ArgumentParser, *, default: str | None = "auto", shown: str = "auto") -> None:
+    p.add_argument("--precision", type=_precision, default=default, metavar="|".join(PRECISIONS),
+                   help=f"the network's number format (default {shown}). auto: bf16 on a GPU, fp32 on the CPU; "
+                        "bf16 on the CPU needs native bf16 (AVX512-BF16/AMX: 1.8-2.5x the fp32 forward there; P(AI) "
+                        "moves a little and labels near the threshold can flip, see docs/performance.md); fp16: GPU "
+                        "only. Training runs bf16/fp16 as mixed precision")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -166,7 +264,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     evaluate(args.checkpoint, args.data, split=args.split, out_dir=args.out, batch_size=args.batch_size,
              num_workers=args.num_workers, generators=args.generators, on_bad_image=args.on_bad_image,
-             align=args.align, threshold=args.threshold, device=args.device, precision=args.precision)
+             align=args.align, threshold=args.threshold, device=args.device, precision=args.precision,
+             crops=args.crops)
     print(f"reports written to {args.out}", file=sys.stderr)
     return 0
 
@@ -188,8 +287,6 @@ def cmd_crossgen(args: argparse.Namespace) -> int:
 
     hook = None
     if args.calibrate:
-        from functools import partial
-
         from synapse7.calibration import calibrate_after_training, parse_calibration_spec
 
         parse_calibration_spec(args.calibrate)
@@ -202,7 +299,6 @@ def cmd_crossgen(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from synapse7.data import display_path
     from synapse7.predict import Detector, ResumableOutput, expand_paths, format_prediction
 
     if args.checkpoint is None and args.onnx is None:
@@ -210,12 +306,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 2
     fast = True if args.fast_decode else None
     if args.checkpoint is None:
-        det = Detector.from_onnx(args.onnx, device=args.device, threshold=args.threshold, fast_decode=fast)
+        det = Detector.from_onnx(args.onnx, device=args.device, threshold=args.threshold, fast_decode=fast,
+                                 crops=args.crops)
     else:
         engine = "onnx" if args.onnx is not None else args.engine
         det = Detector.from_checkpoint(args.checkpoint, device=args.device, threshold=args.threshold, engine=engine,
                                        onnx=args.onnx, compile=args.compile, fast_decode=fast,
-                                       precision=args.precision)
+                                       precision=args.precision, crops=args.crops)
     paths = expand_paths(args.paths)
     if not paths:
         print("synapse7 predict: no image files found", file=sys.stderr)
@@ -226,7 +323,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = ResumableOutput(args.output, resume=args.resume, as_json=args.json) if args.output else None
     if out is not None and out.done:
         total = len(paths)
-        paths = [p for p in paths if display_path(p) not in out.done]
+        paths = [p for p in paths if printable_path(p) not in out.done]
         print(f"resuming: {total - len(paths)} of {total} image(s) already done", file=sys.stderr)
     errors = 0
     try:
@@ -279,36 +376,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from synapse7.serve import create_app
+        from synapse7.serve import create_app, exposure_warning
     except ImportError as e:
         print(f"synapse7 serve: error: {e.name or e} is not installed; install the extra: pip install 'synapse7[serve]'",
               file=sys.stderr)
         return 1
-    if args.max_upload_mb <= 0 or args.max_files < 1:
-        print("synapse7 serve: error: --max-upload-mb and --max-files must be positive", file=sys.stderr)
-        return 2
+    token = args.token or os.environ.get("SYNAPSE7_TOKEN") or None
     app = create_app(checkpoint=args.checkpoint, threshold=args.threshold, device=args.device,
-                     max_upload_bytes=int(args.max_upload_mb * 2**20), max_files=args.max_files)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"synapse7 serve: note: listening on {args.host}, reachable from other machines", file=sys.stderr)
+                     max_upload_bytes=int(args.max_upload_mb * 2**20), max_files=args.max_files,
+                     max_request_bytes=int(args.max_request_mb * 2**20), token=token,
+                     rate_limit=args.rate_limit or None)
+    warning = exposure_warning(args.host, token)
+    if warning:
+        print(f"synapse7 serve: warning: {warning}", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    from synapse7.model import backbone_names, get_backbone_spec
+    from synapse7.backbones import registry_table
 
-    print("| backbone | imagenet weights | stages | width |\n|---|---|---|---|")
-    for name in backbone_names():
-        s = get_backbone_spec(name)
-        stages = "; ".join(f"{k}={','.join(v) or '(new head)'}" for k, v in s.stages.items())
-        print(f"| {name} | {s.weights} | {stages} | {s.feature_width} |")
+    print(registry_table(), end="")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synapse7", description="Synapse-7: detect AI-generated images from their spectra.")
-    parser.add_argument("--version", action="version", version="synapse7 0.1.0")
+    parser.add_argument("--version", action="version", version=f"synapse7 {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of errors (also SYNAPSE7_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("train", help="train a detector", description="Train on a GenImage-layout dataset.")
@@ -323,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generators", "--test-generators", dest="generators", type=_csv_list, metavar="G1,G2")
     p.add_argument("--threshold", type=float, help="decision threshold on P(AI) (default: the checkpoint's)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    _add_crops(p)
     p.add_argument("--perturb", metavar="LIST",
                    help="evaluate under each perturbation of a comma list, e.g. "
                         "jpeg:95,jpeg:65,jpeg:30,resize:0.5,resize:0.25,blur:1,blur:3,none; writes robustness.csv/"
@@ -359,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE", help="write the lines to FILE (complete or absent) instead of stdout")
     p.add_argument("--resume", action="store_true", help="with --output: continue an interrupted run, skipping done images")
     p.add_argument("--threshold", type=float, help="decision threshold on P(AI) (default: the checkpoint's)")
+    _add_crops(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -385,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--backbone", default="resnet34")
     p.add_argument("--weights", default="none")
-    p.add_argument("--input", choices=INPUT_MODES, default=ModelConfig.input)
+    p.add_argument("--input", metavar="MODE", type=_input_mode, default=ModelConfig.input, help="model input (see train --help)")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
@@ -406,9 +504,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve a checkpoint over HTTP (needs the 'serve' extra: fastapi, uvicorn).")
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted file, in MiB (default 20)")
-    p.add_argument("--max-files", type=int, default=32, help="most files per request (default 32)")
+    p.add_argument("--port", type=_bounded(int, 1, 65535), default=8000, help="TCP port, 1-65535 (default 8000)")
+    p.add_argument("--max-upload-mb", type=_bounded(float, 0.001), default=20.0,
+                   help="largest accepted file, in MiB (default 20)")
+    p.add_argument("--max-files", type=_bounded(int, 1), default=32, help="most files per request (default 32)")
+    p.add_argument("--max-request-mb", type=_bounded(float, 0.001), default=64.0,
+                   help="largest request body, in MiB; larger ones get 413 (default 64)")
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on the model endpoints "
+                                   "(default: $SYNAPSE7_TOKEN; none: open)")
+    p.add_argument("--rate-limit", type=_bounded(float, 0), default=120.0, metavar="N",
+                   help="model requests per minute per client address, in bursts of up to N (default 120; 0: off)")
     p.add_argument("--threshold", type=float, help="decision threshold on P(AI) (default: the checkpoint's)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -443,16 +548,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # unknown options exit with status 2 and a usage message
-    from synapse7.config import ConfigError
-    from synapse7.data import LayoutError
-    from synapse7.io import BadImageError
-    from synapse7.model import WeightsUnavailableError
-
+    if hasattr(args, "data"):
+        args.data = _roots(args.data)
+    # Expected user errors print one line; --debug (or SYNAPSE7_DEBUG=1) lets them raise with the traceback.
+    debug = args.debug or os.environ.get("SYNAPSE7_DEBUG", "") not in ("", "0")
     expected: tuple[type[BaseException], ...] = (ConfigError, LayoutError, BadImageError, WeightsUnavailableError,
                                                  FileNotFoundError, FileExistsError, PermissionError, ValueError, OSError)
     try:
         return int(args.func(args) or 0)
     except expected as e:
+        if debug:
+            raise
         print(f"synapse7 {args.command}: error: {_unwrap(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -460,9 +566,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _unwrap(e: BaseException) -> Any:
-    # DataLoader workers re-raise with a wrapper; show the original message.
-    return e
+def _unwrap(e: BaseException) -> str:
+    """The message of `e`; for an error re-raised from a DataLoader worker, the original one.
+
+    torch re-raises a worker's exception in the main process as the same type with the message "Caught
+    ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call last): ... ValueError: msg";
+    the last line holds the original message.
+    """
+    text = str(e)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    name = type(e).__name__
+    for prefix in (f"{type(e).__module__}.{name}: ", f"{name}: "):
+        if last.startswith(prefix):
+            return last[len(prefix):]
+    return last.split(": ", 1)[-1]
 
 
 

@@ -13,8 +13,17 @@ from typing import Any
 
 import yaml
 
+from synapse7.io import atomic_write_text
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# The one --precision vocabulary (train, evaluate, predict): the dtype the network computes in. "auto": bf16 on
+# a GPU, fp32 on the CPU (where bf16 moves P(AI) and is opt-in; see README). Training runs bf16/fp16 as
+# Lightning's mixed precision; inference as autocast.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Lightning's spellings, which `train --precision` took before; still accepted (old configs and checkpoints).
+LEGACY_PRECISIONS = {"32-true": "fp32", "32": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}
 
 
 class ConfigError(ValueError):
@@ -23,10 +32,12 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    root: str | None = None
+    root: str | tuple[str, ...] | None = None  # one dataset root, or several whose generators are merged
     image_size: int = 224  # centre-crop size
     resize_size: int | None = None  # None: scaled with image_size as 256/224, as in the reference
-    preprocess: str = "resize"  # resize: resize then centre-crop; crop: centre-crop at native resolution
+    preprocess: str = "resize"  # resize: resize then centre-crop; crop: native resolution (random crops in training)
+    train_crop: str = "random"  # preprocess=crop, training: random (a new position each time) | center
+    crops: int = 1  # evaluation/prediction: k*k tiles on a grid instead of the centre crop (logits combined)
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     batch_size: int = 32
@@ -52,6 +63,15 @@ class DataConfig:
     # Random horizontal flip (after the ops above). A mirror keeps every spectral artefact (it mirrors the
     # spectrum too), so it adds views without teaching anything false; it is not a robustness op.
     aug_flip_prob: float = 0.0
+    # SAFE-style augmentation (Li et al., KDD 2025; synapse7.perturb): random rotation and colour jitter
+    # before the training crop, random patch masking after it.
+    aug_rotate_prob: float = 0.0
+    aug_rotate_degrees: float = 180.0
+    aug_jitter_prob: float = 0.0
+    aug_jitter: float = 0.5  # brightness, contrast and saturation factors drawn from [1 - j, 1 + j]
+    aug_mask_prob: float = 0.0
+    aug_mask_ratio: tuple[float, float] = (0.0, 0.75)
+    aug_mask_patch: int = 16
 
     @property
     def resolved_resize(self) -> int:
@@ -66,6 +86,7 @@ class ModelConfig:
     weights: str = "imagenet"  # imagenet | none | PATH to a state_dict or checkpoint
     input: str = "rgb+fft"  # fft | rgb | rgb+fft; default justified in README ("Input modes")
     trainable: str | None = None  # None: policy default; or "all" or a comma list (stage4,head / layer4,fc)
+    crop_vote: str = "mean"  # how the logits of several crops of one image are combined: mean | max
 
 
 @dataclass(frozen=True)
@@ -77,8 +98,8 @@ class TrainConfig:
     accelerator: str = "auto"
     devices: str = "auto"
     num_nodes: int = 1
-    strategy: str = "auto"  # auto | ddp | ...
-    precision: str = "32-true"
+    dist_strategy: str = "auto"  # Lightning's distribution strategy: auto | ddp | ddp_spawn | ...
+    precision: str = "fp32"  # one of PRECISIONS
     ckpt_every_n_steps: int = 50  # last.ckpt is refreshed this often so --resume loses little
     limit_train_batches: float | int | None = None
     # Frozen-trunk feature cache folder (synapse7.cache): the frozen stages run once, later epochs read disk.
@@ -128,13 +149,31 @@ def _coerce(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_precision(value: str) -> str:
+    """A --precision value in the PRECISIONS vocabulary (Lightning's old spellings mapped), or ConfigError."""
+    value = LEGACY_PRECISIONS.get(value, value)
+    if value not in PRECISIONS:
+        raise ConfigError(f"unknown precision {value!r}; choose from {', '.join(PRECISIONS)}")
+    return value
+
+
+def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
+    """Configs written before the renames (train.strategy -> dist_strategy, Lightning precision names) still load."""
+    train = dict(d.get("train") or {})
+    if "strategy" in train:
+        train["dist_strategy"] = train.pop("strategy")
+    if train.get("precision") is not None:
+        train["precision"] = check_precision(str(train["precision"]))
+    return {**d, "train": train} if train or "train" in d else d
+
+
 def config_from_dict(d: dict[str, Any] | None) -> RunConfig:
     """Build a RunConfig from a nested dict (as written by `to_dict`)."""
     d = d or {}
     unknown = sorted(set(d) - {"data", "model", "train"})
     if unknown:
         raise ConfigError(f"unknown config section(s): {', '.join(unknown)}; known: data, model, train")
-    return RunConfig().override(**{k: dict(v or {}) for k, v in d.items()})
+    return RunConfig().override(**{k: dict(v or {}) for k, v in _upgrade(d).items()})
 
 
 def load_config(path: str | Path | None = None, **sections: dict[str, Any]) -> RunConfig:
@@ -151,10 +190,9 @@ def load_config(path: str | Path | None = None, **sections: dict[str, Any]) -> R
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {p} must hold a mapping with sections data/model/train")
         base = config_from_dict(raw)
-    return base.override(**sections)
+    return base.override(**_upgrade(sections))
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    from synapse7.io import atomic_write_text
-
+    """Write the resolved config as YAML, atomically."""
     atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

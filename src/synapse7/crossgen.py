@@ -20,8 +20,11 @@ import yaml
 
 from synapse7.config import RunConfig
 from synapse7.data import LayoutError, find_generators
+from synapse7.evaluate import evaluate
 from synapse7.io import atomic_write_text, ensure_writable_dir
-from synapse7.reports import _json_safe, table_csv, table_markdown
+from synapse7.model import resolve_normalization
+from synapse7.reports import table_csv, table_markdown, write_json
+from synapse7.train import train
 
 CROSSGEN_MODES = ("train-one-test-all", "leave-one-out")
 LOO_COLUMNS = ["held_out", "accuracy", "ap", "roc_auc", "real_acc", "fake_acc", "support", "seen_accuracy"]
@@ -95,8 +98,6 @@ def sub_config(cfg: RunConfig, run: SubRun) -> RunConfig:
 
 
 def _check_same_config(run_dir: Path, cfg: RunConfig) -> None:
-    from synapse7.model import resolve_normalization
-
     saved = run_dir / "config.yaml"
     # train() saves the config with the backbone's pretrained normalisation filled in.
     if saved.is_file() and yaml.safe_load(saved.read_text()) != resolve_normalization(cfg).to_dict():
@@ -106,7 +107,6 @@ def _check_same_config(run_dir: Path, cfg: RunConfig) -> None:
 def train_sub_run(cfg: RunConfig, run: SubRun, *, progress: bool = False,
                   calibrate: Callable[[Path, RunConfig], Any] | None = None) -> Path:
     """Train one sub-run unless finished (train_result.json), resuming an interrupted one; returns best.ckpt."""
-    from synapse7.train import train
 
     rcfg = sub_config(cfg, run)
     done = run.run_dir / "train_result.json"
@@ -123,7 +123,6 @@ def train_sub_run(cfg: RunConfig, run: SubRun, *, progress: bool = False,
 
 def evaluate_sub_run(cfg: RunConfig, run: SubRun, *, device: str | None = None) -> list[dict[str, Any]]:
     """Evaluate a sub-run's best.ckpt on its test generators (cached in eval/crossgen_eval.json)."""
-    from synapse7.evaluate import evaluate
 
     cache = run.eval_dir / "crossgen_eval.json"
     ckpt = run.run_dir / "best.ckpt"
@@ -133,8 +132,7 @@ def evaluate_sub_run(cfg: RunConfig, run: SubRun, *, device: str | None = None) 
     res = evaluate(ckpt, cfg.data.root, split=cfg.data.val_split, out_dir=run.eval_dir,
                    generators=list(run.test_generators), batch_size=cfg.data.batch_size,
                    num_workers=cfg.data.num_workers, device=device, quiet=True)
-    atomic_write_text(cache, json.dumps(_json_safe({"metrics": res.metrics, "per_generator": res.per_generator}),
-                                        indent=2) + "\n")
+    write_json(cache, {"metrics": res.metrics, "per_generator": res.per_generator})
     return res.per_generator
 
 
@@ -218,7 +216,7 @@ def write_crossgen(result: CrossGenResult, out_dir: str | Path, cfg: RunConfig |
     atomic_write_text(out / "crossgen.md", crossgen_markdown(result, cfg))
     payload = {"mode": result.mode, "columns": result.columns, "table": result.table, "per_run": result.per_run,
                "config": cfg.to_dict() if cfg is not None else None}
-    atomic_write_text(out / "crossgen.json", json.dumps(_json_safe(payload), indent=2) + "\n")
+    write_json(out / "crossgen.json", payload)
 
 
 def run_crossgen(cfg: RunConfig, out_dir: str | Path, *, mode: str = "train-one-test-all", progress: bool = False,

@@ -8,6 +8,8 @@ Generators are found from folder names; nothing here lists them.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import sys
 import warnings
@@ -21,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from synapse7.config import DataConfig
-from synapse7.io import BadImageError, is_image_file, open_image
+from synapse7.io import BadImageError, printable_path, walk_images
 from synapse7.transforms import ClassificationPreset, PilOp, build_preset
 
 CLASS_DIRS = {"ai": 1, "nature": 0, "1_fake": 1, "0_real": 0}
@@ -45,56 +47,64 @@ class Sample:
     generator: str
 
 
-def display_path(path: str | os.PathLike) -> str:
-    """A printable form of a path, even when its name is not valid UTF-8."""
-    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def _class_dirs(split_dir: Path) -> dict[str, int]:
     if not split_dir.is_dir():
         return {}
     return {d.name: CLASS_DIRS[d.name] for d in sorted(split_dir.iterdir()) if d.name in CLASS_DIRS and d.is_dir()}
 
 
-def _walk_images(root: Path) -> tuple[list[str], int]:
-    """Image files under `root` (sorted, recursive, symlinked dirs not followed) and a count of other files."""
-    found, other = [], 0
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        for f in sorted(filenames):
-            if f.startswith("."):
-                continue
-            if is_image_file(f):
-                found.append(os.path.join(dirpath, f))
-            else:
-                other += 1
-    return found, other
-
-
 def find_generators(root: str | os.PathLike, split: str) -> dict[str, Path]:
     """Map generator name -> its split folder. Raises LayoutError with the expected tree if none is found."""
     r = Path(root)
     if not r.is_dir():
-        raise LayoutError(f"dataset root {display_path(r)} is not a directory\n" + EXPECTED_TREE.format(split=split))
+        raise LayoutError(f"dataset root {printable_path(r)} is not a directory\n" + EXPECTED_TREE.format(split=split))
     if _class_dirs(r / split):
         return {r.resolve().name: r / split}
     gens = {g.name: g / split for g in sorted(r.iterdir()) if g.is_dir() and _class_dirs(g / split)}
     if not gens:
         seen = sorted(p.name for p in r.iterdir())[:20]
         raise LayoutError(
-            f"no '{split}' split with ai/nature folders found under {display_path(r)} "
+            f"no '{split}' split with ai/nature folders found under {printable_path(r)} "
             f"(it contains: {', '.join(seen) or 'nothing'})\n" + EXPECTED_TREE.format(split=split)
         )
     return gens
 
 
-def discover_samples(root: str | os.PathLike, split: str, generators: Sequence[str] | None = None) -> list[Sample]:
-    """All labelled image files of a split, in a stable order, each tagged with its generator."""
-    found = find_generators(root, split)
+Roots = str | os.PathLike | Sequence[str | os.PathLike]
+
+
+def root_list(root: Roots) -> list[str | os.PathLike]:
+    """One root or several (e.g. `--data A --data B`) as a list."""
+    return [root] if isinstance(root, (str, os.PathLike)) else list(root)
+
+
+def find_generators_multi(roots: Roots, split: str) -> dict[str, Path]:
+    """find_generators over one or several roots, merged. A generator name found under more than one root is
+    kept apart as `<root folder name>:<generator>` (e.g. two single-generator roots both called `train`)."""
+    per_root = [(Path(r), find_generators(r, split)) for r in root_list(roots)]
+    counts = Counter(g for _, found in per_root for g in found)
+    merged: dict[str, Path] = {}
+    for r, found in per_root:
+        for g, d in found.items():
+            name = g if counts[g] == 1 else f"{r.resolve().name}:{g}"
+            if name in merged:
+                raise LayoutError(f"generator {name} is found twice (roots {printable_path(r)} and another with the "
+                                  f"same folder name); rename one of the roots")
+            merged[name] = d
+    return merged
+
+
+def discover_samples(root: Roots, split: str, generators: Sequence[str] | None = None) -> list[Sample]:
+    """All labelled image files of a split, in a stable order, each tagged with its generator.
+
+    `root` may be several roots: their generators are merged (see `find_generators_multi`).
+    """
+    found = find_generators_multi(root, split)
+    root = ", ".join(printable_path(r) for r in root_list(root))
     if generators:
         missing = sorted(set(generators) - set(found))
         if missing:
-            raise LayoutError(f"generator(s) {', '.join(missing)} not found under {display_path(root)} "
+            raise LayoutError(f"generator(s) {', '.join(missing)} not found under {printable_path(root)} "
                               f"for split '{split}'; available: {', '.join(found)}")
         found = {g: found[g] for g in generators}
     samples: list[Sample] = []
@@ -102,7 +112,7 @@ def discover_samples(root: str | os.PathLike, split: str, generators: Sequence[s
     for gen, split_dir in found.items():
         counts = Counter()
         for cls, label in _class_dirs(split_dir).items():
-            files, other = _walk_images(split_dir / cls)
+            files, other = walk_images(split_dir / cls)
             ignored += other
             counts[label] += len(files)
             samples.extend(Sample(f, label, gen) for f in files)
@@ -110,19 +120,21 @@ def discover_samples(root: str | os.PathLike, split: str, generators: Sequence[s
             which = "nature/0_real" if counts[0] == 0 else "ai/1_fake"
             warnings.warn(f"generator {gen} has no {which} images in split '{split}'", stacklevel=2)
     if not samples:
-        raise LayoutError(f"split '{split}' under {display_path(root)} holds no images "
+        raise LayoutError(f"split '{split}' under {printable_path(root)} holds no images "
                           f"(generators: {', '.join(found)})\n" + EXPECTED_TREE.format(split=split))
     if ignored:
-        print(f"note: ignored {ignored} non-image file(s) under {display_path(root)}/{split}", file=sys.stderr)
+        print(f"note: ignored {ignored} non-image file(s) under {printable_path(root)}/{split}", file=sys.stderr)
     return samples
 
 
 class MultiGenDataset(Dataset):
     """Every generator folder of a split merged into one stream; each item remembers its generator.
 
-    Items are dicts: image (3, S, S) float, label (0/1), generator (index into `.generators`), index.
-    With on_bad_image="skip", an undecodable file gives {"index", "bad": reason} instead, which
-    `collate_skip_bad` drops from the batch and reports; with "error" it raises BadImageError.
+    Items are dicts: image (3, S, S) float (uint8 with normalize=False: a quarter of the bytes to pass
+    between worker processes, normalised per batch by the consumer), label (0/1; -1 for unlabelled files,
+    see `from_paths`), generator (index into `.generators`), index. With on_bad_image="skip", an undecodable
+    file gives {"index", "bad": reason} instead, which `collate_skip_bad` drops from the batch and reports;
+    with "error" it raises BadImageError. Files are decoded by the preset (`ClassificationPreset.decode`).
     """
 
     def __init__(
@@ -135,6 +147,7 @@ class MultiGenDataset(Dataset):
         on_bad_image: str = "skip",
         samples: Sequence[Sample] | None = None,
         max_pixels: int = DataConfig.max_pixels,
+        normalize: bool = True,
     ) -> None:
         if on_bad_image not in ("skip", "error"):
             raise ValueError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
@@ -148,6 +161,14 @@ class MultiGenDataset(Dataset):
         self.transform = transform or ClassificationPreset()
         self.on_bad_image = on_bad_image
         self.max_pixels = max_pixels
+        self.normalize = normalize
+
+    @classmethod
+    def from_paths(cls, paths: Sequence[str], transform: ClassificationPreset, *, max_pixels: int,
+                   normalize: bool = True) -> MultiGenDataset:
+        """Unlabelled files (label -1, no generator), bad ones skipped: what prediction reads."""
+        return cls(samples=[Sample(p, -1, "") for p in paths], transform=transform, max_pixels=max_pixels,
+                   normalize=normalize)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -155,9 +176,9 @@ class MultiGenDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         s = self.samples[i]
         try:
-            img = open_image(s.path, max_pixels=self.max_pixels, name=display_path(s.path),
-                             draft_size=getattr(self.transform, "draft_size", None))
-            x = self.transform(img)
+            x = self.transform.load(s.path, max_pixels=self.max_pixels)
+            if self.normalize:
+                x = self.transform.normalize(x)
         except BadImageError as e:
             if self.on_bad_image == "error":
                 raise
@@ -266,7 +287,7 @@ class BadImageLog:
 
     def add(self, dataset: MultiGenDataset, bad: list[tuple[int, str]]) -> None:
         for idx, reason in bad:
-            path = display_path(dataset.samples[idx].path)
+            path = printable_path(dataset.samples[idx].path)
             if path not in self.items:
                 self.items[path] = reason
                 print(f"warning: skipped bad image {path}: {reason}", file=sys.stderr)
@@ -275,9 +296,6 @@ class BadImageLog:
         return len(self.items)
 
     def to_csv(self) -> str:
-        import csv
-        import io
-
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["path", "reason"])
@@ -296,13 +314,3 @@ def build_datasets(cfg: DataConfig, *, train_pre_ops: Sequence[PilOp] = ()) -> t
     val = MultiGenDataset(cfg.root, cfg.val_split, build_preset(cfg),
                           generators=cfg.test_generators or cfg.train_generators, **common)
     return train, val
-
-
-def __getattr__(name: str) -> Any:
-    # The Lightning data module lives in synapse7.datamodule, so that loading data (predict, audit, serve)
-    # does not import Lightning; `from synapse7.data import GenImageDataModule` still works.
-    if name == "GenImageDataModule":
-        from synapse7.datamodule import GenImageDataModule
-
-        return GenImageDataModule
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

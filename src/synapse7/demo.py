@@ -19,8 +19,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from synapse7.config import ModelConfig
+from synapse7.config import ModelConfig, load_config
+from synapse7.evaluate import evaluate
 from synapse7.io import ensure_writable_dir
+from synapse7.predict import Detector, expand_paths
+from synapse7.train import train
 
 # Bundled scikit-image photographs (no download needed); grayscale ones are used as RGB.
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
@@ -29,7 +32,7 @@ SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field
 
 def load_photos() -> list[np.ndarray]:
     """HWC uint8 RGB photographs shipped inside scikit-image."""
-    import skimage.data
+    import skimage.data  # slow to import, and only the demo data needs it
 
     photos = []
     for name in SKIMAGE_PHOTOS:
@@ -129,10 +132,6 @@ def run_demo(out_dir: str | Path = "demo_out", *, data: str | Path | None = None
              epochs: int = 3, backbone: str = "resnet34", weights: str = "none", input_mode: str = ModelConfig.input,
              batch_size: int = 32, num_workers: int = 2, progress: bool = True) -> dict:
     """Build (or use) a dataset, train, evaluate and predict a few images. Returns a summary dict."""
-    from synapse7.config import load_config
-    from synapse7.evaluate import evaluate
-    from synapse7.predict import Detector, expand_paths
-    from synapse7.train import train
 
     t0 = time.time()
     out = ensure_writable_dir(out_dir)

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from synapse7.data import BadImageLog, MultiGenDataset, build_loader, display_path
-from synapse7.io import atomic_path, atomic_write_text, ensure_writable_dir
+from synapse7.data import BadImageLog, MultiGenDataset, build_loader
+from synapse7.io import atomic_path, atomic_write_text, ensure_writable_dir, printable_path
 from synapse7.predict import Detector
 from synapse7.reports import compute_eval_report, table_markdown, write_eval_report
 from synapse7.transforms import PilOp, build_preset
@@ -52,7 +52,7 @@ def run_inference(detector: Detector, dataset: MultiGenDataset, *, batch_size: i
             p = detector.predict_batch(batch["image"])
             for idx, prob in zip(batch["index"].tolist(), p.tolist(), strict=True):
                 s = dataset.samples[idx]
-                paths.append(display_path(s.path))
+                paths.append(printable_path(s.path))
                 labels.append(s.label)
                 probs.append(prob)
                 gens.append(s.generator)
@@ -79,10 +79,11 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, *, split: str = "val
              batch_size: int | None = None, num_workers: int | None = None, generators: Sequence[str] | None = None,
              on_bad_image: str | None = None, align: str | None = None, threshold: float | None = None,
              pre_ops: Sequence[PilOp] = (), device: str | None = None, quiet: bool = False,
-             detector: Detector | None = None, precision: str = "auto") -> EvalResult:
+             detector: Detector | None = None, precision: str = "auto", crops: int | None = None) -> EvalResult:
     """Evaluate `checkpoint` on `data_root/<generator>/<split>`; write reports into out_dir when given."""
     out = ensure_writable_dir(out_dir) if out_dir is not None else None
-    det = detector or Detector.from_checkpoint(checkpoint, device=device, threshold=threshold, precision=precision)
+    det = detector or Detector.from_checkpoint(checkpoint, device=device, threshold=threshold, precision=precision,
+                                               crops=crops)
     dcfg = det.cfg.data
     if align is not None:
         dcfg = replace(dcfg, align=None if align == "none" else align)

@@ -17,6 +17,7 @@ import struct
 import tempfile
 import warnings
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 from typing import IO
 
@@ -50,6 +51,22 @@ class BadImageError(Exception):
 
 def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def walk_images(root: str | os.PathLike) -> tuple[list[str], int]:
+    """Image files under `root` (sorted, recursive, hidden files and symlinked dirs skipped) and a count of
+    the other files."""
+    found, other = [], 0
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for f in sorted(filenames):
+            if f.startswith("."):
+                continue
+            if is_image_file(f):
+                found.append(os.path.join(dirpath, f))
+            else:
+                other += 1
+    return found, other
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -145,6 +162,29 @@ def open_image(source: str | os.PathLike | bytes | IO[bytes], *, max_pixels: int
         raise BadImageError(label, f"corrupt image: {msg}") from e
     except Exception as e:  # noqa: BLE001 - a decoder bug on hostile bytes is still a bad image, not a crash
         raise BadImageError(label, f"corrupt image: decoder failed ({type(e).__name__}: {e})") from e
+
+
+def load_image(source: str | os.PathLike | bytes | IO[bytes] | Image.Image | np.ndarray, *,
+               max_pixels: int = DEFAULT_MAX_PIXELS, name: str | os.PathLike | None = None,
+               draft_size: int | None = None) -> Image.Image:
+    """Any image input -> 8-bit RGB PIL image: the one decode path of Synapse-7.
+
+    Paths and binary file objects go through `open_image`; `bytes` are encoded image data (never a path);
+    PIL images are converted by the same rules as decoded files (16-bit and float scaled by their range, not
+    clipped); HW or HWC arrays are taken as 8-bit pixels. Raises `BadImageError` naming `name` on bad input.
+    """
+    if isinstance(source, Image.Image):
+        return _to_rgb(source)
+    if isinstance(source, np.ndarray):
+        if source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[-1] not in (1, 3, 4)) or not source.size:
+            raise BadImageError(name, f"array of shape {source.shape} is not an HxW or HxWx{{1,3,4}} image")
+        arr = source if source.ndim == 3 else source[..., None]
+        arr = np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr[..., :3]
+        return Image.fromarray(np.ascontiguousarray(arr.astype(np.uint8)), "RGB")
+    if isinstance(source, bytes):
+        return open_image(BytesIO(source), max_pixels=max_pixels, name=name or "<bytes>",
+                          draft_size=draft_size)
+    return open_image(source, max_pixels=max_pixels, name=name, draft_size=draft_size)
 
 
 def _jpeg_scans(fp: IO[bytes], limit: int) -> int:

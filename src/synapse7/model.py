@@ -1,4 +1,4 @@
-"""Backbone registry, input modes, weights and the freezing policy.
+"""The network: input modes, weights and the freezing policy, on a backbone from `synapse7.backbones`.
 
 `build_model(cfg)` returns a `Synapse7Net`: InputEncoder (fft / rgb / rgb+fft) -> backbone trunk -> one logit.
 The output is a single logit per image; P(AI) = sigmoid(logit). Label 1 is AI, 0 is real.
@@ -7,132 +7,26 @@ The output is a single logit per image; P(AI) = sigmoid(logit). Label 1 is AI, 0
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Any
 
 import torch
 from torch import nn
 
+from synapse7.backbones import (
+    STAGES,
+    BackboneSpec,
+    WeightsUnavailableError,
+    get_backbone_spec,
+    read_torch_file,
+)
 from synapse7.config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, RunConfig
 from synapse7.spectrum import InputEncoder
 
-STAGES = ("stem", "stage1", "stage2", "stage3", "stage4", "head")
 # Named training strategies are aliases of `trainable` lists.
 STRATEGIES = {"frozen-early": "stage4,head", "linear-probe": "head", "full": "all"}
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights are not on disk and cannot be downloaded here."""
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """One registry row. Module paths are relative to the backbone trunk."""
-
-    name: str
-    build: Callable[[], nn.Module]  # randomly initialised network with its ImageNet classifier
-    weights: str  # where `imagenet` weights come from (human-readable)
-    load_imagenet: Callable[[nn.Module], None]  # loads ImageNet weights in place, offline, or raises
-    stages: dict[str, tuple[str, ...]]  # freezing vocabulary -> module paths
-    feature_width: int
-    first_conv: str  # path of the first convolution (widened for rgb+fft)
-    classifier: str  # path of the final Linear, replaced by Identity (the head lives in Synapse7Net)
-    notes: str = ""
-    aliases: tuple[str, ...] = field(default_factory=tuple)
-    # Normalisation the ImageNet weights were trained with (used when --weights imagenet and the config
-    # still holds the default ImageNet mean/std).
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-
-
-def torch_hub_checkpoint(url: str) -> Path:
-    """Where torch.hub caches a file downloaded from `url` ($TORCH_HOME/hub/checkpoints/<name>)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
-
-
-def _torchvision_loader(weights_enum: object) -> Callable[[nn.Module], None]:
-    def load(model: nn.Module) -> None:
-        url = weights_enum.url  # type: ignore[attr-defined]
-        path = torch_hub_checkpoint(url)
-        if not path.is_file():
-            raise WeightsUnavailableError(
-                f"ImageNet weights {path.name} are not in the torch hub cache and this machine is offline.\n"
-                f"  Put the file at: {path}\n"
-                f"  (download it elsewhere from {url}, or set TORCH_HOME to a folder holding hub/checkpoints/{path.name})\n"
-                f"  Or train from scratch with --weights none."
-            )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-            raise WeightsUnavailableError(f"cannot read weights file {path}: {e}") from e
-        model.load_state_dict(state)
-
-    return load
-
-
-def _torchvision_spec(name: str, ctor: str, weights_enum: str, stages: dict[str, tuple[str, ...]], width: int,
-                      first_conv: str, classifier: str) -> BackboneSpec:
-    import torchvision.models as tvm
-
-    enum = getattr(tvm, weights_enum).IMAGENET1K_V1
-    return BackboneSpec(
-        name=name,
-        build=lambda: getattr(tvm, ctor)(weights=None),
-        weights=f"torchvision {weights_enum}.IMAGENET1K_V1 from the torch hub cache ({Path(urlparse(enum.url).path).name})",
-        load_imagenet=_torchvision_loader(enum),
-        stages=stages,
-        feature_width=width,
-        first_conv=first_conv,
-        classifier=classifier,
-    )
-
-
-def _resnet_stages() -> dict[str, tuple[str, ...]]:
-    return {"stem": ("conv1", "bn1"), "stage1": ("layer1",), "stage2": ("layer2",), "stage3": ("layer3",),
-            "stage4": ("layer4",), "head": ()}
-
-
-def _hierarchical_stages(head: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-    # ConvNeXt and Swin in torchvision: features.0 is the stem, then (stage, downsample) pairs.
-    return {"stem": ("features.0",), "stage1": ("features.1",), "stage2": ("features.2", "features.3"),
-            "stage3": ("features.4", "features.5"), "stage4": ("features.6", "features.7"), "head": head}
-
-
-_REGISTRY: dict[str, Callable[[], BackboneSpec]] = {
-    "resnet18": lambda: _torchvision_spec("resnet18", "resnet18", "ResNet18_Weights", _resnet_stages(), 512, "conv1", "fc"),
-    "resnet34": lambda: _torchvision_spec("resnet34", "resnet34", "ResNet34_Weights", _resnet_stages(), 512, "conv1", "fc"),
-    "resnet50": lambda: _torchvision_spec("resnet50", "resnet50", "ResNet50_Weights", _resnet_stages(), 2048, "conv1", "fc"),
-    "convnext_tiny": lambda: _torchvision_spec("convnext_tiny", "convnext_tiny", "ConvNeXt_Tiny_Weights",
-                                               _hierarchical_stages(("classifier",)), 768, "features.0.0", "classifier.2"),
-    "swin_t": lambda: _torchvision_spec("swin_t", "swin_t", "Swin_T_Weights", _hierarchical_stages(("norm",)), 768,
-                                        "features.0.0", "head"),
-}
-
-
-def register_backbone(name: str, factory: Callable[[], BackboneSpec]) -> None:
-    """Add a backbone to the registry (used by optional backbones, e.g. timm-based ones)."""
-    _REGISTRY[name] = factory
-
-
-def backbone_names() -> list[str]:
-    _load_optional_backbones()
-    return sorted(_REGISTRY)
-
-
-def get_backbone_spec(name: str) -> BackboneSpec:
-    _load_optional_backbones()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]()
-
-
-def _load_optional_backbones() -> None:
-    try:  # backbones that need optional packages register themselves on import
-        import synapse7.backbones  # noqa: F401
-    except ImportError:
-        pass
 
 
 def _get(module: nn.Module, path: str) -> nn.Module:
@@ -164,7 +58,7 @@ def widen_first_conv(trunk: nn.Module, path: str, in_channels: int) -> None:
 class Synapse7Net(nn.Module):
     """InputEncoder -> backbone trunk -> Linear(width, 1). forward returns logits of shape (B,)."""
 
-    def __init__(self, spec: BackboneSpec, input_mode: str = "fft") -> None:
+    def __init__(self, spec: BackboneSpec, input_mode: str = ModelConfig.input) -> None:
         super().__init__()
         self.spec = spec
         self.encoder = InputEncoder(input_mode)
@@ -173,31 +67,49 @@ class Synapse7Net(nn.Module):
         if self.encoder.out_channels != 3:
             widen_first_conv(self.backbone, spec.first_conv, self.encoder.out_channels)
         self.head = nn.Linear(spec.feature_width, 1)
+        self.crop_vote = "mean"  # mean | max of the crops' logits (set from ModelConfig.crop_vote)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised RGB -> (B, width) pooled features."""
-        return self.backbone(self.encoder(x))
+        """(B, 3, H, W) normalised RGB -> the trunk's last feature maps, unpooled (as timm's forward_features).
 
-    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.head(feats).squeeze(-1)  # (B,)
+        (B, C, h, w) for CNNs; (B, h, w, C) for Swin.
+        """
+        x = self.encoder(x)
+        for path in self.spec.features:
+            x = self.backbone.get_submodule(path)(x)
+        return x
+
+    def pool(self, maps: torch.Tensor) -> torch.Tensor:
+        """Feature maps -> (B, feature_width) pooled features."""
+        return self.spec.pool(self.backbone, maps)
+
+    def forward_head(self, maps: torch.Tensor) -> torch.Tensor:
+        """Feature maps -> logits (B,): pooling, then the linear head."""
+        return self.head(self.pool(maps)).squeeze(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B,) logits; (B, K, 3, H, W) crops of B images -> (B,) combined by `crop_vote`."""
+        if x.dim() == 5:
+            b, k = x.shape[:2]
+            logits = self.forward_head(self.forward_features(x.flatten(0, 1))).view(b, k)  # (B, K)
+            return logits.amax(dim=1) if self.crop_vote == "max" else logits.mean(dim=1)
         return self.forward_head(self.forward_features(x))
+
+
+def net_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The Synapse7Net part of a DetectorModule state_dict: keys under `net.`, without that prefix."""
+    return {k[4:]: v for k, v in state.items() if k.startswith("net.")}
 
 
 def _load_weights_file(net: Synapse7Net, path: Path) -> None:
     if not path.is_file():
         raise WeightsUnavailableError(f"weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001
-        raise WeightsUnavailableError(f"cannot read weights file {path}: {e}") from e
+    obj = read_torch_file(path, weights_only=False)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     if not isinstance(state, dict):
         raise WeightsUnavailableError(f"{path} holds no state_dict")
     if any(k.startswith("net.") for k in state):  # a Synapse-7 Lightning checkpoint
-        state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
-        net.load_state_dict(state)
+        net.load_state_dict(net_state_dict(state))
         return
     # A plain backbone state_dict (e.g. torchvision's): load what matches in shape, report the rest.
     own = net.backbone.state_dict()
@@ -260,7 +172,10 @@ def frozen_modules(net: nn.Module) -> list[nn.Module]:
 def build_model(cfg: ModelConfig, *, load_weights: bool = True) -> Synapse7Net:
     """Build the network for a model config. load_weights=False skips pretrained weights (for checkpoints)."""
     spec = get_backbone_spec(cfg.backbone)
+    if cfg.crop_vote not in ("mean", "max"):
+        raise ValueError(f"crop_vote must be 'mean' or 'max', got {cfg.crop_vote!r}")
     net = Synapse7Net(spec, cfg.input)
+    net.crop_vote = cfg.crop_vote
     weights = cfg.weights
     if load_weights and weights not in ("none", "imagenet"):
         _load_weights_file(net, Path(weights))
@@ -290,8 +205,6 @@ def count_parameters(net: nn.Module) -> tuple[int, int]:
 def resolve_normalization(cfg: RunConfig) -> RunConfig:
     """Use the backbone's own pretrained normalisation when its ImageNet weights are used and the data config
     still holds the ImageNet default (e.g. EfficientNet-Lite0 was trained on mean = std = 0.5)."""
-    from dataclasses import replace
-
     if cfg.model.weights != "imagenet" or (tuple(cfg.data.mean), tuple(cfg.data.std)) != (IMAGENET_MEAN, IMAGENET_STD):
         return cfg
     spec = get_backbone_spec(cfg.model.backbone)

@@ -50,7 +50,7 @@ class DetectorModule(L.LightningModule):
         return logits, y, F.binary_cross_entropy_with_logits(logits, y)
 
     def step_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B,) for a batch's inputs; the feature-cache module (synapse7.cache) runs its tail here."""
+        """Logits (B,) for a batch's inputs; CachedDetectorModule runs its tail on cached features here."""
         return self.net(x)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
@@ -94,3 +94,17 @@ class DetectorModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.threshold = float(checkpoint.get("synapse7", {}).get("threshold", 0.5))
+
+
+class CachedDetectorModule(DetectorModule):
+    """A DetectorModule whose steps run `tail` (synapse7.cache.TrainableTail) on cached frozen-stage features.
+
+    `self.net`, the full network, is what checkpoints hold, so they stay normal Synapse-7 checkpoints.
+    """
+
+    def __init__(self, config: dict[str, Any], *, net: nn.Module, tail: nn.Module) -> None:
+        super().__init__(config, net=net)
+        object.__setattr__(self, "tail", tail)  # not a registered child: the checkpoint holds `net` only
+
+    def step_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(x)

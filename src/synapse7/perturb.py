@@ -17,14 +17,16 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from synapse7.config import DataConfig
 from synapse7.io import _to_rgb
 
-PilOp = Callable[[Image.Image], Image.Image]
+PilOp = Callable[[Image.Image], Image.Image]  # one image operation; presets run them before resizing
 
 # libjpeg's chroma subsampling codes as PIL's `subsampling=` takes them.
 SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
@@ -257,12 +259,13 @@ class RandomAugment:
     Blur sigma and resize scale are uniform in their ranges; JPEG quality is a uniform integer (inclusive).
     """
 
-    blur_prob: float = 0.0
-    blur_sigma: tuple[float, float] = (0.0, 3.0)
-    jpeg_prob: float = 0.0
-    jpeg_quality: tuple[int, int] = (30, 100)
-    resize_prob: float = 0.0
-    resize_scale: tuple[float, float] = (0.5, 1.5)
+    # Defaults: DataConfig's aug_* fields, the one place they are set.
+    blur_prob: float = DataConfig.aug_blur_prob
+    blur_sigma: tuple[float, float] = DataConfig.aug_blur_sigma
+    jpeg_prob: float = DataConfig.aug_jpeg_prob
+    jpeg_quality: tuple[int, int] = DataConfig.aug_jpeg_quality
+    resize_prob: float = DataConfig.aug_resize_prob
+    resize_scale: tuple[float, float] = DataConfig.aug_resize_scale
     generator: torch.Generator | None = None
 
     def __post_init__(self) -> None:
@@ -328,6 +331,25 @@ class RandomHFlip:
         return img
 
 
+@dataclass(frozen=True)
+class RandomCrop:
+    """A size x size crop at a uniformly drawn position (torch's RNG, or `generator`); images smaller than
+    `size` on a side keep that side whole (the preset pads them afterwards, never resizes)."""
+
+    size: int
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"crop size must be >= 1, got {self.size}")
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        x = int(torch.randint(0, max(0, w - self.size) + 1, (), generator=self.generator))
+        y = int(torch.randint(0, max(0, h - self.size) + 1, (), generator=self.generator))
+        return img.crop((x, y, x + min(w, self.size), y + min(h, self.size)))
+
+
 def build_train_ops(cfg: DataConfig) -> list[PilOp]:
     """Training-only PIL ops from the `aug_*` fields of a data config (empty when all probabilities are 0)."""
     ops: list[PilOp] = []
@@ -342,9 +364,157 @@ def build_train_ops(cfg: DataConfig) -> list[PilOp]:
         ))
     if cfg.aug_flip_prob > 0:
         ops.append(RandomHFlip(cfg.aug_flip_prob))
+    # Rotation and jitter see the whole image (no rotated-in corners inside the crop when it is large enough);
+    # masking hides patches of what the network will see, so it comes after the crop.
+    ops += build_safe_ops(rotation_prob=cfg.aug_rotate_prob, rotation_degrees=cfg.aug_rotate_degrees,
+                          jitter_prob=cfg.aug_jitter_prob, jitter=cfg.aug_jitter, mask_prob=0.0)
+    if cfg.preprocess == "crop" and cfg.train_crop == "random":
+        ops.append(RandomCrop(cfg.image_size))  # the preset's centre crop then keeps it whole
+    ops += build_safe_ops(rotation_prob=0.0, jitter_prob=0.0, mask_prob=cfg.aug_mask_prob,
+                          mask_ratio=tuple(cfg.aug_mask_ratio), mask_patch=cfg.aug_mask_patch)
     return ops
 
 
 def has_train_augmentation(cfg: DataConfig) -> bool:
     """True when the config asks for random training ops, i.e. training inputs change from epoch to epoch."""
     return bool(build_train_ops(cfg))
+
+
+# SAFE-style training augmentation (Li et al., KDD 2025): rotation, colour jitter, patch masking. Same style as
+# the ops above: frozen dataclasses, torch's global RNG or a given `generator`, a fixed number of draws per call.
+INTERPOLATIONS = {"nearest": InterpolationMode.NEAREST, "bilinear": InterpolationMode.BILINEAR}
+
+
+def _check_prob(name: str, p: float) -> None:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {p}")
+
+
+def _uniform(lo: float, hi: float, generator: torch.Generator | None) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=generator))
+
+
+@dataclass(frozen=True)
+class RandomRotation:
+    """Rotate by an angle uniform in [-degrees, degrees] with probability `prob`; size kept, corners `fill`.
+
+    Nearest-neighbour by default (as torchvision's RandomRotation): pixel values are moved, not blended, so
+    local generation traces survive better than under bilinear resampling. Two draws per call.
+    """
+
+    degrees: float = 180.0
+    prob: float = 1.0
+    interpolation: str = "nearest"
+    fill: int = 0
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        _check_prob("rotation prob", self.prob)
+        if not (math.isfinite(self.degrees) and 0 <= self.degrees <= 180):
+            raise ValueError(f"rotation degrees must be in [0, 180], got {self.degrees}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"rotation interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        u = float(torch.rand((), generator=self.generator))
+        angle = _uniform(-self.degrees, self.degrees, self.generator)
+        if u >= self.prob or angle == 0.0:
+            return img
+        return TF.rotate(_to_rgb(img), angle, interpolation=INTERPOLATIONS[self.interpolation], expand=False,
+                         fill=[self.fill] * 3)
+
+
+@dataclass(frozen=True)
+class ColorJitter:
+    """Brightness, contrast and saturation factors uniform in [1 - x, 1 + x] (hue shift uniform in [-hue, hue]),
+    applied in a random order with probability `prob`. Six draws and one permutation per call."""
+
+    brightness: float = 0.5
+    contrast: float = 0.5
+    saturation: float = 0.5
+    hue: float = 0.0
+    prob: float = 1.0
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        _check_prob("colour jitter prob", self.prob)
+        for name in ("brightness", "contrast", "saturation"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and 0 <= v < 1):
+                raise ValueError(f"colour jitter {name} must be in [0, 1), got {v}")
+        if not 0 <= self.hue <= 0.5:
+            raise ValueError(f"colour jitter hue must be in [0, 0.5], got {self.hue}")
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        g = self.generator
+        u = float(torch.rand((), generator=g))
+        factors = [_uniform(1 - x, 1 + x, g) for x in (self.brightness, self.contrast, self.saturation)]
+        shift = _uniform(-self.hue, self.hue, g)
+        order = torch.randperm(4, generator=g).tolist()
+        if u >= self.prob:
+            return img
+        out = _to_rgb(img)
+        ops = (lambda im: TF.adjust_brightness(im, factors[0]), lambda im: TF.adjust_contrast(im, factors[1]),
+               lambda im: TF.adjust_saturation(im, factors[2]), lambda im: TF.adjust_hue(im, shift))
+        for i in order:
+            if i == 3 and self.hue == 0:  # hue 0 is the identity; skipping it saves an HSV round trip
+                continue
+            out = ops[i](out)
+        return out
+
+
+@dataclass(frozen=True)
+class RandomPatchMask:
+    """With probability `prob`, set a random `ratio` (uniform in the range) of the patch x patch grid cells to
+    `fill`. Cells are chosen without replacement; edge cells of sizes not divisible by `patch` are partial.
+    Draws: two numbers and one permutation of the cells per call."""
+
+    ratio: tuple[float, float] = (0.0, 0.75)
+    patch: int = 16
+    prob: float = 0.5
+    fill: int = 0
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        _check_prob("mask prob", self.prob)
+        lo, hi = self.ratio
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"mask ratio must be a (low, high) pair in [0, 1] with low <= high, got {self.ratio!r}")
+        if self.patch < 1:
+            raise ValueError(f"mask patch must be >= 1 pixel, got {self.patch}")
+
+    def mask(self, size: tuple[int, int]) -> np.ndarray | None:
+        """The (H, W) boolean mask (True = masked) drawn for an image of PIL `size` (W, H), or None."""
+        w, h = size
+        rows, cols = math.ceil(h / self.patch), math.ceil(w / self.patch)
+        u = float(torch.rand((), generator=self.generator))
+        ratio = _uniform(*self.ratio, self.generator)
+        cells = torch.randperm(rows * cols, generator=self.generator).numpy()
+        if u >= self.prob:
+            return None
+        grid = np.zeros(rows * cols, dtype=bool)
+        grid[cells[: round(ratio * rows * cols)]] = True
+        full = np.repeat(np.repeat(grid.reshape(rows, cols), self.patch, axis=0), self.patch, axis=1)
+        return full[:h, :w]
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        m = self.mask(img.size)
+        if m is None or not m.any():
+            return img
+        arr = np.array(_to_rgb(img))
+        arr[m] = self.fill
+        return Image.fromarray(arr, "RGB")
+
+
+def build_safe_ops(*, rotation_prob: float = 1.0, rotation_degrees: float = 180.0, jitter_prob: float = 1.0,
+                   jitter: float = 0.5, mask_prob: float = 0.5, mask_ratio: tuple[float, float] = (0.0, 0.75),
+                   mask_patch: int = 16, generator: torch.Generator | None = None) -> list[PilOp]:
+    """SAFE's rotation, colour jitter and masking in that order (a probability of 0 leaves an op out)."""
+    ops: list[PilOp] = []
+    if rotation_prob > 0:
+        ops.append(RandomRotation(rotation_degrees, rotation_prob, generator=generator))
+    if jitter_prob > 0:
+        ops.append(ColorJitter(jitter, jitter, jitter, prob=jitter_prob, generator=generator))
+    if mask_prob > 0:
+        ops.append(RandomPatchMask(tuple(mask_ratio), mask_patch, mask_prob, generator=generator))
+    return ops

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -15,13 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
-from synapse7.config import RunConfig, config_from_dict
-from synapse7.data import display_path
-from synapse7.io import BadImageError, ensure_writable_dir, is_image_file, open_image
-from synapse7.model import Synapse7Net, build_model
-from synapse7.transforms import ClassificationPreset, build_preset
+from synapse7.backbones import read_torch_file
+from synapse7.config import RunConfig, check_precision, config_from_dict
+from synapse7.data import MultiGenDataset, build_loader
+from synapse7.export import OnnxEngine, export_onnx
+from synapse7.io import BadImageError, ensure_writable_dir, printable_path, walk_images
+from synapse7.model import Synapse7Net, build_model, net_state_dict
+from synapse7.transforms import build_preset
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | bytes
 
@@ -44,13 +44,11 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A Synapse-7 checkpoint as a dict; a missing, unreadable or foreign file raises naming it."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found: {p}")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file
-        raise ValueError(f"cannot read checkpoint {p}: {e}") from e
+    ckpt = read_torch_file(p, weights_only=False, what="checkpoint", error=ValueError)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt.get("hyper_parameters", {}):
         raise ValueError(f"{p} is not a Synapse-7 checkpoint (no state_dict / config)")
     return ckpt
@@ -62,61 +60,57 @@ def expand_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            for dirpath, dirnames, filenames in os.walk(p, followlinks=False):
-                dirnames.sort()
-                out += [os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f) and not f.startswith(".")]
+            out += walk_images(p)[0]
         elif p.exists() or p.is_symlink():
             out.append(str(p))
         else:
-            raise FileNotFoundError(f"no such file or directory: {display_path(p)}")
+            raise FileNotFoundError(f"no such file or directory: {printable_path(p)}")
     return out
 
 
-class _FileDataset(Dataset):
-    def __init__(self, paths: Sequence[str], preset: ClassificationPreset, max_pixels: int) -> None:
-        self.paths, self.preset, self.max_pixels = list(paths), preset, max_pixels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
-        # uint8 (3, S, S): a quarter of the float bytes to pass between processes; the main process normalises
-        # whole batches at once (predict_paths), which is also cheaper than per image.
-        try:
-            img = open_image(self.paths[i], max_pixels=self.max_pixels, name=display_path(self.paths[i]),
-                             draft_size=self.preset.draft_size)
-            return i, self.preset.to_uint8(img), None
-        except BadImageError as e:
-            return i, None, e.reason
-
-
-def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> list[tuple[int, torch.Tensor | None, str | None]]:
-    return items
-
-
 ENGINES = ("eager", "onnx")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def resolve_precision(precision: str, device: torch.device) -> bool:
-    """True when the eager network should run under bf16 autocast.
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (x86: AVX512-BF16 or AMX-BF16; Arm: the BF16 extension).
+
+    Read from the CPU flags the kernel reports (/proc/cpuinfo), which is what oneDNN's bf16 kernels need;
+    False where they cannot be read (then --precision bf16 is refused on the CPU, as emulation is slow).
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    flags = {f for line in text.splitlines() if line.lower().startswith(("flags", "features"))
+             for f in line.split(":", 1)[-1].split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype the eager network runs under for a --precision value (None: fp32).
 
     "auto": bf16 on CUDA, fp32 on CPU. bf16 moves P(AI) (a trained EfficientNet-Lite0 on CIFAKE val: mean
     |change| 0.003, max 0.33, 4 of 2,000 labels flipped; bench/precision.py), so on the CPU it is opt-in.
-    "bf16" on a CPU without native bf16 (AVX512-BF16 / AMX) is refused: emulated bf16 is slower than fp32.
+    "bf16" on a CPU without native bf16 (AVX512-BF16 / AMX) is refused: emulated bf16 is slower than fp32;
+    "fp16" runs on CUDA only.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    precision = check_precision(precision)
     if precision == "auto":
-        return device.type == "cuda"
-    if precision == "bf16" and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         raise ValueError("--precision bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); this one has "
                          "neither, and emulated bf16 is slower than fp32: use --precision fp32")
-    return precision == "bf16"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 runs on a CUDA GPU only; use fp32 (or bf16 on a CPU with native bf16)")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def _with_fast_decode(cfg: RunConfig, fast_decode: bool | None) -> RunConfig:
-    return cfg if fast_decode is None else replace(cfg, data=replace(cfg.data, fast_decode=fast_decode))
+def _with_data(cfg: RunConfig, **overrides: Any) -> RunConfig:
+    """cfg with the data fields in `overrides` replaced (None values keep the stored setting)."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return replace(cfg, data=replace(cfg.data, **clean)) if clean else cfg
 
 
 class Detector:
@@ -136,7 +130,8 @@ class Detector:
         self.threshold = float(threshold)
         self.device = pick_device(device)
         self.engine = engine
-        self.amp = resolve_precision(precision, self.device) and engine is None
+        # autocast dtype of the eager network (None: fp32); the ONNX export runs in fp32.
+        self.amp_dtype = resolve_precision(precision, self.device) if engine is None else None
         self.net = None if net is None else net.to(self.device).eval()
         if self.net is not None and self.device.type == "cpu":
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -147,7 +142,7 @@ class Detector:
     def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
                         threshold: float | None = None, engine: str = "eager", onnx: str | os.PathLike | None = None,
                         compile: bool = False, fast_decode: bool | None = None,
-                        precision: str = "auto") -> Detector:
+                        precision: str = "auto", crops: int | None = None) -> Detector:
         """Load a Synapse-7 checkpoint; needs no pretrained weights and no network.
 
         engine="onnx" runs the model in ONNX Runtime: from `onnx` (an export of this checkpoint; giving it implies
@@ -156,20 +151,17 @@ class Detector:
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
         engine = "onnx" if onnx is not None else engine
-        if engine == "onnx" and precision == "bf16":
-            raise ValueError("--precision bf16 applies to the eager engine; the ONNX export runs in fp32")
+        if engine == "onnx" and check_precision(precision) in ("bf16", "fp16"):
+            raise ValueError(f"--precision {precision} applies to the eager engine; the ONNX export runs in fp32")
         resolve_precision(precision, pick_device(device))  # unknown or unsupported: fail before loading
         ckpt = load_checkpoint(path)
         cfg = config_from_dict(ckpt["hyper_parameters"]["config"])
         net = build_model(cfg.model, load_weights=False)
-        state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-        net.load_state_dict(state)
+        net.load_state_dict(net_state_dict(ckpt["state_dict"]))
         stored = float(ckpt.get("synapse7", {}).get("threshold", 0.5))
         thr = stored if threshold is None else threshold
         runner = None
         if engine == "onnx":
-            from synapse7.export import OnnxEngine, export_onnx
-
             dev = str(pick_device(device))
             if onnx is None:
                 tmp = Path(tempfile.mkdtemp(prefix="synapse7-onnx-"))
@@ -182,29 +174,35 @@ class Detector:
                 got, want = runner.config, cfg
                 if got.model != want.model or got.data.image_size != want.data.image_size:
                     raise ValueError(f"{onnx} was exported from another model or image size than {path}")
-        return cls(net, _with_fast_decode(cfg, fast_decode), threshold=thr, device=device, engine=runner,
+        return cls(net, _with_data(cfg, fast_decode=fast_decode, crops=crops), threshold=thr, device=device, engine=runner,
                    compile=compile, precision=precision)
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
-                  threshold: float | None = None, fast_decode: bool | None = None) -> Detector:
+                  threshold: float | None = None, fast_decode: bool | None = None, crops: int | None = None) -> Detector:
         """A detector from an ONNX export alone (`synapse7 export`): config and threshold are in its metadata."""
-        from synapse7.export import OnnxEngine
 
         runner = OnnxEngine(path, device=str(pick_device(device)))
         thr = runner.threshold if threshold is None else threshold
-        return cls(None, _with_fast_decode(runner.config, fast_decode), threshold=thr, device=device, engine=runner)
+        return cls(None, _with_data(runner.config, fast_decode=fast_decode, crops=crops), threshold=thr, device=device,
+                   engine=runner)
 
     @torch.inference_mode()
     def predict_batch(self, x: torch.Tensor) -> np.ndarray:
-        """(B, 3, S, S) normalised -> P(AI) as float64 array (B,)."""
+        """(B, 3, S, S) normalised -> P(AI) as float64 array (B,); (B, K, 3, S, S) crops are combined per image."""
         if self.engine is not None:
-            logits = torch.from_numpy(self.engine(x))
+            if x.dim() == 5:  # the exported graph takes single crops: run them flat, combine the logits here
+                b, k = x.shape[:2]
+                flat = torch.from_numpy(self.engine(x.flatten(0, 1))).view(b, k)
+                logits = flat.amax(dim=1) if self.cfg.model.crop_vote == "max" else flat.mean(dim=1)
+            else:
+                logits = torch.from_numpy(self.engine(x))
         else:
             x = x.to(self.device, non_blocking=True)
-            if self.device.type == "cpu":
+            if self.device.type == "cpu" and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
                 logits = self._forward(x)
         return torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
 
@@ -214,59 +212,51 @@ class Detector:
             u8 = u8.to(self.device, non_blocking=True)
         return self.predict_batch(self.preset.normalize(u8))
 
-    def _decode(self, item: ImageInput, max_pixels: int) -> Image.Image:
-        if isinstance(item, Image.Image):
-            return item.convert("RGB")
-        if isinstance(item, np.ndarray):
-            arr = item if item.ndim == 3 else np.stack([item] * 3, axis=-1)
-            return Image.fromarray(arr.astype(np.uint8)[..., :3], "RGB")
-        if isinstance(item, bytes):
-            return open_image(io.BytesIO(item), max_pixels=max_pixels, name="<bytes>")
-        return open_image(item, max_pixels=max_pixels, name=display_path(item))
-
     def _label(self, p: float) -> str:
         return "AI" if p >= self.threshold else "REAL"
 
     def predict(self, images: Sequence[ImageInput] | ImageInput, *, batch_size: int = 32) -> list[Prediction]:
-        """Predict in memory. Undecodable inputs give a Prediction with label "ERROR" and the reason."""
+        """Predict in memory. Undecodable inputs give a Prediction with label "ERROR" and the reason.
+
+        Decoding and preprocessing are `predict_paths`'s (the preset's decode, uint8 crops normalised per
+        batch), so a file gives the same P(AI) through either.
+        """
         if not isinstance(images, (list, tuple)):
             images = [images]
         out: list[Prediction] = []
+        max_pixels = self.cfg.data.max_pixels
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            tensors, slots = [], []
-            results: list[Prediction | None] = [None] * len(chunk)
+            names = [printable_path(item) if isinstance(item, (str, os.PathLike)) else f"<image {start + j}>"
+                     for j, item in enumerate(chunk)]
+            crops: dict[int, torch.Tensor] = {}
+            errors: dict[int, str] = {}
             for j, item in enumerate(chunk):
-                name = display_path(item) if isinstance(item, (str, os.PathLike)) else f"<image {start + j}>"
                 try:
-                    tensors.append(self.preset(self._decode(item, self.cfg.data.max_pixels)))
-                    slots.append(j)
+                    crops[j] = self.preset.load(item, max_pixels=max_pixels, name=names[j])
                 except BadImageError as e:
-                    results[j] = Prediction(name, "ERROR", float("nan"), e.reason)
-            if tensors:
-                probs = self.predict_batch(torch.stack(tensors))
-                for j, p in zip(slots, probs, strict=True):
-                    item = chunk[j]
-                    name = display_path(item) if isinstance(item, (str, os.PathLike)) else f"<image {start + j}>"
-                    results[j] = Prediction(name, self._label(float(p)), float(p))
-            out.extend(r for r in results if r is not None)
+                    errors[j] = e.reason
+            probs = self._predict_uint8(torch.stack(list(crops.values()))) if crops else np.empty(0)
+            pmap = dict(zip(crops, probs.tolist(), strict=True))
+            out += [self._prediction(names[j], pmap.get(j), errors.get(j)) for j in range(len(chunk))]
         return out
+
+    def _prediction(self, name: str, p: float | None, error: str | None) -> Prediction:
+        if p is None:
+            return Prediction(name, "ERROR", float("nan"), error)
+        return Prediction(name, self._label(p), p)
 
     def predict_paths(self, paths: Sequence[str], *, batch_size: int = 32, num_workers: int = 2) -> Iterator[Prediction]:
         """Stream predictions for files, in order, decoding in DataLoader workers while the model runs."""
-        ds = _FileDataset(paths, self.preset, self.cfg.data.max_pixels)
-        loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
-                            pin_memory=self.device.type == "cuda")
-        for items in loader:
-            good = [(i, t) for i, t, err in items if err is None]
-            probs = self._predict_uint8(torch.stack([t for _, t in good])) if good else np.empty(0)
-            pmap = {i: float(p) for (i, _), p in zip(good, probs, strict=True)}
-            for i, _, err in items:
-                name = display_path(paths[i])
-                if err is not None:
-                    yield Prediction(name, "ERROR", float("nan"), err)
-                else:
-                    yield Prediction(name, self._label(pmap[i]), pmap[i])
+        ds = MultiGenDataset.from_paths(paths, self.preset, max_pixels=self.cfg.data.max_pixels, normalize=False)
+        loader = build_loader(ds, batch_size=batch_size, num_workers=num_workers)
+        for batch in loader:
+            bad = dict(batch["bad"])
+            idx = batch["index"].tolist()
+            probs = self._predict_uint8(batch["image"]).tolist() if "image" in batch else []
+            pmap = dict(zip(idx, probs, strict=True))
+            for i in sorted([*idx, *bad]):
+                yield self._prediction(printable_path(paths[i]), pmap.get(i), bad.get(i))
 
 
 def format_prediction(p: Prediction, *, as_json: bool) -> str:

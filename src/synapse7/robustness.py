@@ -8,16 +8,16 @@ generator's own encoding.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synapse7.io import atomic_path, atomic_write_text, ensure_writable_dir
+from synapse7.evaluate import evaluate
+from synapse7.io import atomic_write_text, ensure_writable_dir
 from synapse7.perturb import Identity, parse_perturbation_list
-from synapse7.reports import _json_safe, table_csv, table_markdown
+from synapse7.predict import Detector
+from synapse7.reports import fmt_value, pyplot, save_figure, table_csv, table_markdown, write_json
 
 ROBUSTNESS_COLUMNS = ["perturbation", "family", "strength", "generator", "accuracy", "ap", "roc_auc", "real_acc",
                       "fake_acc", "n_real", "n_fake", "support", "threshold"]
@@ -53,8 +53,6 @@ def evaluate_robustness(checkpoint: str | Path, data_root: str | Path, perturbat
 
     The network is loaded once and reused. `align` overrides the checkpoint's own alignment ("none" removes it).
     """
-    from synapse7.evaluate import evaluate
-    from synapse7.predict import Detector
 
     ops = parse_perturbation_list(perturbations)
     det = detector or Detector.from_checkpoint(checkpoint, device=device, threshold=threshold, precision=precision)
@@ -82,22 +80,14 @@ def robustness_markdown(result: RobustnessResult) -> str:
     lines = ["| perturbation | " + " | ".join(gens) + " |", "|---|" + "---|" * len(gens)]
     for spec in result.perturbations:
         accs = {r["generator"]: r["accuracy"] for r in result.rows if r["perturbation"] == spec}
-        lines.append(f"| {spec} | " + " | ".join(_fmt(accs.get(g)) for g in gens) + " |")
+        lines.append(f"| {spec} | " + " | ".join(fmt_value(accs.get(g)) for g in gens) + " |")
     return "\n".join(head + ["Accuracy:", "", *lines, "", "All metrics:", "",
                              table_markdown(result.rows, ROBUSTNESS_COLUMNS)])
 
 
-def _fmt(v: Any) -> str:
-    return "" if v is None else ("nan" if isinstance(v, float) and math.isnan(v) else f"{v:.4f}")
-
-
 def save_robustness_png(result: RobustnessResult, path: str | Path) -> None:
     """Accuracy against strength: one panel (and line) per perturbation family; "none" as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     overall = result.overall()
     families = [f for f in dict.fromkeys(r["family"] for r in overall) if f != "none"]
     base = [r["accuracy"] for r in overall if r["family"] == "none"]
@@ -123,9 +113,7 @@ def save_robustness_png(result: RobustnessResult, path: str | Path) -> None:
         ax.set_title(fam)
     fig.suptitle(f"Accuracy under perturbation (align: {result.align or 'none'})", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_robustness(result: RobustnessResult, out_dir: str | Path) -> Path:
@@ -134,6 +122,6 @@ def write_robustness(result: RobustnessResult, out_dir: str | Path) -> Path:
     atomic_write_text(out / "robustness.csv", table_csv(result.rows, ROBUSTNESS_COLUMNS))
     atomic_write_text(out / "robustness.md", robustness_markdown(result))
     payload = {"perturbations": result.perturbations, "align": result.align, **result.info, "rows": result.rows}
-    atomic_write_text(out / "robustness.json", json.dumps(_json_safe(payload), indent=2) + "\n")
+    write_json(out / "robustness.json", payload)
     save_robustness_png(result, out / "robustness.png")
     return out

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-INPUT_MODES = ("fft", "rgb", "rgb+fft")
+from synapse7.config import ModelConfig
+from synapse7.residuals import RESIDUALS
 
 
 def log_magnitude(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -19,7 +22,7 @@ def log_magnitude(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     half-precision FFTs lose the small high-frequency magnitudes this detector relies on.
     A real input's spectrum is Hermitian (|F[k1, k2]| = |F[-k1, -k2]|), so only the rfft2 half is computed
     and logged, and one gather mirrors it and applies fftshift: ~5x faster than fft2 + fftshift on CPU,
-    equal to it within float32 rounding (tests/test_export.py).
+    equal to it within float32 rounding (tests/test_spectrum.py).
     """
     h, w = x.shape[-2:]
     with torch.autocast(device_type=x.device.type, enabled=False):
@@ -65,7 +68,7 @@ def log_magnitude_matmul(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     ONNX has a DFT op, but ONNX Runtime's CPU kernel was 8x slower than this and 0.055 off at 224 px
     (bench/spectrum.py, docs/performance.md). With A = C - iS: A_H x A_W^T = (C x C^T - S x S^T) - i (C x S^T + S x C^T); only the
     W//2+1 columns of the rfft half are computed, then mirrored like `log_magnitude`.
-    Agrees with torch.fft to ~1e-3 after standardisation (tests/test_export.py).
+    Agrees with torch.fft to ~1e-3 after standardisation (tests/test_spectrum.py).
     """
     h, w = x.shape[-2:]
     wh = w // 2 + 1
@@ -95,30 +98,70 @@ def spectrum_features(x: torch.Tensor, *, dft: str = "fft") -> torch.Tensor:
     return standardize(log_magnitude_matmul(x) if dft == "matmul" else log_magnitude(x))
 
 
-class InputEncoder(nn.Module):
-    """Turns the normalised RGB batch into the backbone's input for an input mode.
+def _rgb(x: torch.Tensor, dft: str) -> torch.Tensor:
+    return x
 
-    fft: (B, 3, H, W) spectrum; rgb: the image unchanged; rgb+fft: (B, 6, H, W), image then spectrum.
+
+def _fft(x: torch.Tensor, dft: str) -> torch.Tensor:
+    return spectrum_features(x, dft=dft).to(x.dtype)
+
+
+def _residual(name: str) -> Callable[[torch.Tensor, str], torch.Tensor]:
+    # Residuals are not standardised per image: how much residual energy an image has is part of the evidence
+    # (the batch norm after the first convolution rescales them globally).
+    return lambda x, dft: RESIDUALS[name](x)
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """One input component: the channels it gives the backbone, and fn(x, dft) -> (B, channels, H, W)."""
+
+    channels: int
+    fn: Callable[[torch.Tensor, str], torch.Tensor]
+
+
+# The input components: a new one is one row here. A mode is one component or several joined by "+",
+# stacked along channels in that order (their channels widen the backbone's first convolution).
+ENCODERS: dict[str, Encoding] = {
+    "rgb": Encoding(3, _rgb),  # the normalised image unchanged
+    "fft": Encoding(3, _fft),  # the reference: the standardised global log-magnitude spectrum
+    "npr": Encoding(3, _residual("npr")),  # NPR: x - up(down(x)), nearest, factor 2 (synapse7.residuals)
+    "hh": Encoding(3, _residual("hh")),  # SAFE: the HH band of a one-level Haar DWT, undecimated
+    "srm": Encoding(3, _residual("srm")),  # three SRM high-pass filters of the luminance
+}
+# The documented modes (any "+" combination of components is accepted).
+INPUT_MODES = ("fft", "rgb", "rgb+fft", "npr", "hh", "srm", "rgb+npr", "npr+srm")
+
+
+def parse_input_mode(mode: str) -> tuple[str, ...]:
+    """'rgb+fft' -> ('rgb', 'fft'); raises ValueError naming the known components for anything else."""
+    parts = tuple(p.strip() for p in mode.split("+"))
+    bad = [p for p in parts if p not in ENCODERS]
+    if not mode or bad or len(set(parts)) != len(parts):
+        raise ValueError(f"unknown input mode {mode!r}; use one of {', '.join(ENCODERS)} or several joined by "
+                         f"'+' (e.g. {', '.join(INPUT_MODES)})")
+    return parts
+
+
+class InputEncoder(nn.Module):
+    """Turns the normalised RGB batch (B, 3, H, W) into the backbone's input for an input mode (ENCODERS).
+
+    "rgb+fft" gives (B, 6, H, W): image, then spectrum. Everything is computed batched on the input's device.
     """
 
-    def __init__(self, mode: str = "fft") -> None:
+    def __init__(self, mode: str = ModelConfig.input) -> None:
         super().__init__()
-        if mode not in INPUT_MODES:
-            raise ValueError(f"unknown input mode {mode!r}; choose from {', '.join(INPUT_MODES)}")
+        self.parts = parse_input_mode(mode)
         self.mode = mode
         self.dft = "fft"  # "matmul" only while exporting to ONNX (synapse7.export)
 
     @property
     def out_channels(self) -> int:
-        return 6 if self.mode == "rgb+fft" else 3
+        return sum(ENCODERS[p].channels for p in self.parts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "rgb":
-            return x
-        spec = spectrum_features(x, dft=self.dft).to(x.dtype)
-        if self.mode == "fft":
-            return spec
-        return torch.cat([x, spec], dim=1)
+        outs = [ENCODERS[p].fn(x, self.dft) for p in self.parts]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
-from synapse7.config import RunConfig, save_config
+from synapse7.cache import CacheRefused, prepare_cached_training
+from synapse7.config import RunConfig, check_precision, save_config
 from synapse7.data import BadImageLog
 from synapse7.datamodule import GenImageDataModule
 from synapse7.io import atomic_write_text, ensure_writable_dir
 from synapse7.model import count_parameters, resolve_normalization
 from synapse7.module import DetectorModule
+from synapse7.perturb import build_train_ops
 
 
 @dataclass(frozen=True)
@@ -30,12 +35,13 @@ class TrainResult:
     is_global_zero: bool = True  # False in the other processes of a DDP run
 
 
-def _train_pre_ops(cfg: RunConfig) -> list:
-    try:
-        from synapse7.perturb import build_train_ops
-    except ImportError:
-        return []
-    return build_train_ops(cfg.data)
+def lightning_precision(cfg: RunConfig) -> str:
+    """Lightning's name for cfg.train.precision; "auto" is bf16 mixed precision on a GPU and fp32 otherwise."""
+    p = check_precision(cfg.train.precision)
+    if p == "auto":
+        gpu = torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda")
+        p = "bf16" if gpu else "fp32"
+    return {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}[p]
 
 
 def _devices(value: str) -> int | str:
@@ -44,9 +50,6 @@ def _devices(value: str) -> int | str:
 
 def quiet_lightning() -> None:
     """Keep Lightning's start-up banners and tips out of the output; warnings and errors still show."""
-    import logging
-    import warnings
-
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
@@ -83,8 +86,8 @@ def build_trainer(cfg: RunConfig, out: Path, *, progress: bool = True, extra_cal
         accelerator=cfg.train.accelerator,
         devices=_devices(cfg.train.devices),
         num_nodes=cfg.train.num_nodes,
-        strategy=cfg.train.strategy,
-        precision=cfg.train.precision,
+        strategy=cfg.train.dist_strategy,
+        precision=lightning_precision(cfg),
         callbacks=callbacks,
         # A resumed run logs to a new folder; Lightning's CSV logger would otherwise overwrite the first part.
         logger=CSVLogger(save_dir=out, name="logs", version=_log_version(out / "logs")),
@@ -107,7 +110,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
         raise FileExistsError(f"{out} already holds a finished or interrupted run; use --resume or another --out")
     cfg = resolve_normalization(cfg)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    dm = GenImageDataModule(cfg.data, train_pre_ops=_train_pre_ops(cfg), seed=cfg.train.seed)
+    dm = GenImageDataModule(cfg.data, train_pre_ops=build_train_ops(cfg.data), seed=cfg.train.seed)
     dm.setup("fit")  # fail fast on a bad layout, before building the model
     assert dm.train_set is not None and dm.val_set is not None
     module = DetectorModule(cfg.to_dict())
@@ -119,8 +122,6 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
     save_config(cfg, out / "config.yaml")
     fit_data: dict = {"datamodule": dm}
     if cfg.train.feature_cache is not None:
-        from synapse7.cache import CacheRefused, prepare_cached_training
-
         try:
             cached = prepare_cached_training(cfg, module, dm.train_set, dm.val_set, train_pre_ops=dm.train_pre_ops,
                                              log=lambda m: print(m, file=sys.stderr))

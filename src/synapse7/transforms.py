@@ -10,17 +10,17 @@ by libjpeg-turbo's DCT scaling (PIL `draft`), which is several times faster and 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import IO
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from synapse7.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
-from synapse7.io import DEFAULT_MAX_PIXELS, open_image
-
-PilOp = Callable[[Image.Image], Image.Image]
+from synapse7.io import DEFAULT_MAX_PIXELS, load_image
+from synapse7.perturb import PilOp, build_align
 
 MAX_ASPECT = 8  # longer side kept before resizing, in multiples of the shorter side
 
@@ -40,12 +40,45 @@ def limit_aspect(t: torch.Tensor, max_aspect: int = MAX_ASPECT) -> torch.Tensor:
     return F.center_crop(t, [h, keep] if w > h else [keep, w])
 
 
+def grid_side(crops: int) -> int:
+    """k for crops = k*k; raises ValueError otherwise."""
+    k = round(crops ** 0.5) if crops >= 1 else 0
+    if k < 1 or k * k != crops:
+        raise ValueError(f"crops must be a square number (1, 4, 9, 16, ...), got {crops}")
+    return k
+
+
+def pad_to(t: torch.Tensor, size: int) -> torch.Tensor:
+    """Pad (..., H, W) symmetrically so that both sides are >= size (reflected where the image is big enough
+    to reflect, else its edge pixels repeated); larger images pass unchanged."""
+    h, w = t.shape[-2:]
+    ph, pw = max(0, size - h), max(0, size - w)
+    if not ph and not pw:
+        return t
+    pad = [pw // 2, ph // 2, pw - pw // 2, ph - ph // 2]  # left, top, right, bottom
+    mode = "reflect" if ph < h and pw < w else "edge"
+    return F.pad(t, pad, padding_mode=mode)
+
+
+def grid_crops(t: torch.Tensor, size: int, k: int) -> torch.Tensor:
+    """k x k crops of (C, H, W) (H, W >= size) at evenly spaced positions covering the image -> (k*k, C, size, size).
+
+    The first and last crops touch the borders; crops overlap when the image is smaller than k * size.
+    """
+    h, w = t.shape[-2:]
+    ys = [round(i * (h - size) / (k - 1)) if k > 1 else (h - size) // 2 for i in range(k)]
+    xs = [round(i * (w - size) / (k - 1)) if k > 1 else (w - size) // 2 for i in range(k)]
+    return torch.stack([t[..., y:y + size, x:x + size] for y in ys for x in xs])
+
+
 class ClassificationPreset:
     """Deterministic preprocessing: optional PIL ops, resize (shorter side), centre-crop, normalise.
 
     preprocess="resize" follows the reference (resize to `resize_size`, crop `crop_size`);
     preprocess="crop" crops at native resolution, keeping the high-frequency artefacts resizing smears
-    (images smaller than the crop are resized up to it first).
+    (images smaller than the crop are padded, never resized).
+    crops=k*k > 1 returns (k*k, 3, crop, crop) tiles on an evenly spaced k x k grid instead of the one centre
+    crop, so that the whole image is looked at; the model combines their logits (Synapse7Net.crop_vote).
     fast_decode=True lets `decode` use reduced-scale JPEG decoding; it only applies to preprocess="resize"
     without pre_ops (alignment and perturbations are defined on the full-resolution image).
     """
@@ -60,9 +93,11 @@ class ClassificationPreset:
         preprocess: str = "resize",
         pre_ops: Sequence[PilOp] = (),
         fast_decode: bool = False,
+        crops: int = 1,
     ) -> None:
         if preprocess not in ("resize", "crop"):
             raise ValueError(f"preprocess must be 'resize' or 'crop', got {preprocess!r}")
+        grid_side(crops)  # validates
         self.crop_size = crop_size
         self.resize_size = resize_size if resize_size is not None else crop_size
         self.mean = list(mean)
@@ -70,6 +105,7 @@ class ClassificationPreset:
         self.preprocess = preprocess
         self.pre_ops = list(pre_ops)
         self.fast_decode = fast_decode
+        self.crops = crops
 
     @property
     def draft_size(self) -> int | None:
@@ -82,10 +118,18 @@ class ClassificationPreset:
             return None
         return 2 * self.resize_size
 
-    def decode(self, source: str | os.PathLike | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PIXELS,
-               name: str | os.PathLike | None = None) -> Image.Image:
-        """open_image with this preset's decoding shortcut (reduced-scale JPEG decoding when enabled)."""
-        return open_image(source, max_pixels=max_pixels, name=name, draft_size=self.draft_size)
+    def decode(self, source: str | os.PathLike | bytes | IO[bytes] | Image.Image | np.ndarray, *,
+               max_pixels: int = DEFAULT_MAX_PIXELS, name: str | os.PathLike | None = None) -> Image.Image:
+        """`io.load_image` with this preset's decoding shortcut (reduced-scale JPEG decoding when enabled).
+
+        Every image Synapse-7 reads (datasets, `Detector.predict`, the web API) is decoded here.
+        """
+        return load_image(source, max_pixels=max_pixels, name=name, draft_size=self.draft_size)
+
+    def load(self, source: str | os.PathLike | bytes | IO[bytes] | Image.Image | np.ndarray, *,
+             max_pixels: int = DEFAULT_MAX_PIXELS, name: str | os.PathLike | None = None) -> torch.Tensor:
+        """decode + to_uint8: uint8 (3, crop, crop), not yet normalised."""
+        return self.to_uint8(self.decode(source, max_pixels=max_pixels, name=name))
 
     def to_uint8(self, img: Image.Image) -> torch.Tensor:
         """PIL RGB -> uint8 tensor (3, crop, crop), before normalisation."""
@@ -95,8 +139,10 @@ class ClassificationPreset:
         if self.preprocess == "resize":
             size = self._full_size_target(img.info.get("full_size")) if not self.pre_ops else None
             t = F.resize(limit_aspect(t), size or [self.resize_size], antialias=True)
-        elif min(t.shape[-2:]) < self.crop_size:
-            t = F.resize(limit_aspect(t), [self.crop_size], antialias=True)
+        else:
+            t = pad_to(t, self.crop_size)
+        if self.crops > 1:
+            return grid_crops(t, self.crop_size, grid_side(self.crops))
         return F.center_crop(t, [self.crop_size, self.crop_size])
 
     def _full_size_target(self, full: tuple[int, int] | None) -> list[int] | None:
@@ -123,15 +169,14 @@ class ClassificationPreset:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(crop_size={self.crop_size}, resize_size={self.resize_size}, "
-                f"preprocess={self.preprocess!r}, fast_decode={self.fast_decode}, pre_ops={self.pre_ops})")
+                f"preprocess={self.preprocess!r}, crops={self.crops}, fast_decode={self.fast_decode}, "
+                f"pre_ops={self.pre_ops})")
 
 
 def build_preset(cfg: DataConfig, *, pre_ops: Sequence[PilOp] = ()) -> ClassificationPreset:
     """The evaluation/inference preset for a data config (alignment ops first, if configured)."""
     ops: list[PilOp] = []
     if cfg.align:
-        from synapse7.perturb import build_align
-
         ops.append(build_align(cfg.align))
     ops.extend(pre_ops)
     return ClassificationPreset(
@@ -142,4 +187,5 @@ def build_preset(cfg: DataConfig, *, pre_ops: Sequence[PilOp] = ()) -> Classific
         preprocess=cfg.preprocess,
         pre_ops=ops,
         fast_decode=cfg.fast_decode,
+        crops=cfg.crops,
     )

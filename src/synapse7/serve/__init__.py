@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
-from synapse7.serve.app import DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_BYTES, create_app
+from synapse7.serve.app import (
+    DEFAULT_MAX_FILES,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    create_app,
+    exposure_warning,
+)
 
-__all__ = ["DEFAULT_MAX_FILES", "DEFAULT_MAX_UPLOAD_BYTES", "create_app"]
+__all__ = ["DEFAULT_MAX_FILES", "DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_MAX_UPLOAD_BYTES", "create_app",
+           "exposure_warning"]

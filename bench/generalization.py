@@ -1,0 +1,186 @@
+"""Cross-dataset generalisation matrix (issue 11), end to end on ../shared/data, written to docs/generalization.md.
+
+    PYTHONPATH=src .venv/bin/python bench/generalization.py [--only ROW1,ROW2] [--out DIR]
+
+Rows are (training data x recipe); columns are test sets. Each cell is the row's model evaluated on the
+column's val split: ROC-AUC, accuracy at the model's stored threshold, real and fake accuracy.
+
+Training data:
+  synth    self-made fakes: `synapse7 synthesize` on ../shared/data/reals (700 photos; up-sampling chains and
+           small autoencoders the command trains itself). Both classes PNG at native size, paired per photo.
+  gm       genimage-mini, both classes re-encoded as JPEG q96 (--align jpeg:96), so the file format says nothing.
+  cifake   cifake/sd14 (32x32 JPEG, both classes).
+Test columns: wild/realorai_game (never trained on, no threshold chosen on it: the stand-in for generators
+we have never seen), genimage-mini val (jpeg:96), cifake val, synth val. A row's own training data is marked
+"seen" in its column (its val split is not a test of generalisation).
+
+Thresholds: every row is trained with `--calibrate accuracy`, which picks the threshold on the row's own
+validation split (its training data's val split, never a test column).
+
+Every step is skipped when its result exists under --out (a training killed half-way resumes), and the write-up
+is regenerated from whatever results exist, so the bench can be stopped and restarted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from accuracy import REPO, Ledger, Step, record_invocation, rel, run_steps  # noqa: E402 (bench helpers)
+from common import machine_text  # noqa: E402
+from synapse7.io import atomic_write_text  # noqa: E402
+
+# The self-made fakes: every up-sampling chain and both autoencoder decoders (4x down-sampling).
+SYNTH_FLAGS = "--methods all --seed 0 --ae-steps 1500"
+
+# NPR's recipe at CPU scale: 64 px native random crops (no resizing), 16-crop mean vote at test time, JPEG/blur
+# augmentation so that re-compression alone does not look like a decoder trace.
+NPR = ("--backbone npr_resnet --weights none --input npr --preprocess crop --image-size 64 --crops 16 "
+       "--batch-size 32 --lr 5e-4 --weight-decay 0.01 --seed 42 --aug-flip-prob 0.5 "
+       "--aug-jpeg-prob 0.3 --aug-jpeg-quality 70,100 --aug-blur-prob 0.1 --aug-blur-sigma 0,1 "
+       "--epochs 3 --limit-train-batches 100")
+SAFE = "--aug-rotate-prob 0.5 --aug-jitter-prob 0.5 --aug-mask-prob 0.5"
+LITE0 = ("--backbone efficientnet_lite0 --weights imagenet --input rgb --batch-size 32 --lr 1e-3 --seed 42 "
+         "--aug-flip-prob 0.5")
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    data: tuple[str, ...]  # keys of the training sets
+    flags: str
+    note: str
+
+
+ROWS = [
+    Row("gm_lite0_frozen", ("gm",), LITE0 + " --strategy frozen-early --image-size 128 --preprocess crop "
+        "--train-crop center --epochs 8",
+        "the recipe measured before this issue: EfficientNet-Lite0 (ImageNet), frozen-early, 128 px crop"),
+    Row("synth_npr", ("synth",), NPR,
+        "NPR residual + NPR's small network from scratch, 64 px native random crops, 16-crop mean vote"),
+    Row("synth_gm_npr", ("synth", "gm"), NPR, "the same on self-made fakes + genimage-mini"),
+    Row("mix_lite0_probe", ("synth", "gm", "cifake"), LITE0 + " --strategy linear-probe --image-size 160 --epochs 2 "
+        "--limit-train-batches 100",
+        "UnivFD-style: frozen ImageNet features + a linear head, whole image resized to 160, on every training set"),
+    Row("synth_gm_npr_safe", ("synth", "gm"), NPR + " " + SAFE,
+        "synth_gm_npr with SAFE's rotation, colour jitter and patch masking"),
+]
+COLUMNS = ("wild", "gm", "cifake", "synth")
+COLUMN_TITLES = {"wild": "wild (unseen)", "gm": "genimage-mini jpeg96", "cifake": "cifake", "synth": "self-made"}
+
+
+def data_roots(data: Path, out: Path) -> dict[str, Path]:
+    return {"wild": data / "wild" / "realorai_game", "gm": data / "genimage-mini", "cifake": data / "cifake",
+            "synth": out / "synth"}
+
+
+def build_steps(data: Path, out: Path, rows: list[Row], args: argparse.Namespace) -> list[Step]:
+    roots = data_roots(data, out)
+    workers = ["--num-workers", str(args.num_workers)]
+    steps = [Step("synthesize", "synth", ["synthesize", "--real", rel(data / "reals"), "--out", rel(roots["synth"]),
+                                          *shlex.split(SYNTH_FLAGS)], roots["synth"] / "synthesize.json")]
+    for row in rows:
+        run = out / row.name
+        datas = [a for key in row.data for a in ("--data", rel(roots[key]))]
+        align = ["--align", "jpeg:96"] if "gm" in row.data else []
+        needs = ["synthesize"] if "synth" in row.data else []
+        steps.append(Step(f"train {row.name}", row.name,
+                          ["train", *datas, "--out", rel(run), *shlex.split(row.flags), *align,
+                           "--calibrate", "accuracy", *workers, "--no-progress"],
+                          run / "train_done.json", resume_if=run / "last.ckpt", needs=needs))
+        for col in COLUMNS:
+            # genimage-mini is evaluated aligned whatever the row trained on: its raw format is a shortcut.
+            col_align = ["--align", "jpeg:96"] if col == "gm" else ["--align", "none"]
+            dest = run / f"eval_{col}"
+            steps.append(Step(f"evaluate {row.name} on {col}", row.name,
+                              ["evaluate", "--data", rel(roots[col]), "--checkpoint", rel(run / "best.ckpt"),
+                               "--out", rel(dest), *col_align, *workers],
+                              dest / "metrics.json", needs=[f"train {row.name}"] + (["synthesize"] if col == "synth" else [])))
+    return steps
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _cell(m: dict | None) -> str:
+    if m is None:
+        return "not run"
+    def f(k: str) -> str:
+        v = m.get(k)
+        return "n/a" if v is None else f"{float(v):.3f}"
+    return f"**{f('roc_auc')}** / {f('accuracy')} ({f('real_acc')} / {f('fake_acc')})"
+
+
+def render(out: Path, rows: list[Row], steps: list[Step], ledger: Ledger) -> str:
+    lines = ["# Generalisation: trained on some data, tested on every set", "",
+             "Written by `bench/generalization.py` (issue 11). Each cell: **ROC-AUC** / accuracy at the model's "
+             "stored threshold (real accuracy / fake accuracy). The threshold of every model was chosen on its own "
+             "training data's val split (`--calibrate accuracy`); `wild/realorai_game` is never trained on and no "
+             "choice is made on it. *seen* marks a column whose generators were in the row's training data.", "",
+             f"Machine: {machine_text()}; other jobs may share the CPU (load averages per step below).", ""]
+    head = "| row | trained on | " + " | ".join(COLUMN_TITLES[c] for c in COLUMNS) + " |"
+    lines += [head, "|" + "---|" * (2 + len(COLUMNS))]
+    for row in rows:
+        cells = []
+        for col in COLUMNS:
+            c = _cell(_load(out / row.name / f"eval_{col}" / "metrics.json"))
+            cells.append(c + (" *seen*" if col in row.data else ""))
+        lines.append(f"| `{row.name}` | {'+'.join(row.data)} | " + " | ".join(cells) + " |")
+    lines += ["", "## Rows", ""]
+    for row in rows:
+        lines.append(f"- `{row.name}`: {row.note}.")
+    lines += ["", "## Commands, run times and load", "",
+              "Each command runs from the repository root as `PYTHONPATH=src .venv/bin/python -m synapse7.cli ...`; "
+              "the bench runs them in this order. Wall-clock seconds and the load average at start/end are from "
+              "`ledger.json`.", "", "| step | seconds | load start -> end | command |", "|---|---|---|---|"]
+    for s in steps:
+        r = ledger.records.get(s.name)
+        t = f"{r['seconds']:.0f}" if r else "not run"
+        load = f"{r['load_start']} -> {r['load_end']}" if r else ""
+        lines.append(f"| {s.name} | {t} | {load} | `{s.command()}` |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/synapse7_bench_generalization"),
+                    help="results, checkpoints, self-made fakes and logs (not in the repository)")
+    ap.add_argument("--only", help=f"comma list of rows ({', '.join(r.name for r in ROWS)}); default all")
+    ap.add_argument("--results", type=Path, default=REPO / "docs" / "generalization.md")
+    ap.add_argument("--num-workers", type=int, default=1)
+    ap.add_argument("--render-only", action="store_true", help="only rewrite the results file")
+    args = ap.parse_args(argv)
+    names = [n.strip() for n in (args.only or "").split(",") if n.strip()]
+    unknown = sorted(set(names) - {r.name for r in ROWS})
+    if unknown:
+        ap.error(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(r.name for r in ROWS)}")
+    if not args.data.is_dir():
+        print(f"bench/generalization.py: {args.data} is absent; nothing to run", file=sys.stderr)
+        return 1
+    out = args.out.resolve()
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(out / "ledger.json")
+    chosen = [r for r in ROWS if not names or r.name in names]
+    all_steps = build_steps(args.data.resolve(), out, ROWS, args)
+    if not args.render_only:
+        record_invocation(out, [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)])
+        wanted = {f"train {r.name}" for r in chosen}
+        steps = [s for s in all_steps if s.name == "synthesize" or s.protocol in {r.name for r in chosen}]
+        t0 = time.perf_counter()
+        run_steps([s for s in steps if s.name in wanted or not s.name.startswith("train") or s.name == "synthesize"],
+                  ledger, out / "logs")
+        print(f"bench/generalization.py: steps took {time.perf_counter() - t0:.0f} s")
+    atomic_write_text(args.results, render(out, ROWS, all_steps, ledger))
+    print(f"wrote {rel(args.results)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
