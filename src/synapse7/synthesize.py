@@ -42,7 +42,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from synapse7.io import BadImageError, atomic_write_bytes, atomic_write_text, ensure_writable_dir, open_image
+from synapse7.io import (
+    BadImageError,
+    atomic_write_bytes,
+    atomic_write_text,
+    ensure_writable_dir,
+    open_image,
+    printable_path,
+    walk_images,
+)
 from synapse7.perturb import JpegCompress, encode_jpeg, parse_perturbation
 
 CHAIN_METHODS = ("up_nearest", "up_bilinear", "up_bicubic", "up_tconv")
@@ -171,12 +179,10 @@ def image_seed(seed: int, tag: str, source: str) -> int:
 
 def list_reals(real_dir: str | os.PathLike) -> list[str]:
     """Image files under `real_dir` (recursive, sorted), as paths relative to it."""
-    from synapse7.data import _walk_images
-
     root = Path(real_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"--real {root} is not a directory")
-    files, _ = _walk_images(root)
+    files, _ = walk_images(root)
     if not files:
         raise FileNotFoundError(f"no image files under --real {root}")
     return [os.path.relpath(f, root) for f in files]
@@ -193,7 +199,7 @@ def split_reals(rels: Sequence[str], cfg: SynthConfig) -> dict[str, str]:
 def out_name(rel: str, ext: str) -> str:
     """Flat, collision-free file name for a source path: 'bsds500/test_1.jpg' -> 'bsds500__test_1.png'."""
     stem = os.path.splitext(rel)[0].replace(os.sep, "__").replace("/", "__")
-    return os.fsdecode(stem).encode("utf-8", "backslashreplace").decode("utf-8") + ext
+    return printable_path(stem) + ext
 
 
 def crop_photo(arr: np.ndarray, size: int | None, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int] | None]:
@@ -621,6 +627,8 @@ def readme_text(rows: Sequence[dict[str, Any]], state: dict[str, Any]) -> str:
         "Known differences between the classes, besides the decoder trace: the fakes are smoother (detail lost in",
         "the down-sampling), and the reals keep their camera/JPEG history (e.g. 8x8 JPEG block traces) which the",
         "fakes partly lose. `--format jpeg:Q` re-encodes both classes, which gives both a fresh JPEG grid.",
+        "Because the fakes hold less detail, their PNG files are smaller: `synapse7 audit ROOT` shows how well",
+        "bytes per pixel alone separates the classes per method (a proxy for detail, not an encoder difference).",
         "",
         "| folder | how the fake was made | train pairs | val pairs |",
         "|---|---|---|---|",
