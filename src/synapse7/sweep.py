@@ -24,6 +24,7 @@ import csv
 import io
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -217,11 +218,15 @@ def run_sweep(data_root: str | Path, out_dir: str | Path, *, space: str | Path |
     sp = space if isinstance(space, SearchSpace) else load_search_space(space)
     out = ensure_writable_dir(out_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # heartbeats, fail_stale_trials and the matplotlib plots are "experimental" in optuna; say so once, here.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = optuna.create_study(
         study_name=study_name, storage=_storage(storage, heartbeat), load_if_exists=True, direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(**{"n_startup_trials": 2, "n_warmup_steps": 1, **sp.pruner}),
     )
+    # The sampler's random stream is not stored with the study: offset the seed by the trials already there,
+    # so a restarted (or second) process does not draw the first process's parameters again.
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.get_trials(deepcopy=False)))
     if storage is not None:
         optuna.storages.fail_stale_trials(study)  # killed trials whose heartbeat stopped
     requeued = _requeue_interrupted(study)
@@ -234,7 +239,7 @@ def run_sweep(data_root: str | Path, out_dir: str | Path, *, space: str | Path |
         cfg = sp.config(values, str(data_root))
         resume_dir = trial.user_attrs.get("resume_dir")
         run_dir = Path(resume_dir) if resume_dir else out / "trials" / f"{trial.number:04d}"
-        resume = (run_dir / "last.ckpt").is_file() and not (run_dir / "best.ckpt").is_file()
+        resume = (run_dir / "last.ckpt").is_file()
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("config", cfg.to_dict())
         say(f"sweep: trial {trial.number}{' (resumed)' if resume else ''}: "
