@@ -214,15 +214,13 @@ def _rows(res: FingerprintResult) -> list[tuple[str, int | None]]:
 
 def plot_fingerprint_grid(res: FingerprintResult, path: Path, *, dpi: int = 80) -> None:
     """Rows: pooled real, then each generator; columns: spectrum, residual spectrum, and their minus-real."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend (e.g. a notebook's) alone
 
     rows = _rows(res)
     real = {k: res.real_mean(k) for k in KINDS}
     cols = ["mean log|FFT|", "mean log|FFT| of NPR residual", "minus real", "residual minus real"]
-    fig, axes = plt.subplots(len(rows), 4, figsize=(10, 2.5 * len(rows)), squeeze=False)
+    fig = Figure(figsize=(10, 2.5 * len(rows)))
+    axes = fig.subplots(len(rows), 4, squeeze=False)
     diffs = [getattr(res, k)[i] - real[k] for _, i in rows if i is not None for k in KINDS]
     lim = float(np.percentile(np.abs(np.stack(diffs)), 99.5)) if diffs else 1.0  # one shared scale for diffs
     for r, (name, i) in enumerate(rows):
@@ -245,18 +243,15 @@ def plot_fingerprint_grid(res: FingerprintResult, path: Path, *, dpi: int = 80) 
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
-    plt.close(fig)
 
 
 def plot_radial_profiles(res: FingerprintResult, path: Path, *, dpi: int = 100) -> None:
     """Azimuthally averaged mean spectrum (left) and residual spectrum (right), one line per row of the grid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     real = {k: res.real_mean(k) for k in KINDS}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for ax, kind in zip(axes, KINDS, strict=True):
         for name, i in _rows(res):
             arr = real[kind] if i is None else getattr(res, kind)[i]
@@ -270,7 +265,6 @@ def plot_radial_profiles(res: FingerprintResult, path: Path, *, dpi: int = 100) 
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
-    plt.close(fig)
 
 
 def write_fingerprints(res: FingerprintResult, out_dir: str | Path, *, save_arrays: bool = False) -> dict[str, Path]:
