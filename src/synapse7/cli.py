@@ -465,6 +465,9 @@ def _add_fingerprint_parser(sub: Any) -> None:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--on-bad-image", choices=["skip", "error"], default="skip")
+    p.add_argument("--window", choices=["hann", "none"], default="hann",
+                   help="taper each image before its FFT (default hann: no border cross hiding the artefacts), or "
+                        "none: the plain spectrum the model sees")
     p.add_argument("--save-arrays", action="store_true", help="also write the mean spectra to fingerprint.npz")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_fingerprint)
@@ -476,7 +479,7 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
     res = compute_fingerprints(args.root, split=args.split, image_size=args.image_size, preprocess=args.preprocess,
                                generators=args.generators, max_per_group=args.max_per_group,
                                batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
-                               on_bad_image=args.on_bad_image, progress=not args.no_progress)
+                               on_bad_image=args.on_bad_image, progress=not args.no_progress, window=args.window)
     paths = write_fingerprints(res, args.out, save_arrays=args.save_arrays)
     print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0

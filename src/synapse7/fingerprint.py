@@ -26,6 +26,22 @@ from synapse7.spectrum import log_magnitude
 from synapse7.transforms import ClassificationPreset, build_preset
 
 KINDS = ("spectrum", "residual")
+WINDOWS = ("hann", "none")
+
+
+def _windowed(x: torch.Tensor, window: str) -> torch.Tensor:
+    """x (B, C, S, S) minus its mean, times a 2-D Hann window (window="hann"), or x unchanged ("none").
+
+    An image is not periodic, so the FFT sees a jump at its borders that puts a bright cross on both axes of
+    every spectrum; in the mean over many images it hides the periodic artefacts this tool looks for (a real
+    dataset's strongest "peaks" were all on that cross). The window tapers the borders away; the mean is
+    removed first so that the window does not leak the DC term into the low frequencies.
+    """
+    if window == "none":
+        return x
+    s = x.shape[-1]
+    w = torch.hann_window(s, periodic=True, dtype=x.dtype, device=x.device)
+    return (x - x.mean(dim=(-2, -1), keepdim=True)) * (w[:, None] * w[None, :])
 
 
 def _npr_residual(x: torch.Tensor) -> torch.Tensor:
@@ -58,6 +74,7 @@ class FingerprintResult:
     residual: np.ndarray  # (G, S, S) the same for the NPR residual
     size: int
     split: str
+    window: str = "hann"
 
     def real_mean(self, kind: str) -> np.ndarray:
         """The real class pooled over every generator folder (weighted by image count). (S, S)."""
@@ -94,8 +111,11 @@ def spectral_peaks(spec: np.ndarray, k: int = 5, min_radius: int = 2) -> list[di
     h, w = spec.shape
     yy, xx = np.mgrid[0:h, 0:w]
     r = np.rint(np.hypot(yy - h // 2, xx - w // 2)).astype(int)
-    _, prof = radial_profile(spec)
-    trend = prof[np.minimum(r, len(prof) - 1)]
+    # The trend is each ring's median, not its mean: a strong peak must not raise its own baseline.
+    n_bins = len(radial_profile(spec)[1])
+    ring = np.minimum(r, n_bins - 1)
+    medians = np.array([np.median(spec[ring == b]) for b in range(n_bins)])
+    trend = medians[ring]
     excess = spec - trend
     fy, fx = (yy - h // 2) / h, (xx - w // 2) / w
     # One of each symmetric pair: fx > 0, or fx == 0 and fy >= 0; nothing near DC.
@@ -126,15 +146,20 @@ def _select(samples: list[Sample], max_per_group: int | None, seed: int) -> list
 def compute_fingerprints(root: str | Path, *, split: str = "val", image_size: int = 256, preprocess: str = "crop",
                          generators: Sequence[str] | None = None, max_per_group: int | None = None,
                          batch_size: int = 32, num_workers: int = 2, device: str | torch.device | None = None,
-                         on_bad_image: str = "skip", progress: bool = True, seed: int = 0) -> FingerprintResult:
+                         on_bad_image: str = "skip", progress: bool = True, seed: int = 0,
+                         window: str = "hann") -> FingerprintResult:
     """Mean log-magnitude spectra (image and NPR residual) per generator and class of a split.
 
     Images are centre-cropped to image_size at native resolution (preprocess="crop": no resampling to smear
     the artefacts; smaller images are resized up) or resized then cropped ("resize"), as in training.
     max_per_group: a seeded random subset of at most this many images per generator and class.
+    window: "hann" tapers each image (and residual) before its FFT (see `_windowed`); "none" gives the plain
+    spectrum the model's `rgb+fft`/`fft` input is made of.
     """
     from synapse7.predict import pick_device
 
+    if window not in WINDOWS:
+        raise ValueError(f"window must be one of {', '.join(WINDOWS)}, got {window!r}")
     if image_size % 2:
         raise ValueError(f"image_size must be even for the factor-2 residual, got {image_size}")
     dev = pick_device(device)
@@ -160,7 +185,7 @@ def compute_fingerprints(root: str | Path, *, split: str = "val", image_size: in
             x = batch["image"].to(dev, non_blocking=True).float().div_(255.0)  # (B, 3, S, S) in [0, 1]
             group = (batch["generator"] * 2 + batch["label"]).to(dev)
             for kind, t in (("spectrum", x), ("residual", _npr_residual(x))):
-                spec = log_magnitude(t).mean(dim=1)  # (B, S, S): channels averaged
+                spec = log_magnitude(_windowed(t, window)).mean(dim=1)  # (B, S, S): channels averaged
                 sums[kind].index_add_(0, group, spec.to(acc))
             counts += torch.bincount(group, minlength=n_groups)
     if bad:
@@ -174,6 +199,7 @@ def compute_fingerprints(root: str | Path, *, split: str = "val", image_size: in
         residual=(sums["residual"].cpu().numpy() / denom).astype(np.float32),
         size=image_size,
         split=split,
+        window=window,
     )
 
 
@@ -185,7 +211,7 @@ def fingerprint_summary(res: FingerprintResult, *, peaks: int = 5) -> dict[str, 
         return {"mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()), "max": float(a.max()),
                 "peaks": spectral_peaks(a, peaks), "radial_profile": [round(float(v), 4) for v in prof]}
 
-    out: dict[str, Any] = {"split": res.split, "size": res.size,
+    out: dict[str, Any] = {"split": res.split, "size": res.size, "window": res.window,
                            "radial_freq": [round(float(f), 5) for f in radial_profile(res.spectrum[0])[0]],
                            "groups": []}
     real = {k: res.real_mean(k) for k in KINDS} if any(c == "REAL" and n for (_, c), n in
@@ -212,7 +238,20 @@ def _rows(res: FingerprintResult) -> list[tuple[str, int | None]]:
     return rows
 
 
-def plot_fingerprint_grid(res: FingerprintResult, path: Path, *, dpi: int = 80) -> None:
+def _save_png(fig: Any, path: Path, dpi: int, *, layout: bool = True) -> None:
+    """Save a figure as a 256-colour PNG: spectra are noisy, and full RGB made the docs figures ~2 MB."""
+    import io
+
+    if layout:
+        fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    img = Image.open(buf).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG", optimize=True)
+
+
+def plot_fingerprint_grid(res: FingerprintResult, path: Path, *, dpi: int = 64) -> None:
     """Rows: pooled real, then each generator; columns: spectrum, residual spectrum, and their minus-real."""
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend (e.g. a notebook's) alone
 
@@ -226,9 +265,9 @@ def plot_fingerprint_grid(res: FingerprintResult, path: Path, *, dpi: int = 80) 
     for r, (name, i) in enumerate(rows):
         for c, kind in enumerate(KINDS):
             arr = real[kind] if i is None else getattr(res, kind)[i]
-            axes[r, c].imshow(arr, cmap="viridis", interpolation="nearest")
+            axes[r, c].imshow(arr, cmap="viridis", interpolation="antialiased")
             if i is not None:
-                axes[r, c + 2].imshow(arr - real[kind], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+                axes[r, c + 2].imshow(arr - real[kind], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="antialiased")
         n = sum(res.counts[j] for j, (_, cl) in enumerate(res.groups) if cl == "REAL") if i is None else res.counts[i]
         axes[r, 0].set_ylabel(f"{name}\n(n={n})", fontsize=8)
         for ax in axes[r]:
@@ -238,11 +277,10 @@ def plot_fingerprint_grid(res: FingerprintResult, path: Path, *, dpi: int = 80) 
                 ax.axis("off")
     for c, title in enumerate(cols):
         axes[0, c].set_title(title, fontsize=9)
-    fig.suptitle(f"Mean spectra, split '{res.split}', {res.size} px (DC at the centre; diff scale ±{lim:.2f})",
+    fig.suptitle(f"Mean spectra, split '{res.split}', {res.size} px, window {res.window} (DC at the centre; diff scale ±{lim:.2f})",
                  fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the title above the columns
+    _save_png(fig, path, dpi, layout=False)
 
 
 def plot_radial_profiles(res: FingerprintResult, path: Path, *, dpi: int = 100) -> None:
@@ -262,9 +300,7 @@ def plot_radial_profiles(res: FingerprintResult, path: Path, *, dpi: int = 100) 
         ax.set_title("image" if kind == "spectrum" else "NPR residual")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
+    _save_png(fig, path, dpi)
 
 
 def write_fingerprints(res: FingerprintResult, out_dir: str | Path, *, save_arrays: bool = False) -> dict[str, Path]:
