@@ -140,3 +140,42 @@ def test_bad_space_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_search_space(tmp_path / "none.yaml")
     assert {p.name for p in load_search_space().params} >= {"train.lr", "model.input", "model.backbone"}
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_after_its_heartbeat(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    """kill -9 in the middle of a trial: the restarted sweep re-runs it from its last.ckpt once it is stale."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from optuna.trial import TrialState
+
+    import synapse7
+
+    data, _ = setup
+    space = tmp_path / "slow.yaml"
+    slow = {**SPACE, "base": {**SPACE["base"], "train": {"epochs": 3, "limit_train_batches": 4, "ckpt_every_n_steps": 1}}}
+    space.write_text(yaml.safe_dump(slow))
+    out, db = tmp_path / "sweep", f"sqlite:///{tmp_path / 'sweep.db'}"
+    env = {**os.environ, "PYTHONPATH": str(Path(synapse7.__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "synapse7", "sweep", "--data", str(data), "--space", str(space),
+                             "--out", str(out), "--storage", db, "--trials", "2", "--heartbeat", "1"], env=env)
+    target = out / "trials" / "0001" / "last.ckpt"
+    deadline = time.time() + 240
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert target.exists(), "trial 1 never started"
+    study = optuna.load_study(study_name="synapse7", storage=db)
+    assert study.trials[1].state == TrialState.RUNNING  # killed: nobody marked it
+    time.sleep(2.5)  # > the grace period (2 heartbeats)
+    res = run_sweep(data, out, space=space, n_trials=2, storage=db, heartbeat=1)
+    study = optuna.load_study(study_name="synapse7", storage=db)
+    assert study.trials[1].state == TrialState.FAIL
+    retry = study.trials[2]
+    assert retry.state == TrialState.COMPLETE and retry.params == study.trials[1].params
+    assert retry.user_attrs["run_dir"] == study.trials[1].user_attrs["run_dir"]
+    assert res.n_complete == 2
