@@ -64,6 +64,9 @@ def test_sweep_cli_and_best_yaml_trains(setup: tuple[Path, Path], tmp_path: Path
     assert len(rows) == 3 and len({r["train.lr"] for r in rows}) == 3  # TPE (random start) samples new values
     assert (out / "history.png").stat().st_size > 0
     assert (out / "importances.png").stat().st_size > 0
+    # only the best trial keeps its checkpoints
+    with_ckpt = sorted(d.name for d in (out / "trials").iterdir() if any(d.glob("*.ckpt")))
+    assert with_ckpt == [f"{summary['best_trial']:04d}"]
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["train"]["lr"] == pytest.approx(summary["best_params"]["train.lr"])
     assert best["model"]["input"] == summary["best_params"]["model.input"]

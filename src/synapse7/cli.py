@@ -502,6 +502,8 @@ def _add_sweep_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
     p.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS",
                    help="with --storage: a trial silent for twice this long counts as killed and is re-run")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep every finished trial's checkpoints (default: only the best trial's)")
     p.add_argument("--progress", action="store_true", help="show each trial's progress bar")
     p.set_defaults(func=cmd_sweep)
 
@@ -516,7 +518,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 2
     res = run_sweep(args.data, args.out, space=args.space, n_trials=args.trials, timeout=args.timeout,
                     storage=args.storage, study_name=args.study_name, seed=args.seed, heartbeat=args.heartbeat,
-                    progress=args.progress)
+                    progress=args.progress, keep_checkpoints=args.keep_checkpoints)
     print(json.dumps({"best_val_auc": res.best_value, "best_trial": res.best_trial, "best_params": res.best_params,
                       "best_yaml": str(res.best_yaml) if res.best_yaml else None, "complete": res.n_complete,
                       "pruned": res.n_pruned, "failed": res.n_failed, "seconds": res.seconds}))

@@ -200,11 +200,13 @@ def _requeue_interrupted(study: Any) -> list[int]:
 def run_sweep(data_root: str | Path, out_dir: str | Path, *, space: str | Path | SearchSpace | None = None,
               n_trials: int = 10, timeout: float | None = None, storage: str | None = None,
               study_name: str = "synapse7", seed: int = 0, heartbeat: int = 30, progress: bool = False,
-              callbacks: Callable[[Any], list] | None = None, log: Callable[[str], None] | None = None) -> SweepResult:
+              keep_checkpoints: bool = False, callbacks: Callable[[Any], list] | None = None,
+              log: Callable[[str], None] | None = None) -> SweepResult:
     """Run (or continue) a study until it holds n_trials finished trials or `timeout` seconds pass.
 
     n_trials counts the study's completed and pruned trials, in every process sharing the storage, so running
-    the same command again after an interruption only does what is left. callbacks(trial) may add Lightning
+    the same command again after an interruption only does what is left. Finished trials other than the best
+    lose their checkpoints (a few hundred MB each) unless keep_checkpoints. callbacks(trial) may add Lightning
     callbacks to each trial's Trainer (used by the tests to interrupt a trial).
     """
     import optuna
@@ -266,8 +268,10 @@ def run_sweep(data_root: str | Path, out_dir: str | Path, *, space: str | Path |
     t0 = time.time()
     if finished() < n_trials:
         try:
-            study.optimize(objective, timeout=timeout, catch=(Exception,), gc_after_trial=True,
-                           callbacks=[MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))])
+            done = [MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))]
+            if not keep_checkpoints:
+                done.append(_drop_checkpoints)
+            study.optimize(objective, timeout=timeout, catch=(Exception,), gc_after_trial=True, callbacks=done)
         except (KeyboardInterrupt, SystemExit):
             # Ctrl+C (Lightning turns it into SystemExit): mark the trial failed now, so a restart re-runs it
             # at once instead of waiting for its heartbeat to go stale.
@@ -276,6 +280,19 @@ def run_sweep(data_root: str | Path, out_dir: str | Path, *, space: str | Path |
             say("sweep: interrupted; run the same command again to continue")
             raise
     return _finish(study, out, time.time() - t0)
+
+
+def _drop_checkpoints(study: Any, _trial: Any) -> None:
+    """Delete the checkpoints of every finished trial but the best: best.yaml retrains any of them."""
+    from optuna.trial import TrialState
+
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    complete = [t for t in finished if t.state == TrialState.COMPLETE]
+    best = max(complete, key=lambda t: t.value).number if complete else None
+    for t in finished:
+        if t.number != best and t.user_attrs.get("run_dir"):
+            for ckpt in Path(t.user_attrs["run_dir"]).glob("*.ckpt"):
+                ckpt.unlink(missing_ok=True)
 
 
 def _finish(study: Any, out: Path, seconds: float) -> SweepResult:
