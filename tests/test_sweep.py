@@ -137,6 +137,9 @@ def test_bad_space_files(tmp_path: Path) -> None:
     bad.write_text(yaml.safe_dump({"space": {"train.lr": {"low": 1.0, "high": 0.1}}}))
     with pytest.raises(ConfigError, match="low > high"):
         load_search_space(bad)
+    bad.write_text(yaml.safe_dump({"space": {"train.lr": {"low": 0.1, "high": 1.0}}, "pruner": {"patience": 2}}))
+    with pytest.raises(ConfigError, match="pruner.*patience"):
+        load_search_space(bad)
     bad.write_text("space: [")
     with pytest.raises(ConfigError, match="bad.yaml"):
         load_search_space(bad)

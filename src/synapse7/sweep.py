@@ -46,6 +46,7 @@ from synapse7.io import atomic_path, atomic_write_text, ensure_writable_dir
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 MONITOR = "val_auc"
+PRUNER_OPTIONS = ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials")  # optuna MedianPruner
 
 
 def default_space_path() -> Path:
@@ -147,8 +148,13 @@ def load_search_space(path: str | Path | None = None) -> SearchSpace:
         config_from_dict(base)  # fail now on a bad base section, not in the first trial
     except ConfigError as e:
         raise ConfigError(f"search space file {p}, base: {e}") from e
+    pruner = dict(raw.get("pruner") or {})
+    unknown = set(pruner) - set(PRUNER_OPTIONS)
+    if unknown:
+        raise ConfigError(f"search space file {p}, pruner: unknown option(s) {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(PRUNER_OPTIONS)}")
     params = tuple(_param(str(k), v, str(p)) for k, v in raw["space"].items())
-    return SearchSpace(base=base, params=params, pruner=dict(raw.get("pruner") or {}))
+    return SearchSpace(base=base, params=params, pruner=pruner)
 
 
 @dataclass(frozen=True)
