@@ -21,7 +21,6 @@ import os
 import platform
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,14 @@ sys.path.insert(0, str(REPO / "src"))
 from synapse7.config import RunConfig, load_config  # noqa: E402
 from synapse7.data import CLASS_NAMES, discover_samples  # noqa: E402
 from synapse7.io import atomic_write_text  # noqa: E402
+
+
+def display(path: Path) -> str:
+    """A path relative to the repository when it is inside it (the docs must not name this machine's folders)."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def inner_split(root: Path, out: Path, holdout: float, seed: int) -> Path:
@@ -61,15 +68,28 @@ def train_and_evaluate(cfg: RunConfig, root: Path, run: Path) -> dict:
     from synapse7.evaluate import evaluate
     from synapse7.train import train
 
-    t0 = time.time()
     if not (run / "best.ckpt").exists():
         train(cfg, run, resume=(run / "last.ckpt").exists(), progress=False)
-    t_train = time.time() - t0
+    # config.yaml is written when training starts and last.ckpt when it ends: the wall-clock time of the
+    # training, also when this invocation reuses a finished run
+    t_train = (run / "last.ckpt").stat().st_mtime - (run / "config.yaml").stat().st_mtime
     # last.ckpt: the end of the budget, as in the README's CIFAKE comparisons (best.ckpt is chosen on val)
     ev = evaluate(run / "last.ckpt", root, split="val", out_dir=run / "eval_last", num_workers=0, quiet=True)
     m = ev.metrics
     return {"accuracy": m["accuracy"], "roc_auc": m["roc_auc"], "real_acc": m["real_acc"], "fake_acc": m["fake_acc"],
             "train_seconds": round(t_train, 1)}
+
+
+def search_time(storage: str) -> tuple[float, float]:
+    """Wall-clock span of the study (first trial start to last trial end) and the sum of its trials' times."""
+    import optuna
+
+    trials = [t for t in optuna.load_study(study_name="bench", storage=storage).trials if t.datetime_complete]
+    if not trials:
+        return 0.0, 0.0
+    span = max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)
+    busy = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
+    return span.total_seconds(), busy
 
 
 def main() -> None:
@@ -90,10 +110,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     space = load_search_space(args.space)
     inner = inner_split(args.data.resolve(), out / "inner", args.holdout, args.seed)
-    t0 = time.time()
+    storage = f"sqlite:///{out / 'sweep.db'}"
     res = run_sweep(inner, out / "sweep", space=space, n_trials=args.trials, timeout=args.timeout,
-                    storage=f"sqlite:///{out / 'sweep.db'}", study_name="bench", seed=args.seed)
-    search_s = time.time() - t0
+                    storage=storage, study_name="bench", seed=args.seed)
+    span_s, busy_s = search_time(storage)
     if res.best_yaml is None:
         sys.exit("no trial completed")
     configs = {
@@ -112,9 +132,10 @@ def main() -> None:
         f"# Optuna sweep on `{args.data}`",
         "",
         f"Search: {res.n_complete} completed + {res.n_pruned} pruned trial(s) ({res.n_failed} failed), TPE, median "
-        f"pruning on the inner val ROC-AUC after each epoch; {search_s / 60:.1f} min of search in this invocation "
-        f"(the study's trials: {out / 'sweep' / 'trials.csv'}). The search validated on {args.holdout:.0%} of "
-        f"the train split held out (symlinks, seed {args.seed}); it never saw `val`.",
+        f"pruning on the inner val ROC-AUC after each epoch; {span_s / 60:.1f} min of search from the first trial's "
+        f"start to the last one's end ({busy_s / 60:.1f} min in trials; every trial is listed in "
+        f"`{display(out / 'sweep' / 'trials.csv')}`). The search validated on {args.holdout:.0%} of the train split "
+        f"held out (symlinks, seed {args.seed}); it never saw `val`.",
         "",
         "Both configurations below are then trained on the whole train split with the same budget "
         f"(`train.epochs={configs['sweep best'].train.epochs}`, `limit_train_batches="
@@ -132,14 +153,16 @@ def main() -> None:
                      f"{r['fake_acc']:.3f} | {r['train_seconds']:.0f} |")
     cmd = "OMP_NUM_THREADS=1 PYTHONPATH=src nice -n 10 .venv/bin/python bench/sweep.py " + " ".join(
         shlex.quote(a) for a in sys.argv[1:])
-    lines += ["", f"Best inner-val ROC-AUC in the search: {res.best_value:.4f} (trial {res.best_trial}).", "",
+    lines += ["", f"Best inner-val ROC-AUC in the search: {res.best_value:.4f} (trial {res.best_trial}). Each row is one "
+              "training with one seed; with budgets this short, a gap of a point or two may be seed noise (not "
+              "measured here). `train s` is wall-clock time on a CPU shared with other jobs.", "",
               "Command (rerunning it continues the study and reuses finished trainings):", "", "```bash", cmd, "```",
               "", f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, no GPU, "
               f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}.", "",
               "![optimisation history](sweep/history.png) ![parameter importances](sweep/importances.png)"]
     text = "\n".join(lines).rstrip() + "\n"
     atomic_write_text(out / "sweep_result.md", text)
-    (out / "sweep_result.json").write_text(json.dumps({"rows": rows, "search_seconds": search_s,
+    (out / "sweep_result.json").write_text(json.dumps({"rows": rows, "search_seconds": span_s,
                                                         "best_params": res.best_params}, indent=1))
     if args.docs:  # the table and the study's two plots (small PNGs made by run_sweep)
         atomic_write_text(REPO / "docs" / "sweep_results.md", text)
