@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch/torchvision: the releases this project is tested with (pip takes them from local disk where cached).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= serve,onnx,backbones,dev
+EXTRAS ?= serve,onnx,backbones,sweep,notebooks,dev
 
 .PHONY: venv demo test test-all test-slow lint bench clean
 

@@ -378,9 +378,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         from synapse7.serve import create_app, exposure_warning
     except ImportError as e:
-        print(f"synapse7 serve: error: {e.name or e} is not installed; install the extra: pip install 'synapse7[serve]'",
-              file=sys.stderr)
-        return 1
+        return _missing_extra("serve", e, "serve")
     token = args.token or os.environ.get("SYNAPSE7_TOKEN") or None
     app = create_app(checkpoint=args.checkpoint, threshold=args.threshold, device=args.device,
                      max_upload_bytes=int(args.max_upload_mb * 2**20), max_files=args.max_files,
@@ -542,6 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also stop each autoencoder's training after this many seconds (output then not reproducible)")
     p.add_argument("--ae-factor", type=int, choices=[4, 8], default=4, help="autoencoder down-sampling (default 4)")
     p.set_defaults(func=cmd_synthesize)
+    _add_fingerprint_parser(sub)
+    _add_sweep_parser(sub)
     return parser
 
 
@@ -598,3 +598,87 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _add_fingerprint_parser(sub: Any) -> None:
+    p = sub.add_parser("fingerprint", help="mean spectra per generator and class (image and NPR residual)",
+                       description="Mean log-magnitude spectra of the images and of their NPR residual per generator "
+                                   "and class, each generator minus the real class, and radial profiles; writes "
+                                   "fingerprint.png, radial_profile.png and fingerprint.json to --out.")
+    p.add_argument("root", metavar="ROOT", help="dataset root in the GenImage layout")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--split", default="val")
+    p.add_argument("--image-size", type=int, default=256, help="centre-crop size, even (default 256)")
+    p.add_argument("--preprocess", choices=["crop", "resize"], default="crop",
+                   help="crop at native resolution (default: no resampling) or resize then crop as in training")
+    p.add_argument("--generators", type=_csv_list, metavar="G1,G2")
+    p.add_argument("--max-per-group", type=int, metavar="N", help="at most N images (seeded subset) per generator/class")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--on-bad-image", choices=["skip", "error"], default="skip")
+    p.add_argument("--window", choices=["hann", "none"], default="hann",
+                   help="taper each image before its FFT (default hann: no border cross hiding the artefacts), or "
+                        "none: the plain spectrum the model sees")
+    p.add_argument("--save-arrays", action="store_true", help="also write the mean spectra to fingerprint.npz")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_fingerprint)
+
+
+def cmd_fingerprint(args: argparse.Namespace) -> int:
+    from synapse7.fingerprint import compute_fingerprints, write_fingerprints
+
+    res = compute_fingerprints(args.root, split=args.split, image_size=args.image_size, preprocess=args.preprocess,
+                               generators=args.generators, max_per_group=args.max_per_group,
+                               batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
+                               on_bad_image=args.on_bad_image, progress=not args.no_progress, window=args.window)
+    paths = write_fingerprints(res, args.out, save_arrays=args.save_arrays)
+    print(json.dumps({k: str(v) for k, v in paths.items()}))
+    return 0
+
+
+def _add_sweep_parser(sub: Any) -> None:
+    p = sub.add_parser("sweep", help="hyper-parameter search with Optuna (TPE, pruning, resumable storage)",
+                       description="Search the YAML space (default: the packaged configs/sweep.yaml) with Optuna's "
+                                   "TPE sampler, pruning on val ROC-AUC after each epoch. Writes OUT/trials/<n>/, "
+                                   "trials.csv, history.png, importances.png and best.yaml (for train --config). "
+                                   "With --storage the same command continues an interrupted sweep.")
+    p.add_argument("--data", required=True, metavar="ROOT", help="dataset root in the GenImage layout")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--space", metavar="YAML", help="search space (base / space / pruner sections)")
+    p.add_argument("--trials", type=int, default=10, metavar="N",
+                   help="finished (completed or pruned) trials the study should hold, counting earlier runs (default 10)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting new trials after this long")
+    p.add_argument("--storage", metavar="URL", help="e.g. sqlite:///sweep.db: persistent, resumable, shareable")
+    p.add_argument("--study-name", default="synapse7")
+    p.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
+    p.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS",
+                   help="with --storage: a trial silent for twice this long counts as killed and is re-run")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep every finished trial's checkpoints (default: only the best trial's)")
+    p.add_argument("--progress", action="store_true", help="show each trial's progress bar")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    try:
+        from synapse7.sweep import run_sweep
+    except ImportError as e:
+        return _missing_extra("sweep", e, "sweep")
+    if args.trials < 1 or args.heartbeat < 1:
+        print("synapse7 sweep: error: --trials and --heartbeat must be positive", file=sys.stderr)
+        return 2
+    res = run_sweep(args.data, args.out, space=args.space, n_trials=args.trials, timeout=args.timeout,
+                    storage=args.storage, study_name=args.study_name, seed=args.seed, heartbeat=args.heartbeat,
+                    progress=args.progress, keep_checkpoints=args.keep_checkpoints)
+    print(json.dumps({"best_val_auc": res.best_value, "best_trial": res.best_trial, "best_params": res.best_params,
+                      "best_yaml": str(res.best_yaml) if res.best_yaml else None, "complete": res.n_complete,
+                      "pruned": res.n_pruned, "failed": res.n_failed, "seconds": res.seconds}))
+    return 0 if res.best_yaml is not None else 1
+
+
+def _missing_extra(command: str, e: ImportError, extra: str) -> int:
+    """Say which optional package a subcommand lacks and which extra installs it; returns the exit status."""
+    print(f"synapse7 {command}: error: {e.name or e} is not installed; install the extra: pip install "
+          f"'synapse7[{extra}]'", file=sys.stderr)
+    return 1

@@ -180,17 +180,22 @@ def load_config(path: str | Path | None = None, **sections: dict[str, Any]) -> R
     """Load YAML defaults from `path` (optional) and apply per-section overrides."""
     base = RunConfig()
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {p} must hold a mapping with sections data/model/train")
-        base = config_from_dict(raw)
+        base = config_from_dict(read_yaml_mapping(path, "config file", "sections data/model/train"))
     return base.override(**_upgrade(sections))
+
+
+def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict[str, Any]:
+    """The mapping at the top of a YAML file; ConfigError naming the file when it is missing or not one."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {p} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} {p} must hold a mapping with {expected}")
+    return raw
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
