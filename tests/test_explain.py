@@ -35,7 +35,6 @@ def _ramp(width: int, height: int) -> Image.Image:
     ((300, 200), ClassificationPreset(crop_size=224, resize_size=256)),
     ((200, 300), ClassificationPreset(crop_size=224, resize_size=256)),
     ((150, 100), ClassificationPreset(crop_size=64, preprocess="crop")),
-    ((40, 30), ClassificationPreset(crop_size=64, preprocess="crop")),
     ((120, 90), ClassificationPreset(crop_size=32, resize_size=37)),
 ])
 def test_region_is_where_the_crop_comes_from(size: tuple[int, int], preset: ClassificationPreset) -> None:
@@ -54,6 +53,26 @@ def test_region_is_where_the_crop_comes_from(size: tuple[int, int], preset: Clas
     for side in expect:
         unit = (w if side in ("left", "right") else h) - 1
         assert got[side] == pytest.approx(expect[side], abs=0.25 + 0.5 * unit / 255), (side, r)
+
+
+def test_padded_and_grid_regions() -> None:
+    from synapse7.explain import analysed_regions
+
+    # Smaller than the crop: padded, never resized; the box is the whole image and the pixels sit in the centre.
+    img = _ramp(40, 30)
+    preset = ClassificationPreset(crop_size=64, preprocess="crop")
+    (r,) = analysed_regions(40, 30, preset)
+    assert (r.x0, r.y0, r.x1, r.y1) == (0, 0, 40, 30)
+    crop = preset.to_uint8(img)
+    assert np.array_equal(crop[:, 17:47, 12:52].permute(1, 2, 0).numpy(), np.asarray(img))
+    # A k x k grid: one box per crop, at the crops' positions, corners first and last.
+    grid = ClassificationPreset(crop_size=32, preprocess="crop", crops=4)
+    regions = analysed_regions(100, 70, grid)
+    crops = grid.to_uint8(_ramp(100, 70))
+    ramp = np.asarray(_ramp(100, 70))
+    assert len(regions) == 4 and (regions[0].x0, regions[0].y0, regions[3].x1, regions[3].y1) == (0, 0, 100, 70)
+    for r, c in zip(regions, crops, strict=True):
+        assert np.array_equal(c.permute(1, 2, 0).numpy(), ramp[int(r.y0):int(r.y1), int(r.x0):int(r.x1)])
 
 
 class _PatchNet(nn.Module):
@@ -137,3 +156,17 @@ def test_tiff_preview_is_png() -> None:
 
     png = Image.open(io.BytesIO(preview_png(open_image(io.BytesIO(buf.getvalue())))))
     assert png.format == "PNG" and png.mode == "RGB" and max(png.size) == 384 and png.size[0] == 192
+
+
+def test_multi_crop_model_is_explained_on_its_strongest_crop() -> None:
+    cfg = RunConfig().override(data={"image_size": 32, "preprocess": "crop", "crops": 4},
+                               model={"backbone": "npr_resnet", "weights": "none", "input": "npr"})
+    torch.manual_seed(0)
+    det = Detector(build_model(cfg.model, load_weights=False), cfg, device="cpu")
+    img = Image.fromarray(np.random.default_rng(3).integers(0, 255, (70, 90, 3), dtype=np.uint8))
+    e = explain(det, img, grid=4)
+    assert e.p_ai == pytest.approx(det.predict([img])[0].p_ai, abs=1e-6)  # the verdict combines the 4 crops
+    per_crop = det.predict_batch(det.preset.normalize(det.preset.to_uint8(img)))
+    assert len(e.regions) == 4 and e.region == e.regions[int(np.argmax(per_crop))]
+    assert e.heatmap.shape == (32, 32) and e.residual is not None and e.residual_name == "npr"
+    assert set(render_views(e)) >= {"regions", "spectrum", "heatmap", "residual"}

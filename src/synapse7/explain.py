@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw
 from torchvision.transforms.v2 import functional as TF
 
 from synapse7.spectrum import log_magnitude
-from synapse7.transforms import MAX_ASPECT, ClassificationPreset
+from synapse7.transforms import MAX_ASPECT, ClassificationPreset, grid_side
 
 if TYPE_CHECKING:
     from synapse7.predict import Detector
@@ -60,40 +60,60 @@ class Explanation:
     label: str
     image: np.ndarray  # (H, W, 3) uint8: the decoded image
     crop: np.ndarray  # (S, S, 3) uint8: the analysed crop, before normalisation
-    region: Region  # the crop's box in `image`
+    region: Region  # the shown crop's box in `image` (with several crops: the one with the most AI evidence)
     spectrum: np.ndarray  # (S, S) float32: log|FFT2| of the normalised crop, fftshifted, channel mean
     heatmap: np.ndarray  # (S, S) float32: AI-logit drop when the patch is occluded (> 0: evidence for AI)
     window: int  # occlusion patch side, in crop pixels
     residual: np.ndarray | None = None  # (S, S) float32: |residual| channel mean, for artifact encoders
     residual_name: str | None = None
+    regions: tuple[Region, ...] = ()  # every analysed crop's box (one unless the model scores k*k crops)
 
 
 def _centre_offset(size: int, keep: int) -> int:
     return int(round((size - keep) / 2.0))  # torchvision's center_crop rounding
 
 
-def analysed_region(width: int, height: int, preset: ClassificationPreset) -> Region:
-    """The box of a width x height image that `preset.to_uint8` keeps: aspect limit, resize, centre crop.
+def analysed_regions(width: int, height: int, preset: ClassificationPreset) -> list[Region]:
+    """The boxes of a width x height image that `preset.to_uint8` keeps, one per crop (k*k with `crops`).
 
     Mirrors ClassificationPreset.to_uint8 step by step, with torchvision's roundings (tests/test_explain.py
-    checks it against the real crop): the long side is cut to MAX_ASPECT x the short one, the short side is
-    scaled to the resize target ("resize", or "crop" for images smaller than the crop), and the centre
-    crop_size x crop_size of that is kept.
+    checks it against the real crops). "resize": the long side is cut to MAX_ASPECT x the short one, the short
+    side scaled to the resize target; "crop": native resolution, images smaller than the crop padded (a box
+    never extends past the image: the padding is not image). Then the centre crop, or the k x k grid.
     """
-    short, long = min(width, height), max(width, height)
-    kept = long if long <= MAX_ASPECT * short else MAX_ASPECT * short + (long - MAX_ASPECT * short) % 2
-    kw, kh = (kept, short) if width >= height else (short, kept)
-    ox, oy = _centre_offset(width, kw), _centre_offset(height, kh)
-    target = preset.resize_size if preset.preprocess == "resize" else preset.crop_size if short < preset.crop_size else None
-    if target is None:
-        rw, rh = kw, kh
+    if preset.preprocess == "resize":
+        short, long = min(width, height), max(width, height)
+        kept = long if long <= MAX_ASPECT * short else MAX_ASPECT * short + (long - MAX_ASPECT * short) % 2
+        kw, kh = (kept, short) if width >= height else (short, kept)
+        ox, oy = _centre_offset(width, kw), _centre_offset(height, kh)
+        new_long = int(preset.resize_size * kept / short)  # torchvision's resize rounding
+        rw, rh = (new_long, preset.resize_size) if kw >= kh else (preset.resize_size, new_long)
+        sx, sy = rw / kw, rh / kh
+    else:  # padded to at least the crop size, symmetrically (transforms.pad_to)
+        rw, rh = max(width, preset.crop_size), max(height, preset.crop_size)
+        ox, oy = -((rw - width) // 2), -((rh - height) // 2)
+        sx = sy = 1.0
+    s = preset.crop_size
+    k = grid_side(preset.crops)
+    if k == 1:
+        cw, ch = min(rw, s), min(rh, s)
+        starts = [(_centre_offset(rw, cw), _centre_offset(rh, ch))]
     else:
-        new_long = int(target * kept / short)  # torchvision's resize rounding
-        rw, rh = (new_long, target) if kw >= kh else (target, new_long)
-    cw, ch = min(rw, preset.crop_size), min(rh, preset.crop_size)
-    left, top = _centre_offset(rw, cw), _centre_offset(rh, ch)
-    sx, sy = rw / kw, rh / kh
-    return Region(ox + left / sx, oy + top / sy, ox + (left + cw) / sx, oy + (top + ch) / sy)
+        cw = ch = s
+        ys = [round(i * (rh - s) / (k - 1)) for i in range(k)]
+        xs = [round(i * (rw - s) / (k - 1)) for i in range(k)]
+        starts = [(x, y) for y in ys for x in xs]
+    out = []
+    for left, top in starts:
+        x0, y0 = ox + left / sx, oy + top / sy
+        x1, y1 = ox + (left + cw) / sx, oy + (top + ch) / sy
+        out.append(Region(max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1)))
+    return out
+
+
+def analysed_region(width: int, height: int, preset: ClassificationPreset) -> Region:
+    """The box of the (first) analysed crop; see `analysed_regions`."""
+    return analysed_regions(width, height, preset)[0]
 
 
 def residual_for_mode(input_mode: str) -> tuple[str, ResidualFn] | None:
@@ -142,12 +162,22 @@ def occlusion_map(det: Detector, x: torch.Tensor, *, grid: int = DEFAULT_GRID,
 
 
 def explain(det: Detector, image: Image.Image, *, grid: int = DEFAULT_GRID) -> Explanation:
-    """Classify `image` (RGB) as `det.predict` does and compute what `Explanation` holds."""
+    """Classify `image` (RGB) as `det.predict` does and compute what `Explanation` holds.
+
+    A model that scores k*k crops is explained on the crop with the highest P(AI) (where the evidence for its
+    verdict is strongest); the verdict itself combines every crop, as in `predict`.
+    """
     preset = det.preset
     # The preset's own path (alignment ops included, which re-encode without resizing: the region maps 1:1).
     u8 = preset.to_uint8(image)
-    x = preset.normalize(u8)[None]  # (1, 3, S, S)
-    p_ai = float(det.predict_batch(x)[0])
+    crops = u8 if u8.dim() == 4 else u8[None]  # (K, 3, S, S)
+    x_all = preset.normalize(crops)
+    if len(crops) > 1:
+        p_ai = float(det.predict_batch(x_all[None])[0])  # the crops' logits combined, as predict does
+        idx = int(np.argmax(det.predict_batch(x_all)))
+    else:
+        p_ai, idx = float(det.predict_batch(x_all)[0]), 0
+    x = x_all[idx:idx + 1]  # (1, 3, S, S)
     spectrum = log_magnitude(x)[0].mean(0).numpy()
     residual, residual_name = None, None
     found = residual_for_mode(det.cfg.model.input)
@@ -155,10 +185,11 @@ def explain(det: Detector, image: Image.Image, *, grid: int = DEFAULT_GRID) -> E
         residual_name, fn = found
         residual = fn(x)[0].abs().mean(0).float().numpy()
     heat, window = occlusion_map(det, x, grid=grid)
+    regions = analysed_regions(*image.size, preset)
     return Explanation(p_ai=p_ai, label="AI" if p_ai >= det.threshold else "REAL", image=np.asarray(image),
-                       crop=u8.permute(1, 2, 0).numpy(), region=analysed_region(*image.size, preset),
-                       spectrum=spectrum, heatmap=heat, window=window, residual=residual,
-                       residual_name=residual_name)
+                       crop=crops[idx].permute(1, 2, 0).numpy(), region=regions[idx], spectrum=spectrum,
+                       heatmap=heat, window=window, residual=residual, residual_name=residual_name,
+                       regions=tuple(regions))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -201,20 +232,28 @@ def heatmap_overlay(crop: np.ndarray, heat: np.ndarray) -> np.ndarray:
     return (grey * (1 - alpha) + colour * alpha).astype(np.uint8)
 
 
-def draw_region(image: np.ndarray, region: Region, *, max_side: int = 384) -> Image.Image:
-    """The image shrunk to `max_side`, dimmed outside the analysed region, the region outlined."""
+def draw_region(image: np.ndarray, region: Region, *, max_side: int = 384,
+                others: Sequence[Region] = ()) -> Image.Image:
+    """The image shrunk to `max_side`, dimmed outside the analysed regions, `region` outlined in yellow and the
+    `others` (the model's other crops) in white."""
     img = Image.fromarray(image)
     f = min(1.0, max_side / max(img.size))
     if f < 1:
         img = img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))), Image.BILINEAR)
     img = _upscale(img, 160)
     f = img.width / image.shape[1]
-    box = [region.x0 * f, region.y0 * f, region.x1 * f - 1, region.y1 * f - 1]
+    def box(r: Region) -> list[float]:
+        return [r.x0 * f, r.y0 * f, r.x1 * f - 1, r.y1 * f - 1]
+
     shade = Image.new("L", img.size, 110)
-    ImageDraw.Draw(shade).rectangle(box, fill=0)
+    for r in (*others, region):
+        ImageDraw.Draw(shade).rectangle(box(r), fill=0)
     img = Image.composite(Image.new("RGB", img.size, (0, 0, 0)), img.convert("RGB"), shade)
     width = max(2, round(max(img.size) / 160))
-    ImageDraw.Draw(img).rectangle(box, outline=(255, 214, 10), width=width)
+    draw = ImageDraw.Draw(img)
+    for r in others:
+        draw.rectangle(box(r), outline=(235, 235, 235), width=max(1, width // 2))
+    draw.rectangle(box(region), outline=(255, 214, 10), width=width)
     return img
 
 
@@ -228,7 +267,8 @@ def preview_png(image: Image.Image, *, max_side: int = 384) -> bytes:
 def render_views(e: Explanation, *, max_side: int = 384) -> dict[str, bytes]:
     """PNG bytes per view: regions (the image with the analysed box), crop, spectrum, heatmap, residual."""
     views = {
-        "regions": _png(draw_region(e.image, e.region, max_side=max_side)),
+        "regions": _png(draw_region(e.image, e.region, max_side=max_side,
+                                    others=[r for r in e.regions if r != e.region])),
         "crop": _png(_upscale(Image.fromarray(e.crop), 224)),
         "spectrum": _png(_upscale(Image.fromarray(_colormap("magma", _scaled(e.spectrum))), 224)),
         "heatmap": _png(_upscale(Image.fromarray(heatmap_overlay(e.crop, e.heatmap)), 224)),

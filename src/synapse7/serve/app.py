@@ -367,7 +367,7 @@ def _explain_isolated(det: Detector, data: bytes, grid: int, *, preview: bool) -
     except Exception as exc:  # noqa: BLE001 - report per file
         log.exception("explanation failed")
         return {"label": "ERROR", "p_ai": None, "error": f"could not process image: {type(exc).__name__}: {exc}"}
-    return {"label": e.label, "p_ai": e.p_ai, "image_size": list(image.size), "region": e.region.to_dict(),
+    return {"label": e.label, "p_ai": e.p_ai, "image_size": list(image.size), "region": e.region.to_dict(), "regions": [r.to_dict() for r in e.regions],
             "occlusion_window": e.window, "residual": e.residual_name,
             "views": {k: _data_uri(v) for k, v in views.items()}}
 
