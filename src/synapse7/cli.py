@@ -596,9 +596,6 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                       "methods": [f"synth_{m}" for m in cfg.methods], "seconds": res.seconds}))
     return 0
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 def _add_fingerprint_parser(sub: Any) -> None:
     p = sub.add_parser("fingerprint", help="mean spectra per generator and class (image and NPR residual)",
@@ -682,3 +679,7 @@ def _missing_extra(command: str, e: ImportError, extra: str) -> int:
     print(f"synapse7 {command}: error: {e.name or e} is not installed; install the extra: pip install "
           f"'synapse7[{extra}]'", file=sys.stderr)
     return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
