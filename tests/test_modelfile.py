@@ -209,3 +209,19 @@ def test_shipped_default_model_matches_its_manifest() -> None:
     assert weights.stat().st_size <= 15 * 2**20
     entry = modelfile.read_manifest(modelfile.WEIGHTS_DIR)["default.safetensors"]
     assert modelfile.sha256_file(weights) == entry["sha256"] == modelfile.read_model_json(weights)["sha256"]
+
+
+def test_default_demo_runs_the_shipped_model_on_its_own_images(default_dir: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    from synapse7.demo import SKIMAGE_PHOTOS
+    from synapse7.synthesize import CHAIN_METHODS
+
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("AI ", "REAL "))]
+    n_real = sum("photograph bundled with scikit-image" in r for r in rows)
+    assert 3 <= n_real <= len(SKIMAGE_PHOTOS)
+    for m in CHAIN_METHODS:  # one honestly named fake per photo and chain
+        assert sum(f"self-made fake: synth_{m} of" in r for r in rows) == n_real
+    assert "made in a test" in out  # where the model card's figures come from
+    assert main(["demo", "--data", str(tmp_path)]) == 1  # --data belongs to the training demo

@@ -370,8 +370,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from synapse7.demo import run_demo
+    from synapse7.demo import run_default_demo, run_demo
 
+    if not args.train:
+        if args.data is not None:
+            raise ValueError("demo --data needs --train (the default demo runs the shipped model on its own images)")
+        run_default_demo(args.out)
+        return 0
     run_demo(args.out, data=args.data, image_size=args.image_size, epochs=args.epochs, backbone=args.backbone,
              weights=args.weights, input_mode=args.input, num_workers=args.num_workers, progress=not args.no_progress)
     return 0
@@ -508,9 +513,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="input size S of the (B, 3, S, S) graph (default: the checkpoint's)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", help="offline demo: build stand-in data, train, evaluate, predict")
+    p = sub.add_parser("demo", help="offline demo: the shipped model on images made here (--train: train one first)",
+                       description="Without --train: run the shipped default model on scikit-image's photographs "
+                                   "and self-made fakes (synthesize's up-sampling chains). With --train: build "
+                                   "stand-in data, train, evaluate and predict.")
     p.add_argument("--out", default="demo_out", metavar="DIR")
-    p.add_argument("--data", metavar="ROOT", help="run the same flow on a real dataset instead")
+    p.add_argument("--train", action="store_true", help="the train -> evaluate -> predict demo instead")
+    p.add_argument("--data", metavar="ROOT", help="with --train: run the same flow on a real dataset instead")
     p.add_argument("--image-size", type=int)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--backbone", default="resnet34")
