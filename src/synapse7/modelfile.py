@@ -263,9 +263,9 @@ def model_summary(meta: dict[str, Any]) -> str:
         lines += ["", card["summary"]]
     rows = card.get("figures") or []
     if rows:
-        lines += ["", f"  {'set':<34} {'n':>6} {'ROC-AUC':>8} {'acc':>6} {'real':>6} {'fake':>6}"]
+        lines += ["", f"  {'set':<40} {'n':>6} {'ROC-AUC':>8} {'acc':>6} {'real':>6} {'fake':>6}"]
         for r in rows:
-            lines.append(f"  {r['set']:<34} {r['n']:>6} {_num(r.get('roc_auc')):>8} {_num(r.get('accuracy')):>6} "
+            lines.append(f"  {r['set']:<40} {r['n']:>6} {_num(r.get('roc_auc')):>8} {_num(r.get('accuracy')):>6} "
                          f"{_num(r.get('real_accuracy')):>6} {_num(r.get('fake_accuracy')):>6}"
                          + ("  (never trained on)" if r.get("held_out") else ""))
     lines += ["", "Where the figures come from: " + card.get(
