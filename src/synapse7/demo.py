@@ -224,7 +224,7 @@ def run_default_demo(out_dir: str | Path = "demo_out", *, num_workers: int = 0) 
     files, truth = make_default_demo_images(out / "images")
     det = Detector.default()
     right = {"AI": [0, 0], "REAL": [0, 0]}  # per true class: [correct, total]
-    print(f"{'verdict':<6}  {'P(AI)':>6}  what the image is  [file]")
+    print(f"{'verdict':<6}  {'P(AI)':>6}  {'truth':<6} what the image is  [file]")
     for p in det.predict_paths(files, num_workers=num_workers):
         true = truth[p.path].split()[0]
         right[true][1] += 1
@@ -235,7 +235,7 @@ def run_default_demo(out_dir: str | Path = "demo_out", *, num_workers: int = 0) 
                "fake_correct": f"{right['AI'][0]}/{right['AI'][1]}",
                "threshold": det.threshold, "seconds": round(time.time() - t0, 1)}
     print(json.dumps(summary, indent=2))
-    print("These demo images show the model running; they are not a test set. The measured figures (ROC-AUC and "
-          "accuracy per test set, robustness, failure modes) are in docs/model_card.md, from: "
+    print("These demo images show the model running; they are not a test set. The model card's figures (ROC-AUC "
+          "and accuracy per shared test set, robustness, failure modes) come from: "
           + card.get("source", "(no model card recorded in the model's JSON)"))
     return summary
