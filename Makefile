@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 EXTRAS ?= serve,onnx,backbones,sweep,notebooks,dev
 
-.PHONY: venv demo test test-all test-slow lint bench clean
+.PHONY: venv demo demo-train test test-all test-slow lint bench clean
 
 venv: $(VENV)/.installed
 
@@ -17,8 +17,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
+# The shipped model on images the project makes itself; demo-train: train -> evaluate -> predict on stand-in data.
 demo: venv
 	$(VENV)/bin/synapse7 demo --out demo_out
+
+demo-train: venv
+	$(VENV)/bin/synapse7 demo --train --out demo_out/train
 
 test: venv
 	$(PY) -m pytest -q

@@ -247,7 +247,7 @@ def test_training_hits_cache_and_writes_a_normal_checkpoint(data_root: Path, tmp
     assert "feature cache: reusing" in capsys.readouterr().err
 
     # The checkpoint is a normal full Synapse-7 checkpoint: Detector gives the same P(AI) as the cached path.
-    ckpt = torch.load(res.best_ckpt, map_location="cpu", weights_only=False)
+    ckpt = torch.load(res.best_ckpt, map_location="cpu", weights_only=True)
     assert all(k.startswith("net.") or k.startswith("val_") for k in ckpt["state_dict"])
     det = Detector.from_checkpoint(res.best_ckpt, device="cpu")
     _, val = build_datasets(cfg.data)

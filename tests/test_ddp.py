@@ -25,5 +25,5 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     assert len(lines) == 1  # only rank 0 reports
     summary = json.loads(lines[0])
     assert summary["steps"] == 4  # 32 images / (4 per batch x 2 processes)
-    ckpt = torch.load(tmp_path / "run" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 4

@@ -87,14 +87,18 @@ def test_detector_engines_agree(checkpoint: Path, exported: Path, images: list[s
 
 
 def test_cli_predict_with_onnx(exported: Path, checkpoint: Path, images: list[str],
-                               capsys: pytest.CaptureFixture) -> None:
+                               capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert main(["predict", "--checkpoint", str(checkpoint), "--json", *images]) == 0
     eager = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert main(["predict", "--onnx", str(exported), "--json", *images]) == 0
     onnx = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(onnx) == len(eager) == len(images)
     np.testing.assert_allclose([r["p_ai"] for r in onnx], [r["p_ai"] for r in eager], atol=1e-3)
-    assert main(["predict", *images]) == 2  # neither a checkpoint nor an ONNX model
+    # neither a checkpoint nor an ONNX model: the shipped default model, here absent, which the error says
+    monkeypatch.setenv("SYNAPSE7_DEFAULT_MODEL_DIR", str(tmp_path))
+    capsys.readouterr()
+    assert main(["predict", *images]) == 1
+    assert "default model is missing" in capsys.readouterr().err
 
 
 def test_export_rejects_a_mismatched_model(checkpoint: Path, exported: Path, tmp_path: Path) -> None:

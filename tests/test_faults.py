@@ -36,7 +36,7 @@ def _run_script(tmp_path: Path, body: str, *args: str) -> subprocess.CompletedPr
 
 
 def _state(ckpt: Path) -> tuple[int, dict[str, torch.Tensor]]:
-    c = torch.load(ckpt, map_location="cpu", weights_only=False)
+    c = torch.load(ckpt, map_location="cpu", weights_only=True)
     return c["global_step"], c["state_dict"]
 
 

@@ -22,7 +22,7 @@ def _ckpt(run: Path) -> Path:
 
 
 def _meta(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)["synapse7"]
+    return torch.load(path, map_location="cpu", weights_only=True)["synapse7"]
 
 
 def test_parse_calibration_spec() -> None:

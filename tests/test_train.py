@@ -25,7 +25,7 @@ def test_training_writes_checkpoints_config_and_epoch_losses(trained_run: Path) 
     assert len(losses) == 2 and all(0 < loss < 10 for loss in losses), losses  # one finite mean per epoch
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["model"]["backbone"] == "resnet18" and cfg["data"]["image_size"] == 32
-    ckpt = torch.load(run / "best.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run / "best.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["hyper_parameters"]["config"] == cfg  # resolved config stored inside the checkpoint too
     assert "synapse7" in ckpt and 0 < ckpt["synapse7"]["threshold"] < 1
 
@@ -72,7 +72,7 @@ def test_resume_continues_to_more_epochs(trained_run: Path, tmp_path: Path) -> N
         model={"backbone": "resnet18", "weights": "none", "input": "fft"},
         train={"epochs": 3, "lr": 1e-3, "ckpt_every_n_steps": 2},
     )
-    before = torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    before = torch.load(run / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
     res = train(cfg, run, resume=True, progress=False)
     assert res.global_step > before
     assert res.epochs_run == 3

@@ -110,7 +110,12 @@ def calibration_summary(y_true: Any, p_ai: Any, *, method: str = "accuracy", tar
 def write_threshold(checkpoint: str | Path, threshold: float, calibration: dict[str, Any],
                     out: str | Path | None = None) -> Path:
     """Store `threshold` and `calibration` under ckpt["synapse7"] of `checkpoint`, written atomically to `out`
-    (default: in place). Returns the path written."""
+    (default: in place). Returns the path written. A safetensors model gets them in its JSON instead (`out`:
+    another .safetensors path or folder, the weights copied there)."""
+    from synapse7.modelfile import is_safetensors_model, update_model_json
+
+    if is_safetensors_model(checkpoint):
+        return update_model_json(checkpoint, out, threshold=float(threshold), calibration=dict(calibration))
     ckpt = load_checkpoint(checkpoint)
     meta = dict(ckpt.get("synapse7") or {})
     meta["threshold"] = float(threshold)

@@ -301,11 +301,11 @@ def cmd_crossgen(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from synapse7.predict import Detector, ResumableOutput, expand_paths, format_prediction
 
-    if args.checkpoint is None and args.onnx is None:
-        print("synapse7 predict: error: give --checkpoint CKPT (or --onnx MODEL.onnx)", file=sys.stderr)
-        return 2
     fast = True if args.fast_decode else None
-    if args.checkpoint is None:
+    if args.checkpoint is None and args.onnx is None:  # the shipped default model (hash-checked)
+        det = Detector.default(device=args.device, threshold=args.threshold, engine=args.engine,
+                               compile=args.compile, fast_decode=fast, precision=args.precision, crops=args.crops)
+    elif args.checkpoint is None:
         det = Detector.from_onnx(args.onnx, device=args.device, threshold=args.threshold, fast_decode=fast,
                                  crops=args.crops)
     else:
@@ -349,6 +349,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     from synapse7.export import export_onnx
     from synapse7.predict import Detector
 
+    if args.format == "safetensors":
+        from synapse7.modelfile import export_checkpoint
+        from synapse7.predict import load_checkpoint
+
+        if args.image_size is not None:
+            raise ValueError("--image-size applies to --format onnx only")
+        weights = export_checkpoint(load_checkpoint(args.checkpoint), args.out, dtype=args.dtype)
+        print(json.dumps({"safetensors": str(weights), "json": str(weights.with_suffix(".json")),
+                          "dtype": args.dtype, "bytes": weights.stat().st_size}))
+        return 0
+    if args.dtype != "fp32":
+        raise ValueError("--dtype applies to --format safetensors only (the ONNX export runs in fp32)")
     det = Detector.from_checkpoint(args.checkpoint, device="cpu")
     assert det.net is not None
     out = export_onnx(det.net, det.cfg, args.out, threshold=det.threshold, image_size=args.image_size)
@@ -358,8 +370,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from synapse7.demo import run_demo
+    from synapse7.demo import run_default_demo, run_demo
 
+    if not args.train:
+        if args.data is not None:
+            raise ValueError("demo --data needs --train (the default demo runs the shipped model on its own images)")
+        run_default_demo(args.out)
+        return 0
     run_demo(args.out, data=args.data, image_size=args.image_size, epochs=args.epochs, backbone=args.backbone,
              weights=args.weights, input_mode=args.input, num_workers=args.num_workers, progress=not args.no_progress)
     return 0
@@ -380,7 +397,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as e:
         return _missing_extra("serve", e, "serve")
     token = args.token or os.environ.get("SYNAPSE7_TOKEN") or None
-    app = create_app(checkpoint=args.checkpoint, threshold=args.threshold, device=args.device,
+    if args.checkpoint is None:  # the shipped default model (hash-checked)
+        from synapse7.predict import Detector
+
+        source: dict[str, Any] = {"detector": Detector.default(device=args.device, threshold=args.threshold)}
+    else:
+        source = {"checkpoint": args.checkpoint}
+    app = create_app(**source, threshold=args.threshold, device=args.device,
                      max_upload_bytes=int(args.max_upload_mb * 2**20), max_files=args.max_files,
                      max_request_bytes=int(args.max_request_mb * 2**20), token=token,
                      rate_limit=args.rate_limit or None)
@@ -388,6 +411,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if warning:
         print(f"synapse7 serve: warning: {warning}", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from synapse7.modelfile import default_model_info, model_summary
+
+    info = default_model_info()
+    print(json.dumps(info, indent=2) if args.json else model_summary(info))
     return 0
 
 
@@ -448,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_crossgen)
 
     p = sub.add_parser("predict", help="classify image files or folders")
-    p.add_argument("--checkpoint", metavar="CKPT", help="trained checkpoint (or give --onnx alone)")
+    p.add_argument("--checkpoint", metavar="CKPT",
+                   help="a .ckpt or .safetensors model (default: the shipped model, see `synapse7 info`)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     p.add_argument("--json", action="store_true", help="write JSON lines instead of tab-separated text")
     p.add_argument("--output", metavar="FILE", help="write the lines to FILE (complete or absent) instead of stdout")
@@ -467,16 +499,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode large JPEGs at reduced scale (libjpeg-turbo DCT scaling; docs/performance.md)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (spectrum included) for ONNX Runtime")
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (spectrum included) or safetensors + JSON",
+                       description="--format onnx: one .onnx file for ONNX Runtime. --format safetensors: "
+                                   "NAME.safetensors (weights) + NAME.json (config, threshold, SHA-256), or "
+                                   "DIR/model.safetensors + model.json; loading them runs no pickle.")
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
-    p.add_argument("--format", choices=["onnx"], default="onnx")
-    p.add_argument("--out", required=True, metavar="MODEL.onnx")
+    p.add_argument("--format", choices=["onnx", "safetensors"], default="onnx")
+    p.add_argument("--out", required=True, metavar="MODEL.onnx|NAME.safetensors|DIR")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="safetensors: number format of the stored weights (fp16 halves the file; default fp32)")
     p.add_argument("--image-size", type=int, help="input size S of the (B, 3, S, S) graph (default: the checkpoint's)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", help="offline demo: build stand-in data, train, evaluate, predict")
+    p = sub.add_parser("demo", help="offline demo: the shipped model on images made here (--train: train one first)",
+                       description="Without --train: run the shipped default model on scikit-image's photographs "
+                                   "and self-made fakes (synthesize's up-sampling chains). With --train: build "
+                                   "stand-in data, train, evaluate and predict.")
     p.add_argument("--out", default="demo_out", metavar="DIR")
-    p.add_argument("--data", metavar="ROOT", help="run the same flow on a real dataset instead")
+    p.add_argument("--train", action="store_true", help="the train -> evaluate -> predict demo instead")
+    p.add_argument("--data", metavar="ROOT", help="with --train: run the same flow on a real dataset instead")
     p.add_argument("--image-size", type=int)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--backbone", default="resnet34")
@@ -500,7 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="web service: upload page at / and a JSON API at /api/predict",
                        description="Serve a checkpoint over HTTP (needs the 'serve' extra: fastapi, uvicorn).")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("--checkpoint", metavar="CKPT",
+                   help="a .ckpt or .safetensors model (default: the shipped model, see `synapse7 info`)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_bounded(int, 1, 65535), default=8000, help="TCP port, 1-65535 (default 8000)")
     p.add_argument("--max-upload-mb", type=_bounded(float, 0.001), default=20.0,
@@ -516,6 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("info", help="the shipped default model: version, hash, and its model card's summary")
+    p.add_argument("--json", action="store_true", help="print the model's JSON (config, figures) instead")
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("backbones", help="list the backbone registry")
     p.set_defaults(func=cmd_backbones)

@@ -104,7 +104,17 @@ def net_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
 def _load_weights_file(net: Synapse7Net, path: Path) -> None:
     if not path.is_file():
         raise WeightsUnavailableError(f"weights file not found: {path}")
-    obj = read_torch_file(path, weights_only=False)
+    if path.suffix == ".safetensors":  # a plain safetensors state_dict (a Synapse-7 model's keys have no prefix)
+        from safetensors.torch import load_file
+
+        try:
+            obj: Any = load_file(str(path), device="cpu")
+        except Exception as e:  # noqa: BLE001 - any parse failure means a bad file
+            raise WeightsUnavailableError(f"cannot read weights file {path}: {e}") from e
+        if any(k.startswith(("encoder.", "head.")) for k in obj):
+            obj = {f"net.{k}": v for k, v in obj.items()}
+    else:  # weights_only: a weights file from elsewhere must not be able to run code while unpickling
+        obj = read_torch_file(path, weights_only=True)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     if not isinstance(state, dict):
         raise WeightsUnavailableError(f"{path} holds no state_dict")

@@ -44,11 +44,22 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A Synapse-7 checkpoint as a dict; a missing, unreadable or foreign file raises naming it."""
+    """A Synapse-7 model as a checkpoint dict; a missing, unreadable, foreign or unsafe file raises naming it.
+
+    `path` is a Lightning .ckpt or a safetensors model (NAME.safetensors + NAME.json, or a folder holding
+    model.safetensors). A .ckpt is unpickled with weights_only=True: tensors and plain containers only, so a
+    file from an untrusted source cannot run code while loading.
+    """
+    from synapse7.modelfile import is_safetensors_model, load_model_file
+
     p = Path(path)
+    if is_safetensors_model(p):
+        return load_model_file(p)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found: {p}")
-    ckpt = read_torch_file(p, weights_only=False, what="checkpoint", error=ValueError)
+    ckpt = read_torch_file(p, weights_only=True, what="checkpoint", error=ValueError,
+                           hint=" (only tensors and plain containers are loaded: a checkpoint that needs other "
+                                "Python objects is refused, as unpickling them could run code)")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt.get("hyper_parameters", {}):
         raise ValueError(f"{p} is not a Synapse-7 checkpoint (no state_dict / config)")
     return ckpt
@@ -143,7 +154,7 @@ class Detector:
                         threshold: float | None = None, engine: str = "eager", onnx: str | os.PathLike | None = None,
                         compile: bool = False, fast_decode: bool | None = None,
                         precision: str = "auto", crops: int | None = None) -> Detector:
-        """Load a Synapse-7 checkpoint; needs no pretrained weights and no network.
+        """Load a Synapse-7 checkpoint (.ckpt) or safetensors model; needs no pretrained weights and no network.
 
         engine="onnx" runs the model in ONNX Runtime: from `onnx` (an export of this checkpoint; giving it implies
         engine="onnx") or, without it, from an export made now into a temporary file.
@@ -176,6 +187,19 @@ class Detector:
                     raise ValueError(f"{onnx} was exported from another model or image size than {path}")
         return cls(net, _with_data(cfg, fast_decode=fast_decode, crops=crops), threshold=thr, device=device, engine=runner,
                    compile=compile, precision=precision)
+
+    @classmethod
+    def default(cls, **kwargs: Any) -> Detector:
+        """The shipped default model (synapse7/weights/default.safetensors), after checking its SHA-256.
+
+        Takes `from_checkpoint`'s keyword arguments. Needs no network. See docs/model_card.md for what it was
+        trained on, how well it does and what it misses.
+        """
+        from synapse7.modelfile import default_model_path
+
+        return cls.from_checkpoint(default_model_path(), **kwargs)
+
+    from_pretrained = default
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,

@@ -68,8 +68,10 @@ def _log_version(logs: Path) -> str:
 
 def build_trainer(cfg: RunConfig, out: Path, *, progress: bool = True, extra_callbacks: list | None = None) -> L.Trainer:
     """The Lightning Trainer: best-by-val_auc and last checkpoints, CSV logs, progress bar, DDP if asked."""
+    # best.ckpt is for inference: weights, config and threshold, no optimizer state (a third of the size);
+    # last.ckpt keeps the full state for --resume.
     best = ModelCheckpoint(dirpath=out, filename="best", monitor="val_auc", mode="max", save_top_k=1,
-                           enable_version_counter=False, auto_insert_metric_name=False)
+                           enable_version_counter=False, auto_insert_metric_name=False, save_weights_only=True)
     # last.ckpt: after every epoch, and every N optimiser steps so an interrupted epoch loses at most N steps.
     # (Lightning's save_last only fires when a top-k checkpoint is written, so it is kept separate.)
     last_epoch = ModelCheckpoint(dirpath=out, filename="last", save_top_k=1, every_n_epochs=1,
