@@ -117,7 +117,14 @@ def _cell(m: dict | None) -> str:
     return f"**{f('roc_auc')}** / {f('accuracy')} ({f('real_acc')} / {f('fake_acc')})"
 
 
-def render(out: Path, rows: list[Row], steps: list[Step], ledger: Ledger) -> str:
+# The shipped default model (bench/release.py) is a row too: trained by the release bench on synth + gm (minus
+# its calib split), its figures read from that bench's output rather than trained a second time here.
+RELEASE_ROW = Row("release (default model)", ("synth", "gm"), "see bench/release.py",
+                  "the shipped default model: bench/release.py's recipe (NPR, synth + gm, threshold on a calib split "
+                  "held out of train), evaluated as the exported fp16 safetensors file")
+
+
+def render(out: Path, rows: list[Row], steps: list[Step], ledger: Ledger, release: Path | None = None) -> str:
     lines = ["# Generalisation: trained on some data, tested on every set", "",
              "Written by `bench/generalization.py` (issue 11). Each cell: **ROC-AUC** / accuracy at the model's "
              "stored threshold (real accuracy / fake accuracy). The threshold of every model was chosen on its own "
@@ -126,14 +133,17 @@ def render(out: Path, rows: list[Row], steps: list[Step], ledger: Ledger) -> str
              f"Machine: {machine_text()}; other jobs may share the CPU (load averages per step below).", ""]
     head = "| row | trained on | " + " | ".join(COLUMN_TITLES[c] for c in COLUMNS) + " |"
     lines += [head, "|" + "---|" * (2 + len(COLUMNS))]
-    for row in rows:
+    dirs = [(row, out / row.name) for row in rows]
+    if release is not None and (release / "eval_wild" / "metrics.json").is_file():
+        dirs.append((RELEASE_ROW, release))
+    for row, where in dirs:
         cells = []
         for col in COLUMNS:
-            c = _cell(_load(out / row.name / f"eval_{col}" / "metrics.json"))
+            c = _cell(_load(where / f"eval_{col}" / "metrics.json"))
             cells.append(c + (" *seen*" if col in row.data else ""))
         lines.append(f"| `{row.name}` | {'+'.join(row.data)} | " + " | ".join(cells) + " |")
     lines += ["", "## Rows", ""]
-    for row in rows:
+    for row, _ in dirs:
         lines.append(f"- `{row.name}`: {row.note}.")
     lines += ["", "## Commands, run times and load", "",
               "Each command runs from the repository root as `PYTHONPATH=src .venv/bin/python -m synapse7.cli ...`; "
@@ -156,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=REPO / "docs" / "generalization.md")
     ap.add_argument("--num-workers", type=int, default=1)
     ap.add_argument("--render-only", action="store_true", help="only rewrite the results file")
+    ap.add_argument("--release-out", type=Path, default=Path("/tmp/synapse7_release"),
+                    help="bench/release.py's --out: its default model is added as a row when evaluated there")
     args = ap.parse_args(argv)
     names = [n.strip() for n in (args.only or "").split(",") if n.strip()]
     unknown = sorted(set(names) - {r.name for r in ROWS})
@@ -177,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         run_steps([s for s in steps if s.name in wanted or not s.name.startswith("train") or s.name == "synthesize"],
                   ledger, out / "logs")
         print(f"bench/generalization.py: steps took {time.perf_counter() - t0:.0f} s")
-    atomic_write_text(args.results, render(out, ROWS, all_steps, ledger))
+    atomic_write_text(args.results, render(out, ROWS, all_steps, ledger, args.release_out))
     print(f"wrote {rel(args.results)}")
     return 0
 
