@@ -72,6 +72,7 @@ def test_onnx_runtime_matches_eager(checkpoint: Path, exported: Path) -> None:
     assert eager.net.encoder.dft == "fft"  # export switched the DFT only while exporting
 
 
+@pytest.mark.slow  # long in the default suite; `make test-slow` runs it
 def test_detector_engines_agree(checkpoint: Path, exported: Path, images: list[str]) -> None:
     eager = Detector.from_checkpoint(checkpoint, device="cpu")
     paths = [*images, str(Path(images[0]).parent / "bad.png")]
@@ -101,6 +102,7 @@ def test_cli_predict_with_onnx(exported: Path, checkpoint: Path, images: list[st
     assert "default model is missing" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # long in the default suite; `make test-slow` runs it
 def test_export_rejects_a_mismatched_model(checkpoint: Path, exported: Path, tmp_path: Path) -> None:
     other = tmp_path / "other.onnx"
     assert main(["export", "--checkpoint", str(checkpoint), "--out", str(other), "--image-size", "40"]) == 0

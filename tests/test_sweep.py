@@ -94,6 +94,7 @@ class _InterruptAt(Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow  # long in the default suite; `make test-slow` runs it
 def test_interrupted_trial_resumes_from_its_checkpoint(setup: tuple[Path, Path], tmp_path: Path) -> None:
     from optuna.trial import TrialState
 
