@@ -190,7 +190,10 @@ def load_config(path: str | Path | None = None, **sections: dict[str, Any]) -> R
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {p} must hold a mapping with sections data/model/train")
         base = config_from_dict(raw)
-    return base.override(**_upgrade(sections))
+    cfg = base.override(**_upgrade(sections))
+    if cfg.train.epochs < 1:  # 0 epochs would "succeed" and name checkpoints that were never written
+        raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}")
+    return cfg
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

@@ -42,7 +42,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from synapse7.io import BadImageError, atomic_write_bytes, atomic_write_text, ensure_writable_dir, open_image
+from synapse7.io import (
+    BadImageError,
+    atomic_write_bytes,
+    atomic_write_text,
+    ensure_writable_dir,
+    extensions_text,
+    open_image,
+    walk_images,
+)
 from synapse7.perturb import JpegCompress, encode_jpeg, parse_perturbation
 
 CHAIN_METHODS = ("up_nearest", "up_bilinear", "up_bicubic", "up_tconv")
@@ -171,14 +179,12 @@ def image_seed(seed: int, tag: str, source: str) -> int:
 
 def list_reals(real_dir: str | os.PathLike) -> list[str]:
     """Image files under `real_dir` (recursive, sorted), as paths relative to it."""
-    from synapse7.data import _walk_images
-
     root = Path(real_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"--real {root} is not a directory")
-    files, _ = _walk_images(root)
+    files, _ = walk_images(root)
     if not files:
-        raise FileNotFoundError(f"no image files under --real {root}")
+        raise FileNotFoundError(f"no image files under --real {root} (accepted: {extensions_text()})")
     return [os.path.relpath(f, root) for f in files]
 
 
