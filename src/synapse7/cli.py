@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from synapse7 import __version__
@@ -275,10 +276,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from synapse7.evaluate import evaluate
 
+    # The normal reports always; --perturb adds the robustness ones beside them.
+    evaluate(args.checkpoint, args.data, split=args.split, out_dir=args.out, batch_size=args.batch_size,
+             num_workers=args.num_workers, generators=args.generators, on_bad_image=args.on_bad_image,
+             align=args.align, threshold=args.threshold, device=args.device, precision=args.precision,
+             crops=args.crops, progress=not args.no_progress)
+    print(f"reports written to {args.out}", file=sys.stderr)
     if args.perturb:
         from synapse7.robustness import evaluate_robustness, robustness_markdown, write_robustness
 
-        res = evaluate_robustness(args.checkpoint, args.data, args.perturb, split=args.split, align=args.align,
+        specs = [s.strip() for s in args.perturb.split(",") if s.strip()]
+        if "none" not in specs:  # the unperturbed reference point every panel of the plot shows
+            specs.append("none")
+        res = evaluate_robustness(args.checkpoint, args.data, specs, split=args.split, align=args.align,
                                   generators=args.generators, batch_size=args.batch_size,
                                   num_workers=args.num_workers, on_bad_image=args.on_bad_image,
                                   threshold=args.threshold, device=args.device, precision=args.precision,
@@ -286,24 +296,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         write_robustness(res, args.out)
         print(robustness_markdown(res))
         print(f"robustness.csv/.md/.json/.png written to {args.out}", file=sys.stderr)
-        return 0
-    evaluate(args.checkpoint, args.data, split=args.split, out_dir=args.out, batch_size=args.batch_size,
-             num_workers=args.num_workers, generators=args.generators, on_bad_image=args.on_bad_image,
-             align=args.align, threshold=args.threshold, device=args.device, precision=args.precision,
-             crops=args.crops)
-    print(f"reports written to {args.out}", file=sys.stderr)
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from synapse7.calibration import calibrate_checkpoint
 
+    dst = Path(args.out or args.checkpoint)
+    png = args.reliability or dst.with_name(dst.stem + "_reliability.png")
     info = calibrate_checkpoint(args.checkpoint, args.data, split=args.split, method=args.method,
                                 target_fpr=args.target_fpr, out=args.out, generators=args.generators,
                                 batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
-                                quiet=False)
-    print(json.dumps({k: info[k] for k in ("checkpoint", "threshold", "method", "target_fpr", "accuracy", "fpr",
-                                           "tpr", "ece", "previous_threshold", "previous_accuracy", "n")}))
+                                quiet=False, reliability_png=png)
+    print(json.dumps({k: info[k] for k in ("checkpoint", "raw_threshold", "temperature", "method", "target_fpr",
+                                           "accuracy", "fpr", "tpr", "ece", "ece_uncalibrated", "previous_threshold",
+                                           "previous_accuracy", "n", "reliability_png")}))
     return 0
 
 
@@ -378,7 +385,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     det = Detector.from_checkpoint(args.checkpoint, device="cpu")
     assert det.net is not None
-    out = export_onnx(det.net, det.cfg, args.out, threshold=det.threshold, image_size=args.image_size)
+    # The graph outputs the network's own P(AI): store the threshold on that scale (calibrate's scaling is not in
+    # the graph, so a standalone export reports uncalibrated P(AI) with the same labels).
+    out = export_onnx(det.net, det.cfg, args.out, threshold=det.raw_threshold, image_size=args.image_size)
     print(json.dumps({"onnx": str(out), "image_size": args.image_size or det.cfg.data.image_size,
                       "bytes": out.stat().st_size}))
     return 0
@@ -468,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-fpr", type=_bounded(float, 0, 1), default=0.05,
                    help="with --method fpr: largest real-image FPR, in [0, 1] (default 0.05)")
     p.add_argument("--out", metavar="NEW.ckpt", help="write the calibrated checkpoint here (default: in place)")
+    p.add_argument("--reliability", metavar="PNG",
+                   help="reliability diagram before/after calibration (default: <checkpoint>_reliability.png beside "
+                        "the written checkpoint)")
     _add_device(p)
     p.set_defaults(func=cmd_calibrate)
 

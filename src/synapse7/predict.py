@@ -162,11 +162,15 @@ class Detector:
 
     def __init__(self, net: Synapse7Net | None, cfg: RunConfig, *, threshold: float = 0.5,
                  device: str | torch.device | None = None, engine: Any = None, compile: bool = False,
-                 precision: str = "auto") -> None:
+                 precision: str = "auto", scaling: dict[str, float] | None = None) -> None:
         if net is None and engine is None:
             raise ValueError("a Detector needs a network or an ONNX engine")
         self.cfg = cfg
         self.threshold = float(threshold)
+        # Probability calibration stored by `synapse7 calibrate`: P(AI) = sigmoid((logit - offset) / temperature)
+        # (synapse7.calibration.fit_scaling); identity when absent.
+        self.temperature = float((scaling or {}).get("temperature", 1.0))
+        self.offset = float((scaling or {}).get("offset", 0.0))
         self.device = pick_device(device)
         self.engine = engine
         # autocast dtype of the eager network (None: fp32); the ONNX export runs in fp32.
@@ -214,7 +218,7 @@ class Detector:
                 if got.model != want.model or got.data.image_size != want.data.image_size:
                     raise ValueError(f"{onnx} was exported from another model or image size than {path}")
         return cls(net, _with_data(cfg, fast_decode=fast_decode, crops=crops), threshold=thr, device=device, engine=runner,
-                   compile=compile, precision=precision)
+                   compile=compile, precision=precision, scaling=ckpt.get("synapse7", {}).get("scaling"))
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
@@ -243,13 +247,19 @@ class Detector:
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
                 logits = self._forward(x)
-        return torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
+        return torch.sigmoid((logits.float() - self.offset) / self.temperature).cpu().numpy().astype(np.float64)
 
     def _predict_uint8(self, u8: torch.Tensor) -> np.ndarray:
         """(B, 3, S, S) uint8 crops -> P(AI); normalised on the model's device (a GPU copies a quarter the bytes)."""
         if self.engine is None:
             u8 = u8.to(self.device, non_blocking=True)
         return self.predict_batch(self.preset.normalize(u8))
+
+    @property
+    def raw_threshold(self) -> float:
+        """The threshold on the network's own, uncalibrated P(AI) that `threshold` corresponds to."""
+        t = min(max(self.threshold, 1e-12), 1 - 1e-12)
+        return float(1.0 / (1.0 + np.exp(-(self.offset + self.temperature * np.log(t / (1 - t))))))
 
     def _label(self, p: float) -> str:
         return "AI" if p >= self.threshold else "REAL"
