@@ -206,3 +206,10 @@ def test_tiny_image_is_an_error_row_not_a_guess(ckpt: Path, tmp_path: Path,
     det = Detector.from_checkpoint(ckpt, device="cpu")
     p = det.predict([np.zeros((4, 4, 3), np.uint8)])[0]
     assert p.label == "ERROR" and "too small" in (p.error or "")
+
+
+def test_python_api_refuses_urls_like_the_cli(ckpt: Path) -> None:
+    from synapse7.predict import Detector
+
+    p = Detector.from_checkpoint(ckpt, device="cpu").predict(["http://example.com/a.png"])[0]
+    assert p.label == "ERROR" and "URLs are not supported" in (p.error or "")

@@ -57,6 +57,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+URL_ERROR = "URLs are not supported; download the image and give its path"
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[InputItem]:
     for item in inputs:
         p = Path(item)
         if isinstance(item, str) and _URL.match(item):
-            out.append(InputItem(item, "URLs are not supported; download the image and give its path"))
+            out.append(InputItem(item, URL_ERROR))
         elif p.is_dir():
             found = walk_images(p)[0]
             out += [InputItem(f) for f in found] or [InputItem(
@@ -281,6 +282,9 @@ class Detector:
             crops: dict[int, torch.Tensor] = {}
             errors: dict[int, str] = {}
             for j, item in enumerate(chunk):
+                if isinstance(item, str) and _URL.match(item):  # not a path: its "//" would be read as one
+                    errors[j] = URL_ERROR
+                    continue
                 try:
                     crops[j] = self.preset.load(item, max_pixels=max_pixels, name=names[j])
                 except BadImageError as e:
