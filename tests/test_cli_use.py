@@ -213,3 +213,12 @@ def test_python_api_refuses_urls_like_the_cli(ckpt: Path) -> None:
 
     p = Detector.from_checkpoint(ckpt, device="cpu").predict(["http://example.com/a.png"])[0]
     assert p.label == "ERROR" and "URLs are not supported" in (p.error or "")
+
+
+def test_a_threshold_other_than_half_is_printed(ckpt: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    good = _png(tmp_path / "a.png")
+    assert _predict(ckpt, str(good)) == 0
+    assert "AI means" not in capsys.readouterr().err
+    assert _predict(ckpt, "--threshold", "0.3", str(good)) == 0
+    assert "threshold 0.3: AI means P(AI) >= 0.3" in capsys.readouterr().err

@@ -348,6 +348,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.resume and not args.output:
         print("synapse7 predict: error: --resume needs --output FILE", file=sys.stderr)
         return 2
+    if det.threshold != 0.5:  # e.g. a checkpoint calibrated before P(AI) itself was (calibrate now stores 0.5)
+        print(f"note: threshold {det.threshold:.4g}: AI means P(AI) >= {det.threshold:.4g}", file=sys.stderr)
     # Every input is attempted; each failure (URL, missing path, empty folder, unreadable or too small image) is
     # an ERROR row with its reason. Exit 0 only when every input was classified, 1 when any failed.
     items = expand_inputs(args.paths)
