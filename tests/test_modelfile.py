@@ -225,3 +225,20 @@ def test_default_demo_runs_the_shipped_model_on_its_own_images(default_dir: Path
         assert sum(f"self-made fake: synth_{m} of" in r for r in rows) == n_real
     assert "made in a test" in out  # where the model card's figures come from
     assert main(["demo", "--data", str(tmp_path)]) == 1  # --data belongs to the training demo
+
+
+def test_calibrated_scaling_survives_the_safetensors_export(ckpt: Path, tmp_path: Path) -> None:
+    """calibrate's temperature/offset travel with the model: the exported file reports the same P(AI)."""
+    import torch
+
+    from synapse7.modelfile import export_checkpoint, load_model_file
+    from synapse7.predict import Detector, load_checkpoint
+
+    loaded = load_checkpoint(ckpt)
+    loaded.setdefault("synapse7", {})["scaling"] = {"temperature": 2.5, "offset": 0.7}
+    torch.save(loaded, tmp_path / "scaled.ckpt")
+    weights = export_checkpoint(loaded, tmp_path / "scaled.safetensors")
+    assert load_model_file(weights)["synapse7"]["scaling"] == {"temperature": 2.5, "offset": 0.7}
+    a = Detector.from_checkpoint(tmp_path / "scaled.ckpt", device="cpu")
+    b = Detector.from_checkpoint(weights, device="cpu")
+    assert (a.temperature, a.offset) == (b.temperature, b.offset) == (2.5, 0.7)

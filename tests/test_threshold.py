@@ -81,7 +81,7 @@ def test_predict_uses_stored_threshold_and_flag_overrides(trained_run: Path, tmp
     rows = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert sum(r["label"] == "AI" for r in rows) == k != default_ai
     assert all((r["label"] == "AI") == (r["p_ai"] >= thr) for r in rows)
-    assert main(["predict", "--checkpoint", str(dst), str(folder), "--json", "--threshold", "1.01",
+    assert main(["predict", "--checkpoint", str(dst), str(folder), "--json", "--threshold", "1.0",
                  "--num-workers", "0"]) == 0
     assert all(json.loads(x)["label"] == "REAL" for x in capsys.readouterr().out.strip().splitlines())
 

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from synapse7 import __version__
@@ -92,8 +93,8 @@ def _add_data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None
     p.add_argument("--data", required=required, metavar="ROOT", action="append",
                    help="dataset root in the GenImage layout: ROOT/<generator>/{train,val}/{ai,nature}/; repeat "
                         "it to merge several roots (generators keep their names)")
-    p.add_argument("--batch-size", type=int, help="images per batch (default 32)")
-    p.add_argument("--num-workers", type=int, help="data-loading worker processes (default 2)")
+    p.add_argument("--batch-size", type=_bounded(int, 1), help="images per batch (default 32)")
+    p.add_argument("--num-workers", type=_bounded(int, 0), help="data-loading worker processes (default 2)")
     p.add_argument("--on-bad-image", choices=["skip", "error"],
                    help="corrupt/truncated/empty images: skip them with a printed count (default) or stop")
     p.add_argument("--align", metavar="png|jpeg:Q|none",
@@ -111,6 +112,30 @@ def _positive_square(value: str) -> int:
     return n
 
 
+def _add_checkpoint(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    default = "" if required else " (default: the shipped model, see `synapse7 info`)"
+    p.add_argument("--checkpoint", required=required, metavar="CKPT",
+                   help=f"a Synapse-7 model: a .ckpt, NAME.safetensors or a model folder{default}")
+
+
+def _add_split(p: argparse.ArgumentParser, verb: str) -> None:
+    p.add_argument("--split", default="val", help=f"the split folder to {verb} (default val)")
+
+
+def _add_threshold(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threshold", type=_bounded(float, 0, 1),
+                   help="decision threshold on P(AI), in [0, 1] (default: the checkpoint's, 0.5 once calibrated)")
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+
+
+def _add_no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (it only shows on a terminal, so piped output never has one)")
+
+
 def _add_crops(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crops", type=_positive_square, metavar="N",
                    help="evaluation/prediction: score N = k*k crops on a grid covering the image and combine their "
@@ -121,9 +146,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     _add_data_args(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="writes best.ckpt, last.ckpt, config.yaml, logs/")
     p.add_argument("--config", metavar="YAML", help="YAML file with data/model/train sections (flags override it)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--image-size", type=int, help="centre-crop size (default 224); the resize scales as 256/224")
-    p.add_argument("--resize-size", type=int, help="override the resize size")
+    p.add_argument("--epochs", type=_bounded(int, 1), help="training epochs, >= 1 (default 5)")
+    p.add_argument("--image-size", type=_bounded(int, 8),
+                   help="centre-crop size (default 224); the resize scales as 256/224")
+    p.add_argument("--resize-size", type=_bounded(int, 8), help="override the resize size")
     p.add_argument("--preprocess", choices=["resize", "crop"],
                    help="resize then crop (reference), or crop at native resolution (keeps high frequencies)")
     p.add_argument("--train-crop", choices=["random", "center"],
@@ -138,17 +164,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="'all', or comma list of stem,stage1..stage4,head or module names (e.g. layer3,layer4,fc)")
     p.add_argument("--strategy", choices=["frozen-early", "linear-probe", "full"],
                    help="freezing strategy, a named --trainable (for the multi-GPU strategy see --dist-strategy)")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--lr", type=_bounded(float, 0), help="AdamW learning rate (default 1e-4)")
+    p.add_argument("--weight-decay", type=_bounded(float, 0), help="AdamW weight decay (default 1e-4)")
+    p.add_argument("--seed", type=int, help="random seed of data order, augmentation and initialisation")
     p.add_argument("--train-generators", type=_csv_list, metavar="G1,G2", help="train only on these generators")
     p.add_argument("--test-generators", type=_csv_list, metavar="G1,G2", help="validate only on these generators")
     p.add_argument("--accelerator", help="auto (default), cpu, gpu")
     p.add_argument("--devices", help="number of devices or 'auto'")
-    p.add_argument("--num-nodes", type=int, help="nodes for multi-node DDP")
+    p.add_argument("--num-nodes", type=_bounded(int, 1), help="nodes for multi-node DDP")
     p.add_argument("--dist-strategy", help="Lightning distribution strategy: auto (default), ddp, ddp_spawn, ...")
     _add_precision(p, default=None, shown=TrainConfig.precision)
-    p.add_argument("--limit-train-batches", type=float, help="fraction (<=1) or number of training batches per epoch")
+    p.add_argument("--limit-train-batches", type=_bounded(float, 1e-9), help="fraction (<=1) or number of training batches per epoch")
     p.add_argument("--feature-cache", metavar="DIR",
                    help="cache the frozen stages' outputs (fp16, memory-mapped) in DIR and train the rest on them; "
                         "refused, with the reason printed, under random augmentation")
@@ -159,14 +185,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         default = getattr(DataConfig, f"aug_{name}")
         shown = ",".join(f"{v:g}" for v in default) if range_type else f"{default:g}"
         scalar = int if isinstance(default, int) and not isinstance(default, bool) else float
-        aug.add_argument(f"--aug-{name.replace('_', '-')}", type=_pair(range_type) if range_type else scalar,
+        # probabilities lie in [0, 1]; other scalars (degrees, jitter, patch size) are >= 0
+        kind = _pair(range_type) if range_type else _bounded(scalar, 0, 1 if name.endswith("_prob") else None)
+        aug.add_argument(f"--aug-{name.replace('_', '-')}", type=kind,
                          metavar="LO,HI" if range_type else ("P" if name.endswith("_prob") else "X"),
                          help=f"{help_} (default {shown})")
     p.add_argument("--calibrate", metavar="accuracy|fpr:T",
                    help="after training, choose the decision threshold on the validation data (best accuracy, or "
                         "the highest TPR at FPR <= T) and store it in best.ckpt")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from RUN_DIR/last.ckpt")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_no_progress(p)
 
 
 # Training augmentation flags --aug-<name>: DataConfig field aug_<name> (which holds the default), the type of
@@ -250,10 +278,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from synapse7.evaluate import evaluate
 
+    # The normal reports always; --perturb adds the robustness ones beside them.
+    evaluate(args.checkpoint, args.data, split=args.split, out_dir=args.out, batch_size=args.batch_size,
+             num_workers=args.num_workers, generators=args.generators, on_bad_image=args.on_bad_image,
+             align=args.align, threshold=args.threshold, device=args.device, precision=args.precision,
+             crops=args.crops, progress=not args.no_progress)
+    print(f"reports written to {args.out}", file=sys.stderr)
     if args.perturb:
         from synapse7.robustness import evaluate_robustness, robustness_markdown, write_robustness
 
-        res = evaluate_robustness(args.checkpoint, args.data, args.perturb, split=args.split, align=args.align,
+        specs = [s.strip() for s in args.perturb.split(",") if s.strip()]
+        if "none" not in specs:  # the unperturbed reference point every panel of the plot shows
+            specs.append("none")
+        res = evaluate_robustness(args.checkpoint, args.data, specs, split=args.split, align=args.align,
                                   generators=args.generators, batch_size=args.batch_size,
                                   num_workers=args.num_workers, on_bad_image=args.on_bad_image,
                                   threshold=args.threshold, device=args.device, precision=args.precision,
@@ -261,24 +298,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         write_robustness(res, args.out)
         print(robustness_markdown(res))
         print(f"robustness.csv/.md/.json/.png written to {args.out}", file=sys.stderr)
-        return 0
-    evaluate(args.checkpoint, args.data, split=args.split, out_dir=args.out, batch_size=args.batch_size,
-             num_workers=args.num_workers, generators=args.generators, on_bad_image=args.on_bad_image,
-             align=args.align, threshold=args.threshold, device=args.device, precision=args.precision,
-             crops=args.crops)
-    print(f"reports written to {args.out}", file=sys.stderr)
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from synapse7.calibration import calibrate_checkpoint
 
+    dst = Path(args.out or args.checkpoint)
+    png = args.reliability or dst.with_name(dst.stem + "_reliability.png")
     info = calibrate_checkpoint(args.checkpoint, args.data, split=args.split, method=args.method,
                                 target_fpr=args.target_fpr, out=args.out, generators=args.generators,
                                 batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
-                                quiet=False)
-    print(json.dumps({k: info[k] for k in ("checkpoint", "threshold", "method", "target_fpr", "accuracy", "fpr",
-                                           "tpr", "ece", "previous_threshold", "previous_accuracy", "n")}))
+                                quiet=False, reliability_png=png)
+    print(json.dumps({k: info[k] for k in ("checkpoint", "raw_threshold", "temperature", "method", "target_fpr",
+                                           "accuracy", "fpr", "tpr", "ece", "ece_uncalibrated", "previous_threshold",
+                                           "previous_accuracy", "n", "reliability_png")}))
     return 0
 
 
@@ -299,7 +333,7 @@ def cmd_crossgen(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from synapse7.predict import Detector, ResumableOutput, expand_paths, format_prediction
+    from synapse7.predict import Detector, ResumableOutput, expand_inputs, format_prediction, progress_bar
 
     fast = True if args.fast_decode else None
     if args.checkpoint is None and args.onnx is None:  # the shipped default model (hash-checked)
@@ -313,36 +347,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
         det = Detector.from_checkpoint(args.checkpoint, device=args.device, threshold=args.threshold, engine=engine,
                                        onnx=args.onnx, compile=args.compile, fast_decode=fast,
                                        precision=args.precision, crops=args.crops)
-    paths = expand_paths(args.paths)
-    if not paths:
-        print("synapse7 predict: no image files found", file=sys.stderr)
-        return 1
     if args.resume and not args.output:
         print("synapse7 predict: error: --resume needs --output FILE", file=sys.stderr)
         return 2
+    if det.threshold != 0.5:  # e.g. a checkpoint calibrated before P(AI) itself was (calibrate now stores 0.5)
+        print(f"note: threshold {det.threshold:.4g}: AI means P(AI) >= {det.threshold:.4g}", file=sys.stderr)
+    # Every input is attempted; each failure (URL, missing path, empty folder, unreadable or too small image) is
+    # an ERROR row with its reason. Exit 0 only when every input was classified, 1 when any failed.
+    items = expand_inputs(args.paths)
     out = ResumableOutput(args.output, resume=args.resume, as_json=args.json) if args.output else None
+    failed = 0
     if out is not None and out.done:
-        total = len(paths)
-        paths = [p for p in paths if printable_path(p) not in out.done]
-        print(f"resuming: {total - len(paths)} of {total} image(s) already done", file=sys.stderr)
-    errors = 0
+        done = [out.done[k] for k in map(printable_path, (it.path for it in items)) if k in out.done]
+        failed = done.count("ERROR")  # inputs that failed before still count against the exit status
+        items = [it for it in items if printable_path(it.path) not in out.done]
+        print(f"resuming: {len(done)} input(s) already done, {len(items)} new", file=sys.stderr)
     try:
-        for p in det.predict_paths(paths, batch_size=args.batch_size, num_workers=args.num_workers):
-            if p.error is not None:
-                errors += 1
-                print(f"warning: {p.path}: {p.error}", file=sys.stderr)
-            if out is not None:
-                out.write(p)
-            else:
-                print(format_prediction(p, as_json=args.json), flush=True)
+        with progress_bar(len(items), "predict", enabled=not args.no_progress) as bar:
+            for p in det.predict_items(items, batch_size=args.batch_size, num_workers=args.num_workers):
+                bar.update(1)
+                if p.error is not None:
+                    failed += 1
+                    print(f"warning: {p.path}: {p.error}", file=sys.stderr)
+                if out is not None:
+                    out.write(p)
+                else:
+                    print(format_prediction(p, as_json=args.json), flush=True)
         if out is not None:
             out.finish()
     finally:
         if out is not None:
             out.close()
-    if errors:
-        print(f"{errors} of {len(paths)} image(s) could not be read (label ERROR)", file=sys.stderr)
-    return 0
+    if failed:
+        print(f"{failed} input(s) could not be classified (label ERROR)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -363,7 +401,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ValueError("--dtype applies to --format safetensors only (the ONNX export runs in fp32)")
     det = Detector.from_checkpoint(args.checkpoint, device="cpu")
     assert det.net is not None
-    out = export_onnx(det.net, det.cfg, args.out, threshold=det.threshold, image_size=args.image_size)
+    # The graph outputs the network's own P(AI): store the threshold on that scale (calibrate's scaling is not in
+    # the graph, so a standalone export reports uncalibrated P(AI) with the same labels).
+    out = export_onnx(det.net, det.cfg, args.out, threshold=det.raw_threshold, image_size=args.image_size)
     print(json.dumps({"onnx": str(out), "image_size": args.image_size or det.cfg.data.image_size,
                       "bytes": out.stat().st_size}))
     return 0
@@ -442,31 +482,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint and write reports")
     _add_data_args(p)
-    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    _add_checkpoint(p)
     p.add_argument("--out", required=True, metavar="DIR", help="report folder")
-    p.add_argument("--split", default="val")
-    p.add_argument("--generators", "--test-generators", dest="generators", type=_csv_list, metavar="G1,G2")
-    p.add_argument("--threshold", type=float, help="decision threshold on P(AI) (default: the checkpoint's)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    _add_split(p, "evaluate")
+    p.add_argument("--generators", "--test-generators", dest="generators", type=_csv_list, metavar="G1,G2",
+                   help="evaluate only these generators (default: all found)")
+    _add_threshold(p)
+    _add_device(p)
     _add_crops(p)
     p.add_argument("--perturb", metavar="LIST",
                    help="evaluate under each perturbation of a comma list, e.g. "
                         "jpeg:95,jpeg:65,jpeg:30,resize:0.5,resize:0.25,blur:1,blur:3,none; writes robustness.csv/"
-                        ".md/.json/.png (after --align's re-encoding, if given)")
+                        ".md/.json/.png (after --align's re-encoding, if given), besides the normal reports")
     _add_precision(p)
+    _add_no_progress(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("calibrate", help="choose the decision threshold on validation data, store it in a checkpoint",
                        description="Score a split, choose the threshold (best accuracy, or highest TPR at a target "
                                    "FPR), report the ECE, and store threshold and calibration in the checkpoint.")
     _add_data_args(p)
-    p.add_argument("--checkpoint", required=True, metavar="CKPT")
-    p.add_argument("--split", default="val")
+    _add_checkpoint(p)
+    _add_split(p, "calibrate on")
     p.add_argument("--generators", type=_csv_list, metavar="G1,G2", help="calibrate on these generators only")
-    p.add_argument("--method", choices=["accuracy", "fpr"], default="accuracy")
-    p.add_argument("--target-fpr", type=float, default=0.05, help="with --method fpr: largest real-image FPR")
+    p.add_argument("--method", choices=["accuracy", "fpr"], default="accuracy",
+                   help="threshold rule: best accuracy (default), or the highest TPR at FPR <= --target-fpr")
+    p.add_argument("--target-fpr", type=_bounded(float, 0, 1), default=0.05,
+                   help="with --method fpr: largest real-image FPR, in [0, 1] (default 0.05)")
     p.add_argument("--out", metavar="NEW.ckpt", help="write the calibrated checkpoint here (default: in place)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--reliability", metavar="PNG",
+                   help="reliability diagram before/after calibration (default: <checkpoint>_reliability.png beside "
+                        "the written checkpoint)")
+    _add_device(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("crossgen", help="cross-generator protocols: train on one / test on all, leave one out",
@@ -484,12 +531,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     p.add_argument("--json", action="store_true", help="write JSON lines instead of tab-separated text")
     p.add_argument("--output", metavar="FILE", help="write the lines to FILE (complete or absent) instead of stdout")
-    p.add_argument("--resume", action="store_true", help="with --output: continue an interrupted run, skipping done images")
-    p.add_argument("--threshold", type=float, help="decision threshold on P(AI) (default: the checkpoint's)")
+    p.add_argument("--resume", action="store_true", help="with --output: keep the rows already in FILE (or its .partial) and classify only the inputs "
+                        "not yet in it")
+    _add_threshold(p)
     _add_crops(p)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--batch-size", type=_bounded(int, 1), default=32, help="images per batch (default 32)")
+    p.add_argument("--num-workers", type=_bounded(int, 0), default=2,
+                   help="decoding worker processes (default 2)")
+    _add_device(p)
     p.add_argument("--engine", choices=["eager", "onnx"], default="eager",
                    help="PyTorch (default) or ONNX Runtime (exports the checkpoint on the fly unless --onnx is given)")
     p.add_argument("--onnx", metavar="MODEL.onnx", help="an export from `synapse7 export` (implies --engine onnx)")
@@ -497,34 +546,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_precision(p)
     p.add_argument("--fast-decode", action="store_true",
                    help="decode large JPEGs at reduced scale (libjpeg-turbo DCT scaling; docs/performance.md)")
+    _add_no_progress(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX (spectrum included) or safetensors + JSON",
                        description="--format onnx: one .onnx file for ONNX Runtime. --format safetensors: "
                                    "NAME.safetensors (weights) + NAME.json (config, threshold, SHA-256), or "
                                    "DIR/model.safetensors + model.json; loading them runs no pickle.")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT")
-    p.add_argument("--format", choices=["onnx", "safetensors"], default="onnx")
-    p.add_argument("--out", required=True, metavar="MODEL.onnx|NAME.safetensors|DIR")
+    _add_checkpoint(p)
+    p.add_argument("--format", choices=["onnx", "safetensors"], default="onnx", help="export format (default onnx)")
+    p.add_argument("--out", required=True, metavar="MODEL.onnx|NAME.safetensors|DIR", help="file or folder to write")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
                    help="safetensors: number format of the stored weights (fp16 halves the file; default fp32)")
-    p.add_argument("--image-size", type=int, help="input size S of the (B, 3, S, S) graph (default: the checkpoint's)")
+    p.add_argument("--image-size", type=_bounded(int, 8),
+                   help="onnx: input size S of the (B, 3, S, S) graph (default: the checkpoint's)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="offline demo: the shipped model on images made here (--train: train one first)",
                        description="Without --train: run the shipped default model on scikit-image's photographs "
                                    "and self-made fakes (synthesize's up-sampling chains). With --train: build "
                                    "stand-in data, train, evaluate and predict.")
-    p.add_argument("--out", default="demo_out", metavar="DIR")
+    p.add_argument("--out", default="demo_out", metavar="DIR", help="output folder (default demo_out)")
     p.add_argument("--train", action="store_true", help="the train -> evaluate -> predict demo instead")
     p.add_argument("--data", metavar="ROOT", help="with --train: run the same flow on a real dataset instead")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--backbone", default="resnet34")
-    p.add_argument("--weights", default="none")
+    p.add_argument("--image-size", type=_bounded(int, 8),
+                   help="with --train: model input size (default 64 on the demo data, 224 with --data)")
+    p.add_argument("--epochs", type=_bounded(int, 1), default=3, help="with --train: training epochs, >= 1 (default 3)")
+    p.add_argument("--backbone", default="resnet34", help="with --train: backbone (default resnet34; see synapse7 backbones)")
+    p.add_argument("--weights", default="none", metavar="imagenet|none|PATH",
+                   help="with --train: initial weights (default none: from scratch)")
     p.add_argument("--input", metavar="MODE", type=_input_mode, default=ModelConfig.input, help="model input (see train --help)")
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--num-workers", type=_bounded(int, 0), default=2, help="data-loading worker processes (default 2)")
+    _add_no_progress(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("audit", help="audit a dataset for shortcuts (file format, JPEG quality, size, EXIF)",
@@ -534,15 +587,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="report folder (default: print the summary only)")
     p.add_argument("--split", type=_csv_list, default=("train", "val"), metavar="S1,S2",
                    help="splits to audit (default train,val; absent ones are skipped)")
-    p.add_argument("--threshold", type=float, default=0.75,
+    p.add_argument("--threshold", type=_bounded(float, 0, 1), default=0.75,
                    help="flag a property when its one-feature balanced accuracy reaches this (default 0.75)")
     p.add_argument("--verify", action="store_true", help="also decode every image fully (slower; finds truncation)")
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("serve", help="web service: upload page at / and a JSON API at /api/predict",
                        description="Serve a checkpoint over HTTP (needs the 'serve' extra: fastapi, uvicorn).")
-    p.add_argument("--checkpoint", metavar="CKPT",
-                   help="a .ckpt or .safetensors model (default: the shipped model, see `synapse7 info`)")
+    _add_checkpoint(p, required=False)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_bounded(int, 1, 65535), default=8000, help="TCP port, 1-65535 (default 8000)")
     p.add_argument("--max-upload-mb", type=_bounded(float, 0.001), default=20.0,
@@ -554,9 +606,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(default: $SYNAPSE7_TOKEN; none: open)")
     p.add_argument("--rate-limit", type=_bounded(float, 0), default=120.0, metavar="N",
                    help="model requests per minute per client address, in bursts of up to N (default 120; 0: off)")
-    p.add_argument("--threshold", type=float, help="decision threshold on P(AI) (default: the checkpoint's)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    _add_threshold(p)
+    _add_device(p)
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (default info)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("info", help="the shipped default model: version, hash, and its model card's summary")
@@ -575,14 +628,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="all", metavar="M1,M2",
                    help="up_nearest, up_bilinear, up_bicubic, up_tconv, ae_upconv, ae_tconv (synth_ prefix optional), "
                         "or the groups chains, ae, all (default)")
-    p.add_argument("--max-images", type=int, help="use at most this many photos (a seeded random subset)")
-    p.add_argument("--size", type=int, help="square crop side, the same seeded crop for real and fake (default: native size)")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="share of photos in val (default 0.2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-images", type=_bounded(int, 1), help="use at most this many photos (a seeded random subset)")
+    p.add_argument("--size", type=_bounded(int, 8), help="square crop side, the same seeded crop for real and fake (default: native size)")
+    p.add_argument("--val-fraction", type=_bounded(float, 0, 1), default=0.2, help="share of photos in val (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of crops, splits and decoders (default 0)")
     p.add_argument("--format", default="png", metavar="png|jpeg:Q", help="file format of both classes (default png)")
-    p.add_argument("--workers", type=int, default=1, help="processes writing images (default 1)")
-    p.add_argument("--ae-steps", type=int, default=1500, help="autoencoder training steps (default 1500, ~2 CPU min each)")
-    p.add_argument("--ae-max-seconds", type=float,
+    p.add_argument("--workers", type=_bounded(int, 1), default=1, help="processes writing images (default 1)")
+    p.add_argument("--ae-steps", type=_bounded(int, 1), default=1500, help="autoencoder training steps (default 1500, ~2 CPU min each)")
+    p.add_argument("--ae-max-seconds", type=_bounded(float, 0),
                    help="also stop each autoencoder's training after this many seconds (output then not reproducible)")
     p.add_argument("--ae-factor", type=int, choices=[4, 8], default=4, help="autoencoder down-sampling (default 4)")
     p.set_defaults(func=cmd_synthesize)
@@ -591,9 +644,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommand parsers of `parser`, by name."""
+    for action in parser._actions:  # argparse keeps them in its private list; there is no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)  # unknown options exit with status 2 and a usage message
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the subcommand's own usage, not the top level's (exits with status 2)
+        subcommands(parser)[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     if hasattr(args, "data"):
         args.data = _roots(args.data)
     # Expected user errors print one line; --debug (or SYNAPSE7_DEBUG=1) lets them raise with the traceback.

@@ -181,7 +181,10 @@ def load_config(path: str | Path | None = None, **sections: dict[str, Any]) -> R
     base = RunConfig()
     if path is not None:
         base = config_from_dict(read_yaml_mapping(path, "config file", "sections data/model/train"))
-    return base.override(**_upgrade(sections))
+    cfg = base.override(**_upgrade(sections))
+    if cfg.train.epochs < 1:  # 0 epochs would "succeed" and name checkpoints that were never written
+        raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}")
+    return cfg
 
 
 def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict[str, Any]:

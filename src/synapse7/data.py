@@ -1,6 +1,7 @@
 """GenImage-layout discovery, MultiGenDataset and the Lightning data module.
 
-Layouts accepted (class folders `ai`/`nature` or CNNDetection's `1_fake`/`0_real`, any depth of files below):
+Layouts accepted (class folders `ai`/`nature`, `fake`/`real` or CNNDetection's `1_fake`/`0_real`, any depth of
+files below):
     ROOT/<generator>/<split>/{ai,nature}/...     Tiny GenImage: every generator folder is merged
     ROOT/<split>/{ai,nature}/...                 a single generator folder (named after ROOT)
 Generators are found from folder names; nothing here lists them.
@@ -12,7 +13,6 @@ import csv
 import io
 import os
 import sys
-import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,10 +26,12 @@ from synapse7.config import DataConfig
 from synapse7.io import BadImageError, printable_path, walk_images
 from synapse7.transforms import ClassificationPreset, PilOp, build_preset
 
-CLASS_DIRS = {"ai": 1, "nature": 0, "1_fake": 1, "0_real": 0}
+CLASS_DIRS = {"ai": 1, "nature": 0, "fake": 1, "real": 0, "1_fake": 1, "0_real": 0}
+# Folder names of each label, for messages.
+CLASS_FOLDERS = {label: "/".join(d for d, v in CLASS_DIRS.items() if v == label) for label in (0, 1)}
 CLASS_NAMES = ("REAL", "AI")  # index = label
 
-EXPECTED_TREE = """expected layout (class folders may also be named 0_real / 1_fake):
+EXPECTED_TREE = """expected layout (class folders may also be named real / fake or 0_real / 1_fake):
   ROOT/<generator>/{split}/ai/*.png|jpg|...       label 1 (AI-generated)
   ROOT/<generator>/{split}/nature/*.png|jpg|...   label 0 (real)
 or, for a single generator:
@@ -109,19 +111,26 @@ def discover_samples(root: Roots, split: str, generators: Sequence[str] | None =
         found = {g: found[g] for g in generators}
     samples: list[Sample] = []
     ignored = 0
+    total: Counter = Counter()
     for gen, split_dir in found.items():
-        counts = Counter()
+        counts: Counter = Counter()
         for cls, label in _class_dirs(split_dir).items():
             files, other = walk_images(split_dir / cls)
             ignored += other
             counts[label] += len(files)
             samples.extend(Sample(f, label, gen) for f in files)
-        if counts[0] == 0 or counts[1] == 0:
-            which = "nature/0_real" if counts[0] == 0 else "ai/1_fake"
-            warnings.warn(f"generator {gen} has no {which} images in split '{split}'", stacklevel=2)
+        total += counts
+        if (counts[0] == 0) != (counts[1] == 0):  # the split as a whole is checked below; this one is a note
+            missing = CLASS_FOLDERS[0 if counts[0] == 0 else 1]
+            print(f"note: generator {gen} has no {missing} images in split '{split}'", file=sys.stderr)
     if not samples:
         raise LayoutError(f"split '{split}' under {printable_path(root)} holds no images "
                           f"(generators: {', '.join(found)})\n" + EXPECTED_TREE.format(split=split))
+    if total[0] == 0 or total[1] == 0:  # one class only: AUC, thresholds and training are all meaningless
+        label = 0 if total[0] == 0 else 1
+        raise LayoutError(f"split '{split}' under {printable_path(root)} has no {CLASS_NAMES[label]} images: "
+                          f"no {CLASS_FOLDERS[label]} folder with images (generators: {', '.join(found)})\n"
+                          + EXPECTED_TREE.format(split=split))
     if ignored:
         print(f"note: ignored {ignored} non-image file(s) under {printable_path(root)}/{split}", file=sys.stderr)
     return samples

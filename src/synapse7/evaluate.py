@@ -13,8 +13,8 @@ import numpy as np
 
 from synapse7.data import BadImageLog, MultiGenDataset, build_loader
 from synapse7.io import atomic_path, atomic_write_text, ensure_writable_dir, printable_path
-from synapse7.predict import Detector
-from synapse7.reports import compute_eval_report, table_markdown, write_eval_report
+from synapse7.predict import Detector, progress_bar
+from synapse7.reports import compute_eval_report, table_markdown, write_eval_plots, write_eval_report
 from synapse7.transforms import PilOp, build_preset
 
 
@@ -30,8 +30,9 @@ class Predictions:
 
 
 def run_inference(detector: Detector, dataset: MultiGenDataset, *, batch_size: int = 32, num_workers: int = 2,
-                  stream_to: Path | None = None) -> Predictions:
-    """P(AI) for every decodable image of `dataset`; rows are streamed to `stream_to` (CSV) as they come."""
+                  stream_to: Path | None = None, progress: bool = False) -> Predictions:
+    """P(AI) for every decodable image of `dataset`; rows are streamed to `stream_to` (CSV) as they come.
+    progress: a bar on a terminal (`predict.progress_bar`)."""
     loader = build_loader(dataset, batch_size=batch_size, num_workers=num_workers)
     paths: list[str] = []
     labels: list[int] = []
@@ -44,8 +45,10 @@ def run_inference(detector: Detector, dataset: MultiGenDataset, *, batch_size: i
         fh = open(stream_to, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed below
         writer = csv.writer(fh)
         writer.writerow(["path", "generator", "label", "p_ai"])
+    bar = progress_bar(len(dataset), "evaluate", enabled=progress)
     try:
         for batch in loader:
+            bar.update(len(batch["index"]) + len(batch["bad"]))
             bad.add(dataset, batch["bad"])
             if "image" not in batch:
                 continue
@@ -61,6 +64,7 @@ def run_inference(detector: Detector, dataset: MultiGenDataset, *, batch_size: i
             if fh is not None:
                 fh.flush()
     finally:
+        bar.close()
         if fh is not None:
             fh.close()
     return Predictions(paths, np.asarray(labels, dtype=int), np.asarray(probs, dtype=float), gens, bad)
@@ -79,8 +83,10 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, *, split: str = "val
              batch_size: int | None = None, num_workers: int | None = None, generators: Sequence[str] | None = None,
              on_bad_image: str | None = None, align: str | None = None, threshold: float | None = None,
              pre_ops: Sequence[PilOp] = (), device: str | None = None, quiet: bool = False,
-             detector: Detector | None = None, precision: str = "auto", crops: int | None = None) -> EvalResult:
-    """Evaluate `checkpoint` on `data_root/<generator>/<split>`; write reports into out_dir when given."""
+             detector: Detector | None = None, precision: str = "auto", crops: int | None = None,
+             progress: bool = False) -> EvalResult:
+    """Evaluate `checkpoint` on `data_root/<generator>/<split>`; write reports (tables, metrics, confusion
+    matrix, ROC/PR curves, score histogram, reliability diagram) into out_dir when given."""
     out = ensure_writable_dir(out_dir) if out_dir is not None else None
     det = detector or Detector.from_checkpoint(checkpoint, device=device, threshold=threshold, precision=precision,
                                                crops=crops)
@@ -93,9 +99,9 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, *, split: str = "val
     nw = dcfg.num_workers if num_workers is None else num_workers
     if out is not None:
         with atomic_path(out / "predictions.csv") as tmp:
-            preds = run_inference(det, ds, batch_size=bs, num_workers=nw, stream_to=tmp)
+            preds = run_inference(det, ds, batch_size=bs, num_workers=nw, stream_to=tmp, progress=progress)
     else:
-        preds = run_inference(det, ds, batch_size=bs, num_workers=nw)
+        preds = run_inference(det, ds, batch_size=bs, num_workers=nw, progress=progress)
     if len(preds.labels) == 0:
         raise ValueError(f"no decodable images in split '{split}' of {data_root}")
     report = compute_eval_report(preds.labels, preds.p_ai, preds.generators, det.threshold)
@@ -103,6 +109,7 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, *, split: str = "val
              "align": dcfg.align}
     if out is not None:
         write_eval_report(report, out, extra)
+        write_eval_plots(preds.labels, preds.p_ai, det.threshold, out)
         if len(preds.bad):
             atomic_write_text(out / "bad_images.csv", preds.bad.to_csv())
     if not quiet:

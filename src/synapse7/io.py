@@ -24,7 +24,10 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# The one list of image extensions: folder scans (prediction, datasets, audit) take these, in any case, and
+# README.md lists the same (tests/test_cli.py checks both). Files without an extension are taken when their
+# first bytes are those of one of these formats, as naming them directly would read them.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # The decoders tried, whatever the extension says (content is sniffed). Limiting them to the formats of
 # IMAGE_EXTENSIONS keeps Pillow's ~40 other plugins (EPS runs Ghostscript; TGA, PCX, SPIDER... accept
 # almost any bytes) out of reach of untrusted input. JPEG covers MPO.
@@ -49,21 +52,45 @@ class BadImageError(Exception):
         super().__init__(f"{self.path}: {reason}")
 
 
+# Leading bytes of the formats in DECODE_FORMATS (WebP: RIFF....WEBP, checked below).
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def has_image_magic(path: str | os.PathLike) -> bool:
+    """Whether the file starts like a JPEG, PNG, GIF, BMP, TIFF or WebP (False when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
 def is_image_file(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    """A folder scan's test: an image extension (any case), or no extension and an image's magic bytes."""
+    p = Path(path)
+    if p.suffix.lower() in IMAGE_EXTENSIONS:
+        return True
+    return p.suffix == "" and os.path.isfile(p) and has_image_magic(p)
+
+
+def extensions_text() -> str:
+    """The accepted extensions for messages: '.jpg, .jpeg, ...' and the extension-less rule."""
+    return ", ".join(IMAGE_EXTENSIONS) + " (any case), or no extension with an image's content"
 
 
 def walk_images(root: str | os.PathLike) -> tuple[list[str], int]:
-    """Image files under `root` (sorted, recursive, hidden files and symlinked dirs skipped) and a count of
-    the other files."""
+    """Image files under `root` (sorted, recursive, hidden files and symlinked dirs skipped; see
+    `is_image_file`) and a count of the other files."""
     found, other = [], 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
         for f in sorted(filenames):
             if f.startswith("."):
                 continue
-            if is_image_file(f):
-                found.append(os.path.join(dirpath, f))
+            path = os.path.join(dirpath, f)
+            if is_image_file(path):
+                found.append(path)
             else:
                 other += 1
     return found, other

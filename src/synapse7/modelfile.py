@@ -134,8 +134,9 @@ def load_model_file(path: str | os.PathLike, *, verify: bool = True) -> dict[str
     # Back to fp32: the network computes in fp32 (autocast handles reduced precision where asked).
     state = {f"net.{k}": (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
     synapse7 = {"threshold": float(meta.get("threshold", 0.5)), "format": 1}
-    if "calibration" in meta:
-        synapse7["calibration"] = meta["calibration"]
+    for key in ("calibration", "scaling"):  # scaling: calibrate's temperature/offset on the logit
+        if meta.get(key) is not None:
+            synapse7[key] = meta[key]
     return {"state_dict": state, "hyper_parameters": {"config": meta["config"]}, "synapse7": synapse7,
             "model_json": meta}
 
@@ -147,8 +148,9 @@ def export_checkpoint(ckpt: Mapping[str, Any], out: str | os.PathLike, *, dtype:
 
     meta = dict(ckpt.get("synapse7") or {})
     info: dict[str, Any] = {}
-    if "calibration" in meta:
-        info["calibration"] = meta["calibration"]
+    for key in ("calibration", "scaling"):
+        if meta.get(key) is not None:
+            info[key] = meta[key]
     training = dict((ckpt.get("model_json") or {}).get("training") or {})
     for key in ("epoch", "global_step"):  # what a Lightning checkpoint knows about its training
         if key in ckpt:

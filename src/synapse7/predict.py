@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -19,7 +21,7 @@ from synapse7.backbones import read_torch_file
 from synapse7.config import RunConfig, check_precision, config_from_dict
 from synapse7.data import MultiGenDataset, build_loader
 from synapse7.export import OnnxEngine, export_onnx
-from synapse7.io import BadImageError, ensure_writable_dir, printable_path, walk_images
+from synapse7.io import BadImageError, ensure_writable_dir, extensions_text, printable_path, walk_images
 from synapse7.model import Synapse7Net, build_model, net_state_dict
 from synapse7.transforms import build_preset
 
@@ -65,21 +67,59 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def expand_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
-    """Files as given, and image files found recursively (sorted) in folders. Missing paths raise."""
-    out: list[str] = []
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+URL_ERROR = "URLs are not supported; download the image and give its path"
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One thing to classify: a file path, or an input that already failed (`error` says why)."""
+
+    path: str
+    error: str | None = None
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[InputItem]:
+    """Files as given, and image files found recursively (sorted) in folders, in the order given.
+
+    Nothing raises: a URL, a missing path or a folder without images becomes an item with its error, so a
+    caller can report it as one row and go on with the rest.
+    """
+    out: list[InputItem] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            out += walk_images(p)[0]
+        if isinstance(item, str) and _URL.match(item):
+            out.append(InputItem(item, URL_ERROR))
+        elif p.is_dir():
+            found = walk_images(p)[0]
+            out += [InputItem(f) for f in found] or [InputItem(
+                str(p), f"no image files in folder {printable_path(p)} (accepted: {extensions_text()})")]
         elif p.exists() or p.is_symlink():
-            out.append(str(p))
+            out.append(InputItem(str(p)))
         else:
-            raise FileNotFoundError(f"no such file or directory: {printable_path(p)}")
+            out.append(InputItem(str(p), f"no such file or directory: {printable_path(p)}"))
     return out
 
 
+def expand_paths(inputs: Iterable[str | os.PathLike]) -> list[str]:
+    """Files as given, and image files found recursively (sorted) in folders. A bad input raises naming it."""
+    items = expand_inputs(inputs)
+    for it in items:
+        if it.error is not None:
+            raise FileNotFoundError(it.error)
+    return [it.path for it in items]
+
+
 ENGINES = ("eager", "onnx")
+
+
+def progress_bar(total: int, desc: str, *, enabled: bool = True) -> Any:
+    """A tqdm bar on stderr for `total` images, shown only on a terminal, after 2 s (short runs stay quiet),
+    and never when `enabled` is False (--no-progress) or output is piped. Use as a context manager."""
+    from tqdm.auto import tqdm  # installed with Lightning
+
+    show = enabled and sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not show, delay=2.0, leave=False)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -134,11 +174,15 @@ class Detector:
 
     def __init__(self, net: Synapse7Net | None, cfg: RunConfig, *, threshold: float = 0.5,
                  device: str | torch.device | None = None, engine: Any = None, compile: bool = False,
-                 precision: str = "auto") -> None:
+                 precision: str = "auto", scaling: dict[str, float] | None = None) -> None:
         if net is None and engine is None:
             raise ValueError("a Detector needs a network or an ONNX engine")
         self.cfg = cfg
         self.threshold = float(threshold)
+        # Probability calibration stored by `synapse7 calibrate`: P(AI) = sigmoid((logit - offset) / temperature)
+        # (synapse7.calibration.fit_scaling); identity when absent.
+        self.temperature = float((scaling or {}).get("temperature", 1.0))
+        self.offset = float((scaling or {}).get("offset", 0.0))
         self.device = pick_device(device)
         self.engine = engine
         # autocast dtype of the eager network (None: fp32); the ONNX export runs in fp32.
@@ -147,7 +191,7 @@ class Detector:
         if self.net is not None and self.device.type == "cpu":
             self.net = self.net.to(memory_format=torch.channels_last)
         self._forward = torch.compile(self.net) if compile and self.net is not None else self.net
-        self.preset = build_preset(cfg.data)
+        self.preset = build_preset(cfg.data, check_size=True)  # tiny images: an ERROR row, not a guess
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
@@ -186,7 +230,7 @@ class Detector:
                 if got.model != want.model or got.data.image_size != want.data.image_size:
                     raise ValueError(f"{onnx} was exported from another model or image size than {path}")
         return cls(net, _with_data(cfg, fast_decode=fast_decode, crops=crops), threshold=thr, device=device, engine=runner,
-                   compile=compile, precision=precision)
+                   compile=compile, precision=precision, scaling=ckpt.get("synapse7", {}).get("scaling"))
 
     @classmethod
     def default(cls, **kwargs: Any) -> Detector:
@@ -228,13 +272,19 @@ class Detector:
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
                 logits = self._forward(x)
-        return torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
+        return torch.sigmoid((logits.float() - self.offset) / self.temperature).cpu().numpy().astype(np.float64)
 
     def _predict_uint8(self, u8: torch.Tensor) -> np.ndarray:
         """(B, 3, S, S) uint8 crops -> P(AI); normalised on the model's device (a GPU copies a quarter the bytes)."""
         if self.engine is None:
             u8 = u8.to(self.device, non_blocking=True)
         return self.predict_batch(self.preset.normalize(u8))
+
+    @property
+    def raw_threshold(self) -> float:
+        """The threshold on the network's own, uncalibrated P(AI) that `threshold` corresponds to."""
+        t = min(max(self.threshold, 1e-12), 1 - 1e-12)
+        return float(1.0 / (1.0 + np.exp(-(self.offset + self.temperature * np.log(t / (1 - t))))))
 
     def _label(self, p: float) -> str:
         return "AI" if p >= self.threshold else "REAL"
@@ -256,6 +306,9 @@ class Detector:
             crops: dict[int, torch.Tensor] = {}
             errors: dict[int, str] = {}
             for j, item in enumerate(chunk):
+                if isinstance(item, str) and _URL.match(item):  # not a path: its "//" would be read as one
+                    errors[j] = URL_ERROR
+                    continue
                 try:
                     crops[j] = self.preset.load(item, max_pixels=max_pixels, name=names[j])
                 except BadImageError as e:
@@ -283,37 +336,64 @@ class Detector:
                 yield self._prediction(printable_path(paths[i]), pmap.get(i), bad.get(i))
 
 
+    def predict_items(self, items: Sequence[InputItem], *, batch_size: int = 32,
+                      num_workers: int = 2) -> Iterator[Prediction]:
+        """`predict_paths` over `expand_inputs`'s items, in order; failed items give their ERROR row in place."""
+        good = [it.path for it in items if it.error is None]
+        stream = self.predict_paths(good, batch_size=batch_size, num_workers=num_workers) if good else iter(())
+        for it in items:
+            yield next(stream) if it.error is None else Prediction(printable_path(it.path), "ERROR", float("nan"),
+                                                                   it.error)
+
+
 def format_prediction(p: Prediction, *, as_json: bool) -> str:
-    """One output line per image: `path<TAB>AI|REAL|ERROR<TAB>p_ai` or a JSON object."""
+    """One output line per input: `path<TAB>AI|REAL<TAB>p_ai`, `path<TAB>ERROR<TAB>nan<TAB>reason`, or a JSON
+    object (with "error" for failures). Tabs and line breaks in a reason become spaces, one row per input."""
     if as_json:
         d = p.to_dict()
         if p.error is not None:
             d["p_ai"] = None
         return json.dumps(d)
+    if p.error is not None:
+        return f"{p.path}\t{p.label}\tnan\t{' '.join(p.error.split())}"
     return f"{p.path}\t{p.label}\t{p.p_ai:.4f}"
+
+
+def parse_prediction_line(line: str, *, as_json: bool) -> tuple[str, str]:
+    """(path, label) of a line written by `format_prediction`."""
+    if as_json:
+        d = json.loads(line)
+        return d["path"], d["label"]
+    path, label = line.split("\t")[:2]
+    return path, label
 
 
 class ResumableOutput:
     """Prediction lines go to OUT.partial as they come and OUT.partial becomes OUT only when every image is done.
 
-    So OUT is always complete or absent. With resume=True, the lines of an interrupted run's OUT.partial are
-    kept (a half-written last line is dropped) and `done` lists their paths, which are then skipped.
+    So OUT is always complete or absent. With resume=True, the lines of an interrupted run's OUT.partial (a
+    half-written last line dropped) or, when there is none, of a complete OUT are kept, and `done` maps their
+    paths to their labels: those inputs are skipped and only new ones are classified (then appended).
     """
 
     def __init__(self, path: str | os.PathLike, *, resume: bool = False, as_json: bool = False) -> None:
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.as_json = as_json
-        self.done: set[str] = set()
+        self.done: dict[str, str] = {}
         ensure_writable_dir(self.path.parent)
         kept = ""
-        if resume and self.partial.exists():
-            text = self.partial.read_text(encoding="utf-8", errors="surrogateescape")
+        source = self.partial if self.partial.exists() else self.path
+        if resume and source.exists():
+            text = source.read_text(encoding="utf-8", errors="surrogateescape")
             kept = text[: text.rfind("\n") + 1]  # drop a line cut short by the interruption
             for line in kept.splitlines():
-                self.done.add(json.loads(line)["path"] if as_json else line.split("\t", 1)[0])
-        elif resume and self.path.exists():
-            raise FileExistsError(f"{self.path} is already complete; nothing to resume")
+                try:
+                    path, label = parse_prediction_line(line, as_json=as_json)
+                except (ValueError, KeyError, TypeError) as e:
+                    raise ValueError(f"{source}: cannot resume: a line is not a prediction in the "
+                                     f"{'JSON' if as_json else 'TSV'} format ({line[:80]!r})") from e
+                self.done[path] = label
         self._fh = open(self.partial, "w", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
         self._fh.write(kept)
         self._fh.flush()

@@ -22,6 +22,8 @@ from synapse7.reports import fmt_value, pyplot, save_figure, table_csv, table_ma
 ROBUSTNESS_COLUMNS = ["perturbation", "family", "strength", "generator", "accuracy", "ap", "roc_auc", "real_acc",
                       "fake_acc", "n_real", "n_fake", "support", "threshold"]
 IDENTITY_STRENGTH = {"resize": 1.0, "blur": 0.0}
+# Where each panel draws the unperturbed point: the identity, or the weakest end (JPEG quality 100).
+UNPERTURBED_AT = {**IDENTITY_STRENGTH, "jpeg": 100.0}
 
 
 @dataclass(frozen=True)
@@ -96,18 +98,20 @@ def save_robustness_png(result: RobustnessResult, path: str | Path) -> None:
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), dpi=120, squeeze=False)
     for ax, fam in zip(axes[0], families or ["none"], strict=False):
         pts = sorted((r["strength"], r["accuracy"]) for r in overall if r["family"] == fam)
-        if base and fam in IDENTITY_STRENGTH:  # resize 1 and blur 0 are the unperturbed image itself
+        if base and fam in IDENTITY_STRENGTH:  # resize 1 and blur 0 are the unperturbed image itself: join it
             pts = sorted([*pts, (IDENTITY_STRENGTH[fam], base[0])])
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=fam)
-        if base:
-            ax.axhline(base[0], color="grey", linestyle="--", linewidth=1, label="none")
+        if pts and fam != "none":
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{labels.get(fam, fam)}: accuracy")
+        if base:  # the unperturbed point on every panel, at the weak end of the axis (JPEG: quality 100)
+            ax.plot([UNPERTURBED_AT.get(fam, 0.0)], [base[0]], marker="*", markersize=11, color="C2", linestyle="none",
+                    label=f"unperturbed: {base[0]:.3f}", zorder=3)
+            ax.axhline(base[0], color="grey", linestyle="--", linewidth=1, label="unperturbed level")
         if fam in ("jpeg", "resize"):
             ax.invert_xaxis()  # stronger perturbation to the right, as for blur
         ax.set_xlabel(labels.get(fam, fam))
         ax.set_ylabel("accuracy")
         ax.set_ylim(0.0, 1.02)
-        ax.axhline(0.5, color="red", linestyle=":", linewidth=0.8)
+        ax.axhline(0.5, color="red", linestyle=":", linewidth=0.8, label="chance (0.5)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
         ax.set_title(fam)

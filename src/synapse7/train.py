@@ -22,6 +22,7 @@ from synapse7.io import atomic_write_text, ensure_writable_dir
 from synapse7.model import count_parameters, resolve_normalization
 from synapse7.module import DetectorModule
 from synapse7.perturb import build_train_ops
+from synapse7.reports import save_training_curves_png
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ def build_trainer(cfg: RunConfig, out: Path, *, progress: bool = True, extra_cal
 
 def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
           callbacks: list | None = None) -> TrainResult:
-    """Train a detector on cfg.data.root; writes RUN_DIR/{best,last}.ckpt, config.yaml, logs/metrics.csv."""
+    """Train a detector on cfg.data.root; writes RUN_DIR/{best,last}.ckpt, config.yaml, logs/metrics.csv and
+    training_curves.png."""
     out = ensure_writable_dir(out_dir)
     last = out / "last.ckpt"
     if resume and not last.is_file():
@@ -139,6 +141,8 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
     if len(bad):
         atomic_write_text(out / "bad_images.csv", bad.to_csv())
         print(f"skipped {len(bad)} bad training image(s); list in {out / 'bad_images.csv'}", file=sys.stderr)
+    if trainer.is_global_zero:
+        save_training_curves_png(out / "logs", out / "training_curves.png")
     best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     return TrainResult(
         best_ckpt=out / "best.ckpt",

@@ -19,7 +19,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from synapse7.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
-from synapse7.io import DEFAULT_MAX_PIXELS, load_image
+from synapse7.io import DEFAULT_MAX_PIXELS, BadImageError, load_image
 from synapse7.perturb import PilOp, build_align
 
 MAX_ASPECT = 8  # longer side kept before resizing, in multiples of the shorter side
@@ -94,6 +94,7 @@ class ClassificationPreset:
         pre_ops: Sequence[PilOp] = (),
         fast_decode: bool = False,
         crops: int = 1,
+        min_side: int = 0,
     ) -> None:
         if preprocess not in ("resize", "crop"):
             raise ValueError(f"preprocess must be 'resize' or 'crop', got {preprocess!r}")
@@ -106,6 +107,7 @@ class ClassificationPreset:
         self.pre_ops = list(pre_ops)
         self.fast_decode = fast_decode
         self.crops = crops
+        self.min_side = min_side  # `load` refuses images with a shorter side (0: no check)
 
     @property
     def draft_size(self) -> int | None:
@@ -128,8 +130,14 @@ class ClassificationPreset:
 
     def load(self, source: str | os.PathLike | bytes | IO[bytes] | Image.Image | np.ndarray, *,
              max_pixels: int = DEFAULT_MAX_PIXELS, name: str | os.PathLike | None = None) -> torch.Tensor:
-        """decode + to_uint8: uint8 (3, crop, crop), not yet normalised."""
-        return self.to_uint8(self.decode(source, max_pixels=max_pixels, name=name))
+        """decode + to_uint8: uint8 (3, crop, crop), not yet normalised. Raises BadImageError for an image
+        smaller than `min_side`."""
+        img = self.decode(source, max_pixels=max_pixels, name=name)
+        if min(img.size) < self.min_side:
+            label = name if name is not None else (source if isinstance(source, (str, os.PathLike)) else None)
+            raise BadImageError(label, f"image too small: {img.width}x{img.height}; this model needs at least "
+                                       f"{self.min_side} px on the shorter side (its input is {self.crop_size} px)")
+        return self.to_uint8(img)
 
     def to_uint8(self, img: Image.Image) -> torch.Tensor:
         """PIL RGB -> uint8 tensor (3, crop, crop), before normalisation."""
@@ -173,8 +181,19 @@ class ClassificationPreset:
                 f"pre_ops={self.pre_ops})")
 
 
-def build_preset(cfg: DataConfig, *, pre_ops: Sequence[PilOp] = ()) -> ClassificationPreset:
-    """The evaluation/inference preset for a data config (alignment ops first, if configured)."""
+def min_input_side(cfg: DataConfig) -> int:
+    """The smallest shorter side a model of this config classifies: a quarter of its input size, at least 8 px.
+
+    Below it, resizing up more than 4x (preprocess "resize") or padding more than 15/16 of the crop ("crop")
+    leaves nothing of what the model was trained on; the FFT of fewer than 8 pixels is no spectrum at all.
+    A 32 px CIFAKE image upsampled to 96 passes (limit 24); a 4x4 image never does.
+    """
+    return max(8, -(-cfg.image_size // 4))
+
+
+def build_preset(cfg: DataConfig, *, pre_ops: Sequence[PilOp] = (), check_size: bool = False) -> ClassificationPreset:
+    """The evaluation/inference preset for a data config (alignment ops first, if configured). check_size:
+    refuse images under `min_input_side` (prediction does; datasets for training and evaluation do not)."""
     ops: list[PilOp] = []
     if cfg.align:
         ops.append(build_align(cfg.align))
@@ -188,4 +207,5 @@ def build_preset(cfg: DataConfig, *, pre_ops: Sequence[PilOp] = ()) -> Classific
         pre_ops=ops,
         fast_decode=cfg.fast_decode,
         crops=cfg.crops,
+        min_side=min_input_side(cfg) if check_size else 0,
     )
