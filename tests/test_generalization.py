@@ -129,3 +129,13 @@ def test_safe_augmentation_flags_reach_the_training_ops_around_the_crop() -> Non
     kinds = [type(op) for op in ops]
     assert kinds == [RandomRotation, ColorJitter, RandomCrop, RandomPatchMask]
     assert ops[0].prob == 0.5 and ops[1].prob == 0.4 and ops[3].prob == 0.3 and tuple(ops[3].ratio) == (0.1, 0.2)
+
+
+def test_training_items_are_single_crops_while_validation_gets_the_grid(tmp_path: Path) -> None:
+    from synapse7.data import build_datasets
+
+    root = make_dataset(tmp_path / "d", generators=("g",), n=2, size=80)
+    cfg = DataConfig(root=str(root), image_size=32, preprocess="crop", crops=4)
+    train, val = build_datasets(cfg, train_pre_ops=build_train_ops(cfg))
+    assert train[0]["image"].shape == (3, 32, 32)  # one random crop per image and step
+    assert val[0]["image"].shape == (4, 3, 32, 32)  # the 2 x 2 grid, logits combined by the model

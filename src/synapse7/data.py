@@ -15,7 +15,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -318,7 +318,9 @@ def build_datasets(cfg: DataConfig, *, train_pre_ops: Sequence[PilOp] = ()) -> t
     if cfg.root is None:
         raise LayoutError("no dataset root given (--data ROOT)")
     common = dict(on_bad_image=cfg.on_bad_image, max_pixels=cfg.max_pixels)
-    train = MultiGenDataset(cfg.root, cfg.train_split, build_preset(cfg, pre_ops=train_pre_ops),
+    # Training sees one crop per image and step (a random one with preprocess=crop); `crops` (k*k tiles whose
+    # logits are combined) is how validation, evaluation and prediction look at the whole image.
+    train = MultiGenDataset(cfg.root, cfg.train_split, build_preset(replace(cfg, crops=1), pre_ops=train_pre_ops),
                             generators=cfg.train_generators, **common)
     val = MultiGenDataset(cfg.root, cfg.val_split, build_preset(cfg),
                           generators=cfg.test_generators or cfg.train_generators, **common)
