@@ -47,12 +47,18 @@ PERTURB = "jpeg:95,jpeg:65,jpeg:30,resize:0.5,resize:0.25,blur:1,blur:3,none"
 # CIFAKE's 32 px images are upsampled to 96 px (resize 96, crop 96: nothing is cut off) so the pretrained stages
 # see objects at a scale near ImageNet's; at native 32 px the last stage works on a 1x1 map. Measured: 32 px
 # crop, 8 epochs reached 0.9475 val accuracy (git history of docs/results.md); 96 px passed 0.959 after one epoch.
-CIFAKE_TRAIN = ("--backbone efficientnet_lite0 --weights imagenet --input rgb --strategy full --image-size 96 "
-                "--resize-size 96 --aug-flip-prob 0.5 --epochs 10 --batch-size 64 --lr 1e-3 --seed 42")
-AUG = ("--aug-blur-prob 0.5 --aug-blur-sigma 0,3 --aug-jpeg-prob 0.5 --aug-jpeg-quality 30,100 "
-       "--aug-resize-prob 0.25 --aug-resize-scale 0.25,1")
-GENIMAGE_TRAIN = ("--backbone efficientnet_lite0 --weights imagenet --input rgb --strategy frozen-early "
-                  "--image-size 128 --preprocess crop --train-crop center --epochs 8 --batch-size 32 --lr 1e-3 --seed 42")
+CIFAKE_TRAIN = (
+    "--backbone efficientnet_lite0 --weights imagenet --input rgb --strategy full --image-size 96 "
+    "--resize-size 96 --aug-flip-prob 0.5 --epochs 10 --batch-size 64 --lr 1e-3 --seed 42"
+)
+AUG = (
+    "--aug-blur-prob 0.5 --aug-blur-sigma 0,3 --aug-jpeg-prob 0.5 --aug-jpeg-quality 30,100 "
+    "--aug-resize-prob 0.25 --aug-resize-scale 0.25,1"
+)
+GENIMAGE_TRAIN = (
+    "--backbone efficientnet_lite0 --weights imagenet --input rgb --strategy frozen-early "
+    "--image-size 128 --preprocess crop --train-crop center --epochs 8 --batch-size 32 --lr 1e-3 --seed 42"
+)
 # The weights expect inputs normalised with mean = std = 0.5 (docs/backbones.md); a config file sets that.
 HALF_NORM = "data:\n  mean: [0.5, 0.5, 0.5]\n  std: [0.5, 0.5, 0.5]\n"
 TARGETS = {"cifake_acc": 0.975, "cifake_auc": 0.995, "jpeg65_drop": 0.05}
@@ -101,7 +107,11 @@ def _input_of(flags: str) -> str:
     words = shlex.split(flags)
     from synapse7.config import ModelConfig
 
-    return words[len(words) - 1 - words[::-1].index("--input") + 1] if "--input" in words else ModelConfig().input
+    return (
+        words[len(words) - 1 - words[::-1].index("--input") + 1]
+        if "--input" in words
+        else ModelConfig().input
+    )
 
 
 def _epochs_of(flags: str) -> str:
@@ -124,63 +134,171 @@ def build_steps(data: Path, out: Path, args: argparse.Namespace) -> list[Step]:
 
     def train(name: str, protocol: str, root: Path, flags: str, *extra: str) -> Step:
         run = out / name
-        return Step(f"train {name}", protocol, ["train", "--data", rel(root), "--out", rel(run), "--config", rel(norm),
-                                                *shlex.split(flags), *extra, *common],
-                    run / "train_done.json", resume_if=run / "last.ckpt")
+        return Step(
+            f"train {name}",
+            protocol,
+            [
+                "train",
+                "--data",
+                rel(root),
+                "--out",
+                rel(run),
+                "--config",
+                rel(norm),
+                *shlex.split(flags),
+                *extra,
+                *common,
+            ],
+            run / "train_done.json",
+            resume_if=run / "last.ckpt",
+        )
 
-    def evaluate(name: str, protocol: str, root: Path, ckpt: Path, dest: Path, *extra: str, needs: str) -> Step:
-        return Step(name, protocol, ["evaluate", "--data", rel(root), "--checkpoint", rel(ckpt), "--out", rel(dest),
-                                     *extra, *ev], dest / ("robustness.json" if "--perturb" in extra else
-                                                           "metrics.json"), needs=[needs])
+    def evaluate(
+        name: str, protocol: str, root: Path, ckpt: Path, dest: Path, *extra: str, needs: str
+    ) -> Step:
+        return Step(
+            name,
+            protocol,
+            ["evaluate", "--data", rel(root), "--checkpoint", rel(ckpt), "--out", rel(dest), *extra, *ev],
+            dest / ("robustness.json" if "--perturb" in extra else "metrics.json"),
+            needs=[needs],
+        )
 
     base, aug = out / "cifake_base", out / "cifake_aug"
     # The frozen stages' outputs are cached on disk (synapse7.cache): alignment is deterministic, so each image
     # is decoded, re-encoded and run through the frozen stages once instead of once per epoch.
-    gm_flags = args.genimage_train + (f" --feature-cache {rel(out / 'feature_cache')}" if args.feature_cache else "")
+    gm_flags = args.genimage_train + (
+        f" --feature-cache {rel(out / 'feature_cache')}" if args.feature_cache else ""
+    )
     steps = [
         # cifake (its model is also the non-augmented model of the robustness protocol)
         train("cifake_base", "cifake", cifake, args.cifake_train),
-        evaluate("evaluate cifake_base", "cifake", cifake, base / "last.ckpt", base / "eval",
-                 needs="train cifake_base"),
-        Step("calibrate cifake_base", "cifake", ["calibrate", "--data", rel(cifake), "--checkpoint",
-                                                 rel(base / "last.ckpt"), "--method", "accuracy", "--out",
-                                                 rel(base / "calibrated.ckpt"), *ev],
-             base / "calibrated.ckpt", needs=["train cifake_base"]),
-        evaluate("evaluate cifake_base calibrated", "cifake", cifake, base / "calibrated.ckpt",
-                 base / "eval_calibrated", needs="calibrate cifake_base"),
+        evaluate(
+            "evaluate cifake_base",
+            "cifake",
+            cifake,
+            base / "last.ckpt",
+            base / "eval",
+            needs="train cifake_base",
+        ),
+        Step(
+            "calibrate cifake_base",
+            "cifake",
+            [
+                "calibrate",
+                "--data",
+                rel(cifake),
+                "--checkpoint",
+                rel(base / "last.ckpt"),
+                "--method",
+                "accuracy",
+                "--out",
+                rel(base / "calibrated.ckpt"),
+                *ev,
+            ],
+            base / "calibrated.ckpt",
+            needs=["train cifake_base"],
+        ),
+        evaluate(
+            "evaluate cifake_base calibrated",
+            "cifake",
+            cifake,
+            base / "calibrated.ckpt",
+            base / "eval_calibrated",
+            needs="calibrate cifake_base",
+        ),
         # robustness
-        evaluate("perturb cifake_base", "robustness", cifake, base / "last.ckpt", base / "robust",
-                 "--perturb", args.perturb, needs="train cifake_base"),
+        evaluate(
+            "perturb cifake_base",
+            "robustness",
+            cifake,
+            base / "last.ckpt",
+            base / "robust",
+            "--perturb",
+            args.perturb,
+            needs="train cifake_base",
+        ),
         train("cifake_aug", "robustness", cifake, args.cifake_train, *shlex.split(args.aug)),
-        evaluate("perturb cifake_aug", "robustness", cifake, aug / "last.ckpt", aug / "robust",
-                 "--perturb", args.perturb, needs="train cifake_aug"),
+        evaluate(
+            "perturb cifake_aug",
+            "robustness",
+            cifake,
+            aug / "last.ckpt",
+            aug / "robust",
+            "--perturb",
+            args.perturb,
+            needs="train cifake_aug",
+        ),
         # genimage-mini
-        Step("audit genimage-mini", "genimage", ["audit", rel(gm), "--out", rel(out / "gm_audit")],
-             out / "gm_audit" / "audit.json"),
+        Step(
+            "audit genimage-mini",
+            "genimage",
+            ["audit", rel(gm), "--out", rel(out / "gm_audit")],
+            out / "gm_audit" / "audit.json",
+        ),
     ]
     for prefix, extra in genimage_variants(args):
         flags = f"{gm_flags} {extra}".strip()
-        steps += [train(f"gm_{prefix}raw", "genimage", gm, flags),
-                  train(f"gm_{prefix}jpeg96", "genimage", gm, flags, "--align", "jpeg:96")]
+        steps += [
+            train(f"gm_{prefix}raw", "genimage", gm, flags),
+            train(f"gm_{prefix}jpeg96", "genimage", gm, flags, "--align", "jpeg:96"),
+        ]
         for model in ("raw", "jpeg96"):
             ckpt_dir = out / f"gm_{prefix}{model}"
             for ev_align in ("none", "jpeg:96"):
                 tag = "raw" if ev_align == "none" else "jpeg96"
-                steps.append(evaluate(f"evaluate gm_{prefix}{model} on {tag}", "genimage", gm,
-                                      ckpt_dir / "last.ckpt", ckpt_dir / f"eval_{tag}", "--align", ev_align,
-                                      needs=f"train gm_{prefix}{model}"))
+                steps.append(
+                    evaluate(
+                        f"evaluate gm_{prefix}{model} on {tag}",
+                        "genimage",
+                        gm,
+                        ckpt_dir / "last.ckpt",
+                        ckpt_dir / f"eval_{tag}",
+                        "--align",
+                        ev_align,
+                        needs=f"train gm_{prefix}{model}",
+                    )
+                )
     loo = out / "gm_loo_jpeg96"
-    steps.append(Step("leave-one-out gm jpeg96", "genimage",
-                      ["crossgen", "--data", rel(gm), "--out", rel(loo), "--mode", "leave-one-out", "--config",
-                       rel(norm), *shlex.split(gm_flags), "--align", "jpeg:96", *common],
-                      loo / "crossgen.json"))
+    steps.append(
+        Step(
+            "leave-one-out gm jpeg96",
+            "genimage",
+            [
+                "crossgen",
+                "--data",
+                rel(gm),
+                "--out",
+                rel(loo),
+                "--mode",
+                "leave-one-out",
+                "--config",
+                rel(norm),
+                *shlex.split(gm_flags),
+                "--align",
+                "jpeg:96",
+                *common,
+            ],
+            loo / "crossgen.json",
+        )
+    )
     if args.cifake_long_epochs:
         # The cifake model again with a longer schedule (the cosine decay stretched over more epochs); last, so
         # that every other protocol is done first. The later --epochs flag wins.
         long = out / "cifake_long"
-        steps += [train("cifake_long", "cifake", cifake, args.cifake_train, "--epochs", str(args.cifake_long_epochs)),
-                  evaluate("evaluate cifake_long", "cifake", cifake, long / "last.ckpt", long / "eval",
-                           needs="train cifake_long")]
+        steps += [
+            train(
+                "cifake_long", "cifake", cifake, args.cifake_train, "--epochs", str(args.cifake_long_epochs)
+            ),
+            evaluate(
+                "evaluate cifake_long",
+                "cifake",
+                cifake,
+                long / "last.ckpt",
+                long / "eval",
+                needs="train cifake_long",
+            ),
+        ]
     return steps
 
 
@@ -209,8 +327,10 @@ def run_steps(steps: list[Step], ledger: Ledger, log_dir: Path) -> None:
         if step.done.exists() and step.resume_if is not None:
             made_by = json.loads(step.done.read_text()).get("command")
             if made_by != step.command():
-                raise SystemExit(f"bench/accuracy.py: {rel(step.done.parent)} was trained by another command:\n"
-                                 f"  {made_by}\nnot\n  {step.command()}\nuse another --out")
+                raise SystemExit(
+                    f"bench/accuracy.py: {rel(step.done.parent)} was trained by another command:\n"
+                    f"  {made_by}\nnot\n  {step.command()}\nuse another --out"
+                )
         if step.done.exists():
             print(f"[skip] {step.name}: {rel(step.done)} exists", flush=True)
             continue
@@ -220,8 +340,10 @@ def run_steps(steps: list[Step], ledger: Ledger, log_dir: Path) -> None:
             continue
         resume = step.resume_if is not None and step.resume_if.exists()
         if resume and not _same_config(step):
-            raise SystemExit(f"bench/accuracy.py: {rel(step.done.parent)} holds an interrupted run with another "
-                             "config; remove it or use another --out")
+            raise SystemExit(
+                f"bench/accuracy.py: {rel(step.done.parent)} holds an interrupted run with another "
+                "config; remove it or use another --out"
+            )
         cmd = step.command(resume)
         log = log_dir / (step.name.replace(" ", "_").replace(":", "") + ".log")
         print(f"[run ] {step.name}: {cmd}\n       log: {rel(log)}", flush=True)
@@ -236,8 +358,15 @@ def run_steps(steps: list[Step], ledger: Ledger, log_dir: Path) -> None:
         prev = ledger.records.get(step.name, {})
         # A resumed training's time adds to the interrupted part's.
         total = seconds + (prev.get("seconds", 0.0) if resume and prev.get("rc") is None else 0.0)
-        rec = {"command": step.command(False), "seconds": round(total, 1), "started": prev.get("started", started)
-               if resume else started, "load_start": load0, "load_end": load_average(), "rc": rc, "resumed": resume}
+        rec = {
+            "command": step.command(False),
+            "seconds": round(total, 1),
+            "started": prev.get("started", started) if resume else started,
+            "load_start": load0,
+            "load_end": load_average(),
+            "rc": rc,
+            "resumed": resume,
+        }
         if rc == 0 and step.resume_if is not None:
             atomic_write_text(step.done, json.dumps(rec, indent=2) + "\n")
         ledger.put(step.name, rec)
@@ -265,8 +394,15 @@ class Figures:
         self.ledger, self.steps = ledger, steps
         self.rows: list[tuple[str, str, str, str, str, list[str]]] = []
 
-    def add(self, protocol: str, figure: str, value: float | None, behind: list[str], target: str = "",
-            met: Callable[[float], bool] | None = None) -> None:
+    def add(
+        self,
+        protocol: str,
+        figure: str,
+        value: float | None,
+        behind: list[str],
+        target: str = "",
+        met: Callable[[float], bool] | None = None,
+    ) -> None:
         ok = "" if value is None or met is None else ("yes" if met(value) else "**no**")
         self.rows.append((protocol, figure, _f(value), target, ok, behind))
 
@@ -299,8 +435,12 @@ def invocations(out: Path) -> list[tuple[str, str]]:
 def record_invocation(out: Path, argv: list[str]) -> None:
     path = out / "invocations.json"
     d = _load(path) or {"runs": []}
-    d["runs"].append({"started": datetime.now().isoformat(timespec="seconds"),
-                      "command": "PYTHONPATH=src .venv/bin/python bench/accuracy.py " + " ".join(argv)})
+    d["runs"].append(
+        {
+            "started": datetime.now().isoformat(timespec="seconds"),
+            "command": "PYTHONPATH=src .venv/bin/python bench/accuracy.py " + " ".join(argv),
+        }
+    )
     atomic_write_text(path, json.dumps(d, indent=2) + "\n")
 
 
@@ -312,37 +452,73 @@ def render(out: Path, steps: list[Step], ledger: Ledger, args: argparse.Namespac
     auc = _metric(base / "eval" / "metrics.json", "roc_auc")
     trb, evb = "train cifake_base", "evaluate cifake_base"
     ep = _epochs_of(args.cifake_train)
-    figs.add("cifake", f"val accuracy (threshold 0.5), {ep} epochs", acc, [trb, evb], ">= 0.975", lambda v: v >= 0.975)
+    figs.add(
+        "cifake",
+        f"val accuracy (threshold 0.5), {ep} epochs",
+        acc,
+        [trb, evb],
+        ">= 0.975",
+        lambda v: v >= 0.975,
+    )
     figs.add("cifake", f"val ROC-AUC, {ep} epochs", auc, [trb, evb], ">= 0.995", lambda v: v >= 0.995)
     figs.add("cifake", "val AP", _metric(base / "eval" / "metrics.json", "ap"), [trb, evb])
     figs.add("cifake", "val ECE", _metric(base / "eval" / "metrics.json", "ece"), [trb, evb])
     if args.cifake_long_epochs:
         names, ep = ["train cifake_long", "evaluate cifake_long"], args.cifake_long_epochs
         long_metrics = out / "cifake_long" / "eval" / "metrics.json"
-        figs.add("cifake", f"val accuracy (threshold 0.5), {ep} epochs", _metric(long_metrics, "accuracy"), names,
-                 ">= 0.975", lambda v: v >= 0.975)
-        figs.add("cifake", f"val ROC-AUC, {ep} epochs", _metric(long_metrics, "roc_auc"), names, ">= 0.995",
-                 lambda v: v >= 0.995)
+        figs.add(
+            "cifake",
+            f"val accuracy (threshold 0.5), {ep} epochs",
+            _metric(long_metrics, "accuracy"),
+            names,
+            ">= 0.975",
+            lambda v: v >= 0.975,
+        )
+        figs.add(
+            "cifake",
+            f"val ROC-AUC, {ep} epochs",
+            _metric(long_metrics, "roc_auc"),
+            names,
+            ">= 0.995",
+            lambda v: v >= 0.995,
+        )
         figs.add("cifake", f"val AP, {ep} epochs", _metric(long_metrics, "ap"), names)
     cal = _load(base / "eval_calibrated" / "metrics.json")
-    figs.add("cifake", "val accuracy at a threshold chosen on val itself (optimistic)",
-             None if cal is None else cal["accuracy"], [trb, "calibrate cifake_base", "evaluate cifake_base calibrated"])
+    figs.add(
+        "cifake",
+        "val accuracy at a threshold chosen on val itself (optimistic)",
+        None if cal is None else cal["accuracy"],
+        [trb, "calibrate cifake_base", "evaluate cifake_base calibrated"],
+    )
     rb, ra = _robust_acc(base / "robust" / "robustness.json"), _robust_acc(aug / "robust" / "robustness.json")
-    for model, table, names in (("no augmentation", rb, [trb, "perturb cifake_base"]),
-                                ("augmented", ra, ["train cifake_aug", "perturb cifake_aug"])):
+    for model, table, names in (
+        ("no augmentation", rb, [trb, "perturb cifake_base"]),
+        ("augmented", ra, ["train cifake_aug", "perturb cifake_aug"]),
+    ):
         for p in ("none", "jpeg:65", "jpeg:30", "resize:0.5"):
             figs.add("robustness", f"cifake val accuracy, {model}, {p}", table.get(p), names)
         if "none" in table and "jpeg:65" in table:
             drop = table["none"] - table["jpeg:65"]
             target = "<= 0.05" if model == "augmented" else ""
-            figs.add("robustness", f"accuracy lost at jpeg:65, {model}", drop, names, target,
-                     (lambda v: v <= 0.05) if model == "augmented" else None)
+            figs.add(
+                "robustness",
+                f"accuracy lost at jpeg:65, {model}",
+                drop,
+                names,
+                target,
+                (lambda v: v <= 0.05) if model == "augmented" else None,
+            )
     audit = _load(out / "gm_audit" / "audit.json")
     if audit is not None:
         for s in audit.get("flagged", []):
             if s.get("scope") == "all":
-                figs.add("genimage", f"audit: one-feature balanced accuracy of `{s['feature']}` ({s['rule']})",
-                         s["balanced_accuracy"], ["audit genimage-mini"], "flagged (shortcut)")
+                figs.add(
+                    "genimage",
+                    f"audit: one-feature balanced accuracy of `{s['feature']}` ({s['rule']})",
+                    s["balanced_accuracy"],
+                    ["audit genimage-mini"],
+                    "flagged (shortcut)",
+                )
     else:
         figs.add("genimage", "audit", None, ["audit genimage-mini"])
     for prefix, extra in genimage_variants(args):
@@ -351,20 +527,33 @@ def render(out: Path, steps: list[Step], ledger: Ledger, args: argparse.Namespac
         for model in ("raw", "jpeg96"):
             for tag in ("raw", "jpeg96"):
                 name = f"evaluate gm_{prefix}{model} on {tag}"
-                accs[model, tag] = _metric(out / f"gm_{prefix}{model}" / f"eval_{tag}" / "metrics.json", "accuracy")
-                figs.add("genimage", f"val accuracy ({mode} input), trained {'with' if model == 'jpeg96' else 'without'}"
-                         f" --align jpeg:96, evaluated {'with' if tag == 'jpeg96' else 'without'}",
-                         accs[model, tag], [f"train gm_{prefix}{model}", name])
+                accs[model, tag] = _metric(
+                    out / f"gm_{prefix}{model}" / f"eval_{tag}" / "metrics.json", "accuracy"
+                )
+                figs.add(
+                    "genimage",
+                    f"val accuracy ({mode} input), trained {'with' if model == 'jpeg96' else 'without'}"
+                    f" --align jpeg:96, evaluated {'with' if tag == 'jpeg96' else 'without'}",
+                    accs[model, tag],
+                    [f"train gm_{prefix}{model}", name],
+                )
         a, b = accs["raw", "raw"], accs["jpeg96", "jpeg96"]
-        figs.add("genimage", f"({mode} input) raw accuracy minus format-aligned accuracy (both in training and "
-                 "evaluation)", None if a is None or b is None else a - b,
-                 [f"evaluate gm_{prefix}raw on raw", f"evaluate gm_{prefix}jpeg96 on jpeg96"])
+        figs.add(
+            "genimage",
+            f"({mode} input) raw accuracy minus format-aligned accuracy (both in training and evaluation)",
+            None if a is None or b is None else a - b,
+            [f"evaluate gm_{prefix}raw on raw", f"evaluate gm_{prefix}jpeg96 on jpeg96"],
+        )
     loo = _load(out / "gm_loo_jpeg96" / "crossgen.json")
     loo_name = "leave-one-out gm jpeg96"
     if loo is not None:
         for r in loo["table"]:
-            label = "mean over held-out generators" if r["held_out"] == "mean" else f"held out {r['held_out']}"
-            figs.add("genimage", f"leave-one-out (--align jpeg:96) accuracy, {label}", r["accuracy"], [loo_name])
+            label = (
+                "mean over held-out generators" if r["held_out"] == "mean" else f"held out {r['held_out']}"
+            )
+            figs.add(
+                "genimage", f"leave-one-out (--align jpeg:96) accuracy, {label}", r["accuracy"], [loo_name]
+            )
     else:
         figs.add("genimage", "leave-one-out (--align jpeg:96)", None, [loo_name])
 
@@ -398,10 +587,16 @@ def render(out: Path, steps: list[Step], ledger: Ledger, args: argparse.Namespac
     ]
     for protocol, figure, value, target, ok, behind in figs.rows:
         lines.append(f"| {protocol} | {figure} | {value} | {target} | {ok} | {figs.runtime(behind)} |")
-    lines += ["", "## Commands", "",
-              "Run from the repository root; `time` is the wall-clock time of the step (a resumed training adds "
-              "its parts), with the 1/5/15-minute load averages at its start and end.", "",
-              "| step | command | time | load at start / end | result |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Commands",
+        "",
+        "Run from the repository root; `time` is the wall-clock time of the step (a resumed training adds "
+        "its parts), with the 1/5/15-minute load averages at its start and end.",
+        "",
+        "| step | command | time | load at start / end | result |",
+        "|---|---|---|---|---|",
+    ]
     for s in steps:
         r = ledger.records.get(s.name)
         status = "not run" if r is None else ("ok" if r["rc"] == 0 else f"failed (rc {r['rc']})")
@@ -414,11 +609,12 @@ def render(out: Path, steps: list[Step], ledger: Ledger, args: argparse.Namespac
 
 def _details(out: Path, args: argparse.Namespace) -> list[str]:
     lines: list[str] = ["", "## Details"]
-    for title, path in (("cifake val, per generator (no augmentation)", out / "cifake_base" / "eval" / "per_generator.md"),
-                        ("robustness, model trained without augmentation",
-                         out / "cifake_base" / "robust" / "robustness.md"),
-                        ("robustness, model trained with augmentation", out / "cifake_aug" / "robust" / "robustness.md"),
-                        ("genimage-mini leave-one-out (--align jpeg:96)", out / "gm_loo_jpeg96" / "crossgen.md")):
+    for title, path in (
+        ("cifake val, per generator (no augmentation)", out / "cifake_base" / "eval" / "per_generator.md"),
+        ("robustness, model trained without augmentation", out / "cifake_base" / "robust" / "robustness.md"),
+        ("robustness, model trained with augmentation", out / "cifake_aug" / "robust" / "robustness.md"),
+        ("genimage-mini leave-one-out (--align jpeg:96)", out / "gm_loo_jpeg96" / "crossgen.md"),
+    ):
         if path.is_file():
             text = path.read_text()
             if path.name == "robustness.md":  # the pivot only; the full table is in the file
@@ -430,30 +626,55 @@ def _details(out: Path, args: argparse.Namespace) -> list[str]:
             for tag in ("raw", "jpeg96"):
                 path = out / f"gm_{prefix}{model}" / f"eval_{tag}" / "per_generator.md"
                 if path.is_file():
-                    lines += ["", f"### genimage-mini val, {mode} input, trained {model}, evaluated {tag}", "",
-                              path.read_text().strip()]
+                    lines += [
+                        "",
+                        f"### genimage-mini val, {mode} input, trained {model}, evaluated {tag}",
+                        "",
+                        path.read_text().strip(),
+                    ]
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--out", type=Path, default=Path("/tmp/synapse7_bench_accuracy"),
-                    help="results, checkpoints and logs (not in the repository: checkpoints are large)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path("/tmp/synapse7_bench_accuracy"),
+        help="results, checkpoints and logs (not in the repository: checkpoints are large)",
+    )
     ap.add_argument("--only", default=",".join(PROTOCOLS), help=f"comma list of {', '.join(PROTOCOLS)}")
     ap.add_argument("--results", type=Path, default=REPO / "docs" / "results.md")
     ap.add_argument("--num-workers", type=int, default=1)
-    ap.add_argument("--cifake-train", default=CIFAKE_TRAIN, help="`synapse7 train` flags for both cifake models")
-    ap.add_argument("--cifake-long-epochs", type=int, default=14,
-                    help="also train the cifake model for this many epochs, after every other step (0: skip)")
+    ap.add_argument(
+        "--cifake-train", default=CIFAKE_TRAIN, help="`synapse7 train` flags for both cifake models"
+    )
+    ap.add_argument(
+        "--cifake-long-epochs",
+        type=int,
+        default=14,
+        help="also train the cifake model for this many epochs, after every other step (0: skip)",
+    )
     ap.add_argument("--aug", default=AUG, help="augmentation flags added for the augmented cifake model")
-    ap.add_argument("--genimage-train", default=GENIMAGE_TRAIN, help="`synapse7 train` flags for genimage-mini")
-    ap.add_argument("--genimage-extra-inputs", default="fft",
-                    help="also train the genimage-mini raw/aligned pair with these input modes (comma list; '' none)")
-    ap.add_argument("--no-feature-cache", dest="feature_cache", action="store_false",
-                    help="do not pass --feature-cache to the genimage-mini trainings")
+    ap.add_argument(
+        "--genimage-train", default=GENIMAGE_TRAIN, help="`synapse7 train` flags for genimage-mini"
+    )
+    ap.add_argument(
+        "--genimage-extra-inputs",
+        default="fft",
+        help="also train the genimage-mini raw/aligned pair with these input modes (comma list; '' none)",
+    )
+    ap.add_argument(
+        "--no-feature-cache",
+        dest="feature_cache",
+        action="store_false",
+        help="do not pass --feature-cache to the genimage-mini trainings",
+    )
     ap.add_argument("--perturb", default=PERTURB)
-    ap.add_argument("--render-only", action="store_true", help="only rewrite the results file from existing results")
+    ap.add_argument(
+        "--render-only", action="store_true", help="only rewrite the results file from existing results"
+    )
     args = ap.parse_args(argv)
     args.argv_shown = [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]
     only = [p.strip() for p in args.only.split(",") if p.strip()]

@@ -35,11 +35,19 @@ def numpy_spectrum(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
 class BaselineDataset(Dataset):
     """(path, label) pairs -> (spectrum (3, S, S) float32, label)."""
 
-    def __init__(self, items: Sequence[tuple[str, int]], *, image_size: int = 224, resize_size: int = 256,
-                 preprocess: str = "resize") -> None:
+    def __init__(
+        self,
+        items: Sequence[tuple[str, int]],
+        *,
+        image_size: int = 224,
+        resize_size: int = 256,
+        preprocess: str = "resize",
+    ) -> None:
         self.items = list(items)
         ops = [T.Resize(resize_size)] if preprocess == "resize" else []
-        self.tf = T.Compose([*ops, T.CenterCrop(image_size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        self.tf = T.Compose(
+            [*ops, T.CenterCrop(image_size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -51,10 +59,21 @@ class BaselineDataset(Dataset):
         return torch.from_numpy(numpy_spectrum(x)), label
 
 
-def baseline_loader(items: Sequence[tuple[str, int]], *, batch_size: int = 32, num_workers: int = 2,
-                    shuffle: bool = False, **ds_kwargs: object) -> DataLoader:
-    return DataLoader(BaselineDataset(items, **ds_kwargs), batch_size=batch_size, shuffle=shuffle,
-                      num_workers=num_workers, persistent_workers=False)
+def baseline_loader(
+    items: Sequence[tuple[str, int]],
+    *,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    shuffle: bool = False,
+    **ds_kwargs: object,
+) -> DataLoader:
+    return DataLoader(
+        BaselineDataset(items, **ds_kwargs),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        persistent_workers=False,
+    )
 
 
 class SpectrumNet(nn.Module):
@@ -65,7 +84,9 @@ class SpectrumNet(nn.Module):
         self.net = net
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
-        return self.net.head(self.net.backbone(spec)).squeeze(-1)  # the trunk pools (its classifier is Identity)
+        return self.net.head(self.net.backbone(spec)).squeeze(
+            -1
+        )  # the trunk pools (its classifier is Identity)
 
 
 @torch.inference_mode()
@@ -75,8 +96,9 @@ def baseline_predict(model: nn.Module, loader: DataLoader) -> np.ndarray:
     return np.concatenate([torch.sigmoid(model(x)).numpy() for x, _ in loader])
 
 
-def baseline_train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
-                         frozen: Sequence[nn.Module] = ()) -> float:
+def baseline_train_epoch(
+    model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, frozen: Sequence[nn.Module] = ()
+) -> float:
     """One epoch of BCE training (full forward every batch); frozen modules stay in eval mode. Mean loss."""
     model.train()
     for m in frozen:

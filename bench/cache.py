@@ -25,10 +25,22 @@ def _config(root: str, a: dict[str, Any], cache: str | None) -> Any:
     from synapse7.config import load_config
 
     return load_config(
-        data={"root": root, "image_size": a["image_size"], "batch_size": a["batch_size"], "num_workers": a["workers"]},
+        data={
+            "root": root,
+            "image_size": a["image_size"],
+            "batch_size": a["batch_size"],
+            "num_workers": a["workers"],
+        },
         model={"backbone": a["backbone"], "weights": "none", "input": "fft", "trainable": a["strategy"]},
-        train={"epochs": a["epochs"], "accelerator": "cpu", "devices": "1", "seed": 42, "feature_cache": cache,
-               "ckpt_every_n_steps": 10_000, "precision": a.get("precision") or "fp32"},
+        train={
+            "epochs": a["epochs"],
+            "accelerator": "cpu",
+            "devices": "1",
+            "seed": 42,
+            "feature_cache": cache,
+            "ckpt_every_n_steps": 10_000,
+            "precision": a.get("precision") or "fp32",
+        },
     )
 
 
@@ -51,8 +63,13 @@ def synapse7_run(root: str, out: str, cache: str | None, a: dict[str, Any]) -> d
 
         def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
             m = trainer.callback_metrics
-            epochs.append({"seconds": time.perf_counter() - self.t, "val_acc": float(m["val_acc"]),
-                           "val_auc": float(m["val_auc"])})
+            epochs.append(
+                {
+                    "seconds": time.perf_counter() - self.t,
+                    "val_acc": float(m["val_acc"]),
+                    "val_auc": float(m["val_auc"]),
+                }
+            )
 
     prepare = cache_mod.prepare_cached_training
 
@@ -85,8 +102,12 @@ def baseline_run(root: str, a: dict[str, Any]) -> dict:
     model = SpectrumNet(net)
     train_items = [(s.path, s.label) for s in discover_samples(root, "train")]
     val_items = [(s.path, s.label) for s in discover_samples(root, "val")]
-    kw = dict(batch_size=a["batch_size"], num_workers=a["workers"], image_size=a["image_size"],
-              resize_size=cfg.data.resolved_resize)
+    kw = dict(
+        batch_size=a["batch_size"],
+        num_workers=a["workers"],
+        image_size=a["image_size"],
+        resize_size=cfg.data.resolved_resize,
+    )
     train_loader = baseline_loader(train_items, shuffle=True, **kw)
     val_loader = baseline_loader(val_items, **kw)
     params = [p for p in net.parameters() if p.requires_grad]
@@ -105,38 +126,61 @@ def baseline_run(root: str, a: dict[str, Any]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n-train", type=int, default=32, help="train images per class and generator (3 generators)")
+    ap.add_argument(
+        "--n-train", type=int, default=32, help="train images per class and generator (3 generators)"
+    )
     ap.add_argument("--n-val", type=int, default=16, help="val images per class and generator")
     ap.add_argument("--src-size", type=int, default=256, help="side of the generated PNGs")
     ap.add_argument("--backbone", default="resnet34")
-    ap.add_argument("--strategy", default="frozen-early", help="frozen-early | linear-probe | a trainable list")
+    ap.add_argument(
+        "--strategy", default="frozen-early", help="frozen-early | linear-probe | a trainable list"
+    )
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--threads", type=int, help="intra-op threads (default: PyTorch's)")
-    ap.add_argument("--uncached", action="store_true",
-                    help="also run synapse7.train without the cache, in fp32 (the accuracy reference)")
-    ap.add_argument("--precision", default="fp32",
-                    help="--precision of the synapse7 runs (auto|fp32|bf16|fp16; bf16 on CPUs with native bf16); "
-                         "the baseline always runs the plain fp32 loop")
+    ap.add_argument(
+        "--uncached",
+        action="store_true",
+        help="also run synapse7.train without the cache, in fp32 (the accuracy reference)",
+    )
+    ap.add_argument(
+        "--precision",
+        default="fp32",
+        help="--precision of the synapse7 runs (auto|fp32|bf16|fp16; bf16 on CPUs with native bf16); "
+        "the baseline always runs the plain fp32 loop",
+    )
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "synapse7-bench"))
     ap.add_argument("--out", help="write the JSON result here")
     a = ap.parse_args()
     work = Path(a.work)
     root = str(write_dataset(work / "train-data", n_train=a.n_train, n_val=a.n_val, size=a.src_size))
-    args = {k: getattr(a, k) for k in ("image_size", "batch_size", "workers", "backbone", "strategy", "epochs",
-                                       "threads", "precision")}
+    args = {
+        k: getattr(a, k)
+        for k in (
+            "image_size",
+            "batch_size",
+            "workers",
+            "backbone",
+            "strategy",
+            "epochs",
+            "threads",
+            "precision",
+        )
+    }
     run = Path(tempfile.mkdtemp(prefix="runs-", dir=work))
     results = {
         "baseline (reference-style)": run_isolated(baseline_run, root=root, a=args),
-        "synapse7 train --feature-cache": run_isolated(synapse7_run, root=root, out=str(run / "cached"),
-                                                       cache=str(run / "feature-cache"), a=args),
+        "synapse7 train --feature-cache": run_isolated(
+            synapse7_run, root=root, out=str(run / "cached"), cache=str(run / "feature-cache"), a=args
+        ),
     }
     if a.uncached:
         # the accuracy reference: no cache and plain fp32, whatever --precision the cached run uses
-        results["synapse7 train (no cache, fp32)"] = run_isolated(synapse7_run, root=root, out=str(run / "plain"),
-                                                                  cache=None, a={**args, "precision": None})
+        results["synapse7 train (no cache, fp32)"] = run_isolated(
+            synapse7_run, root=root, out=str(run / "plain"), cache=None, a={**args, "precision": None}
+        )
     base = results["baseline (reference-style)"]["epochs"]
     n_train = 3 * 2 * a.n_train
     rows = []
@@ -144,13 +188,25 @@ def main() -> None:
         build = res.get("cache_build_seconds", 0.0)
         for i, ep in enumerate(res["epochs"]):
             secs = ep["seconds"] + (build if i == 0 else 0.0)  # epoch 1 pays for building the cache
-            rows.append({"pipeline": name, "epoch": i + 1, "seconds": secs, "train img/s": n_train / secs,
-                         "x baseline": base[i]["seconds"] / secs, "val acc": ep["val_acc"],
-                         "peak PSS MiB": res["tree_peak_pss_mib"]})
+            rows.append(
+                {
+                    "pipeline": name,
+                    "epoch": i + 1,
+                    "seconds": secs,
+                    "train img/s": n_train / secs,
+                    "x baseline": base[i]["seconds"] / secs,
+                    "val acc": ep["val_acc"],
+                    "peak PSS MiB": res["tree_peak_pss_mib"],
+                }
+            )
     later = [r for r in rows if r["pipeline"] == "synapse7 train --feature-cache" and r["epoch"] >= 2]
-    extra = {"epochs >= 2 speed-up (mean of ratios)": sum(r["x baseline"] for r in later) / max(1, len(later)),
-             "cache_build_seconds": results["synapse7 train --feature-cache"]["cache_build_seconds"],
-             "train_images": n_train, "val_images": 3 * 2 * a.n_val, **args}
+    extra = {
+        "epochs >= 2 speed-up (mean of ratios)": sum(r["x baseline"] for r in later) / max(1, len(later)),
+        "cache_build_seconds": results["synapse7 train --feature-cache"]["cache_build_seconds"],
+        "train_images": n_train,
+        "val_images": 3 * 2 * a.n_val,
+        **args,
+    }
     report("training epochs with the feature cache", rows, extra=extra, out=a.out)
 
 

@@ -39,14 +39,23 @@ def photo_crops(n: int, size: tuple[int, int], seed: int = 0) -> list[np.ndarray
         p = photos[rng.integers(len(photos))]
         img = Image.fromarray(p)
         scale = max(w / img.width, h / img.height) * rng.uniform(1.0, 1.3)
-        img = img.resize((max(w, round(img.width * scale)), max(h, round(img.height * scale))), Image.Resampling.BILINEAR)
+        img = img.resize(
+            (max(w, round(img.width * scale)), max(h, round(img.height * scale))), Image.Resampling.BILINEAR
+        )
         x, y = rng.integers(0, img.width - w + 1), rng.integers(0, img.height - h + 1)
         out.append(np.asarray(img.crop((x, y, x + w, y + h))))
     return out
 
 
-def write_images(folder: str | os.PathLike, n: int, *, size: tuple[int, int] = (500, 375), fmt: str = "jpeg",
-                 seed: int = 0, pool: int = 64) -> list[str]:
+def write_images(
+    folder: str | os.PathLike,
+    n: int,
+    *,
+    size: tuple[int, int] = (500, 375),
+    fmt: str = "jpeg",
+    seed: int = 0,
+    pool: int = 64,
+) -> list[str]:
     """Write n images (JPEG q90 or PNG) into folder, reusing up to `pool` distinct crops; returns sorted paths."""
     d = Path(folder)
     d.mkdir(parents=True, exist_ok=True)
@@ -87,12 +96,20 @@ def make_checkpoint(cfg: Any, path: str | os.PathLike, *, seed: int = 0) -> Path
 
     torch.manual_seed(seed)
     net = build_model(cfg.model)
-    with torch.no_grad():  # untrained features are large: keep logits O(1) so P(AI) comparisons mean something
+    with (
+        torch.no_grad()
+    ):  # untrained features are large: keep logits O(1) so P(AI) comparisons mean something
         net.head.weight.mul_(1e-3)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-                "hyper_parameters": {"config": cfg.to_dict()}, "synapse7": {"threshold": 0.5}}, p)
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+            "hyper_parameters": {"config": cfg.to_dict()},
+            "synapse7": {"threshold": 0.5},
+        },
+        p,
+    )
     return p
 
 
@@ -173,10 +190,16 @@ class RssSampler:
         if not self.samples:
             return {}
         pss = [s[1] for s in self.samples]
-        at = {f"tree_pss_at_{q}pct_mib": round(pss[min(len(pss) - 1, int(len(pss) * q / 100))], 1)
-              for q in (10, 50, 90)}
-        return {"tree_peak_pss_mib": round(max(pss), 1), "tree_peak_rss_sum_mib": round(max(s[2] for s in self.samples), 1),
-                **at, "memory_samples": len(pss)}
+        at = {
+            f"tree_pss_at_{q}pct_mib": round(pss[min(len(pss) - 1, int(len(pss) * q / 100))], 1)
+            for q in (10, 50, 90)
+        }
+        return {
+            "tree_peak_pss_mib": round(max(pss), 1),
+            "tree_peak_rss_sum_mib": round(max(s[2] for s in self.samples), 1),
+            **at,
+            "memory_samples": len(pss),
+        }
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -210,8 +233,9 @@ def run_isolated(fn: Callable[..., dict], **kwargs: Any) -> dict[str, Any]:
             break
         except queue.Empty:
             if not p.is_alive():
-                raise RuntimeError(f"{fn.__name__}: its subprocess exited with code {p.exitcode} "
-                                   "without a result") from None
+                raise RuntimeError(
+                    f"{fn.__name__}: its subprocess exited with code {p.exitcode} without a result"
+                ) from None
     p.join()
     if status != "ok":
         raise RuntimeError(f"{fn.__name__} failed in its subprocess:\n{out}")
@@ -239,16 +263,24 @@ def machine() -> dict[str, Any]:
     """What the figures were measured on, including the load other processes put on the CPU."""
     import torch
 
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "loadavg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__, "python": platform.python_version()}
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def machine_text() -> str:
     """`machine()` in one line, for reports."""
     m = machine()
-    return (f"{platform.system()} {platform.machine()}, {m['cores']} CPU core(s) ({m['cpu']}), {m['gpu'] or 'no GPU'}; "
-            f"Python {m['python']}, torch {m['torch']}")
+    return (
+        f"{platform.system()} {platform.machine()}, {m['cores']} CPU core(s) ({m['cpu']}), {m['gpu'] or 'no GPU'}; "
+        f"Python {m['python']}, torch {m['torch']}"
+    )
 
 
 def best_rate(fn: Callable[[], object], n: int, repeats: int) -> float:
@@ -262,8 +294,13 @@ def best_rate(fn: Callable[[], object], n: int, repeats: int) -> float:
     return n / best
 
 
-def report(name: str, rows: list[dict[str, Any]], *, extra: dict[str, Any] | None = None,
-           out: str | os.PathLike | None = None) -> None:
+def report(
+    name: str,
+    rows: list[dict[str, Any]],
+    *,
+    extra: dict[str, Any] | None = None,
+    out: str | os.PathLike | None = None,
+) -> None:
     """Print rows as a markdown table and as one JSON line; optionally write the JSON to `out`."""
     cols: list[str] = []
     for r in rows:

@@ -26,7 +26,9 @@ from synapse7.predict import Detector
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=48, help="images (JPEG q90)")
-    ap.add_argument("--size", default="1600x1200", help="image size WxH (default: the wild set's typical size)")
+    ap.add_argument(
+        "--size", default="1600x1200", help="image size WxH (default: the wild set's typical size)"
+    )
     ap.add_argument("--crops", default="1,4,16,64", help="crop counts to time (square numbers)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--num-workers", type=int, default=1)
@@ -34,19 +36,28 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     w, h = (int(v) for v in args.size.lower().split("x"))
     torch.manual_seed(0)
-    base = RunConfig().override(data={"image_size": 64, "preprocess": "crop"},
-                                model={"backbone": "npr_resnet", "weights": "none", "input": "npr"})
+    base = RunConfig().override(
+        data={"image_size": 64, "preprocess": "crop"},
+        model={"backbone": "npr_resnet", "weights": "none", "input": "npr"},
+    )
     net = build_model(base.model, load_weights=False).eval()
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_images(Path(tmp) / "imgs", args.n, size=(w, h))
 
         def rate(cfg: RunConfig) -> float:
             det = Detector(net, cfg, device="cpu")
-            return best_rate(lambda: list(det.predict_paths(paths, batch_size=16, num_workers=args.num_workers)),
-                             len(paths), args.repeats)
+            return best_rate(
+                lambda: list(det.predict_paths(paths, batch_size=16, num_workers=args.num_workers)),
+                len(paths),
+                args.repeats,
+            )
 
-        rows = [{"pipeline": "resize to 73, centre crop 64 (reference-style)",
-                 "img_per_s": rate(replace(base, data=replace(base.data, preprocess="resize")))}]
+        rows = [
+            {
+                "pipeline": "resize to 73, centre crop 64 (reference-style)",
+                "img_per_s": rate(replace(base, data=replace(base.data, preprocess="resize"))),
+            }
+        ]
         one = None
         for k in (int(c) for c in args.crops.split(",")):
             r = rate(replace(base, data=replace(base.data, crops=k)))
@@ -54,8 +65,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"pipeline": f"native resolution, {k} crop(s) of 64 px", "img_per_s": r})
         for row in rows:
             row["x_1_crop"] = row["img_per_s"] / one
-    report("crop voting cost", rows, extra={"images": f"{args.n} JPEG q90 at {w}x{h}", "machine_text": machine_text()},
-           out=args.out)
+    report(
+        "crop voting cost",
+        rows,
+        extra={"images": f"{args.n} JPEG q90 at {w}x{h}", "machine_text": machine_text()},
+        out=args.out,
+    )
     return 0
 
 

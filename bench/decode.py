@@ -73,15 +73,18 @@ def main() -> None:
     rows = []
     for kind, spec in kinds.items():
         w, h = spec["size"]
-        paths = write_images(Path(a.work) / f"decode-{spec['fmt']}-{w}x{h}-{a.n}", a.n, size=(w, h), fmt=spec["fmt"],
-                             pool=16)
+        paths = write_images(
+            Path(a.work) / f"decode-{spec['fmt']}-{w}x{h}-{a.n}", a.n, size=(w, h), fmt=spec["fmt"], pool=16
+        )
         ds = BaselineDataset([(p, 0) for p in paths], image_size=s, resize_size=r)
         ds.index = {p: i for i, p in enumerate(paths)}  # type: ignore[attr-defined]
         base = _rate(baseline_item(ds), paths, a.repeats)
-        res = {"baseline __getitem__ (incl. numpy FFT)": base,
-               "synapse7 worker (FFT later, batched)": _rate(ours(exact), paths, a.repeats),
-               "synapse7 worker, fast_decode": _rate(ours(fast), paths, a.repeats),
-               "torchvision.io.decode_image + same resize": _rate(tv_decode, paths, a.repeats)}
+        res = {
+            "baseline __getitem__ (incl. numpy FFT)": base,
+            "synapse7 worker (FFT later, batched)": _rate(ours(exact), paths, a.repeats),
+            "synapse7 worker, fast_decode": _rate(ours(fast), paths, a.repeats),
+            "torchvision.io.decode_image + same resize": _rate(tv_decode, paths, a.repeats),
+        }
         for name, v in res.items():
             rows.append({"input": kind, "pipeline": name, "img/s (1 thread)": v, "x baseline": v / base})
 
@@ -92,10 +95,22 @@ def main() -> None:
     xn = x.numpy()
     np_rate = best_rate(lambda: [numpy_spectrum(xn[i]) for i in range(32)], 32, a.repeats)
     torch_rate = best_rate(lambda: spectrum_features(x), 32, a.repeats)
-    rows.append({"input": f"spectrum {s}px", "pipeline": "numpy per sample (baseline)", "img/s (1 thread)": np_rate,
-                 "x baseline": 1.0})
-    rows.append({"input": f"spectrum {s}px", "pipeline": "torch.fft batched (synapse7)", "img/s (1 thread)": torch_rate,
-                 "x baseline": torch_rate / np_rate})
+    rows.append(
+        {
+            "input": f"spectrum {s}px",
+            "pipeline": "numpy per sample (baseline)",
+            "img/s (1 thread)": np_rate,
+            "x baseline": 1.0,
+        }
+    )
+    rows.append(
+        {
+            "input": f"spectrum {s}px",
+            "pipeline": "torch.fft batched (synapse7)",
+            "img/s (1 thread)": torch_rate,
+            "x baseline": torch_rate / np_rate,
+        }
+    )
     report("decoding and preprocessing", rows, extra={"n": a.n, "image_size": s, "resize": r}, out=a.out)
 
 

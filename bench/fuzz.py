@@ -79,14 +79,35 @@ def worker(args: argparse.Namespace) -> int:
                 small = _minimise(check, data, plan.ext, sig, args.minimise_s)
                 name = f"finding-{len(seen):03d}{plan.ext}"
                 (out / name).write_bytes(small)
-                print(json.dumps({"finding": str(res.finding), "signature": sig, "file": str(out / name),
-                                  "plan": repr(plan), "size": len(data), "min_size": len(small),
-                                  "reproducer": _reproducer(small)}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "finding": str(res.finding),
+                            "signature": sig,
+                            "file": str(out / name),
+                            "plan": repr(plan),
+                            "size": len(data),
+                            "min_size": len(small),
+                            "reproducer": _reproducer(small),
+                        }
+                    ),
+                    flush=True,
+                )
         if time.monotonic() - last_tick > 0.5:
             last_tick = time.monotonic()
             print(json.dumps({"tried": tried, "ok": ok, "bad": bad}), flush=True)
-    print(json.dumps({"tried": tried, "ok": ok, "bad": bad, "notes": dict(notes),
-                      "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}), flush=True)
+    print(
+        json.dumps(
+            {
+                "tried": tried,
+                "ok": ok,
+                "bad": bad,
+                "notes": dict(notes),
+                "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 
@@ -105,8 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=120.0, help="total wall time (default 120)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: from the clock)")
     p.add_argument("--time-bound", type=float, default=5.0, help="seconds one input may take (default 5)")
-    p.add_argument("--hang-bound", type=float, default=30.0,
-                   help="seconds without progress before the parent kills the worker (default 30)")
+    p.add_argument(
+        "--hang-bound",
+        type=float,
+        default=30.0,
+        help="seconds without progress before the parent kills the worker (default 30)",
+    )
     p.add_argument("--max-pixels", type=int, default=1 << 22, help="open_image pixel limit while fuzzing")
     p.add_argument("--mem-limit-gb", type=float, default=8.0, help="worker address-space limit, 0 = none")
     p.add_argument("--minimise-s", type=float, default=20.0, help="seconds to spend minimising each finding")
@@ -129,11 +154,29 @@ def main(argv: list[str] | None = None) -> int:
     restarts, maxrss = 0, 0
     print(f"fuzzing for {args.seconds:g} s, seed {seed}, findings -> {out}", flush=True)
     while time.time() < until - 1:
-        cmd = [sys.executable, __file__, "--worker", "--keep-current", "--out", str(out),
-               "--until", str(until), "--seed", str(seed + restarts), "--time-bound", str(args.time_bound),
-               "--max-pixels", str(args.max_pixels), "--mem-limit-gb", str(args.mem_limit_gb),
-               "--minimise-s", str(args.minimise_s)]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--keep-current",
+            "--out",
+            str(out),
+            "--until",
+            str(until),
+            "--seed",
+            str(seed + restarts),
+            "--time-bound",
+            str(args.time_bound),
+            "--max-pixels",
+            str(args.max_pixels),
+            "--mem-limit-gb",
+            str(args.mem_limit_gb),
+            "--minimise-s",
+            str(args.minimise_s),
+        ]
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])
+        )
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
         sel = selectors.DefaultSelector()
         sel.register(proc.stdout, selectors.EVENT_READ)
@@ -156,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
             msg = json.loads(line)
             if "finding" in msg:
                 findings.append(msg)
-                print(f"FINDING: {msg['finding']}\n  plan: {msg['plan']}\n  minimal ({msg['min_size']} of "
-                      f"{msg['size']} bytes) saved to {msg['file']}:\n  {msg['reproducer']}", flush=True)
+                print(
+                    f"FINDING: {msg['finding']}\n  plan: {msg['plan']}\n  minimal ({msg['min_size']} of "
+                    f"{msg['size']} bytes) saved to {msg['file']}:\n  {msg['reproducer']}",
+                    flush=True,
+                )
             else:
                 last = msg
                 maxrss = max(maxrss, msg.get("maxrss_mb", 0))
@@ -177,10 +223,23 @@ def main(argv: list[str] | None = None) -> int:
         if not hung and proc.returncode == 0:
             break
     elapsed = time.monotonic() - start
-    print(json.dumps({"seconds": round(elapsed, 1), "inputs_tried": totals["tried"], "decoded_ok": totals["ok"],
-                      "rejected_bad": totals["bad"], "findings": len(findings), "worker_restarts": restarts - 1,
-                      "worker_maxrss_mb": maxrss, "handled_decoder_exceptions": dict(notes), "inputs_per_s": round(totals["tried"] / max(elapsed, 1e-9), 1),
-                      "seed": seed, "out": str(out)}))
+    print(
+        json.dumps(
+            {
+                "seconds": round(elapsed, 1),
+                "inputs_tried": totals["tried"],
+                "decoded_ok": totals["ok"],
+                "rejected_bad": totals["bad"],
+                "findings": len(findings),
+                "worker_restarts": restarts - 1,
+                "worker_maxrss_mb": maxrss,
+                "handled_decoder_exceptions": dict(notes),
+                "inputs_per_s": round(totals["tried"] / max(elapsed, 1e-9), 1),
+                "seed": seed,
+                "out": str(out),
+            }
+        )
+    )
     return 1 if findings else 0
 
 

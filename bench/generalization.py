@@ -40,13 +40,17 @@ SYNTH_FLAGS = "--methods all --seed 0 --ae-steps 1500"
 
 # NPR's recipe at CPU scale: 64 px native random crops (no resizing), 16-crop mean vote at test time, JPEG/blur
 # augmentation so that re-compression alone does not look like a decoder trace.
-NPR = ("--backbone npr_resnet --weights none --input npr --preprocess crop --image-size 64 --crops 16 "
-       "--batch-size 32 --lr 5e-4 --weight-decay 0.01 --seed 42 --aug-flip-prob 0.5 "
-       "--aug-jpeg-prob 0.3 --aug-jpeg-quality 70,100 --aug-blur-prob 0.1 --aug-blur-sigma 0,1 "
-       "--epochs 3 --limit-train-batches 100")
+NPR = (
+    "--backbone npr_resnet --weights none --input npr --preprocess crop --image-size 64 --crops 16 "
+    "--batch-size 32 --lr 5e-4 --weight-decay 0.01 --seed 42 --aug-flip-prob 0.5 "
+    "--aug-jpeg-prob 0.3 --aug-jpeg-quality 70,100 --aug-blur-prob 0.1 --aug-blur-sigma 0,1 "
+    "--epochs 3 --limit-train-batches 100"
+)
 SAFE = "--aug-rotate-prob 0.5 --aug-jitter-prob 0.5 --aug-mask-prob 0.5"
-LITE0 = ("--backbone efficientnet_lite0 --weights imagenet --input rgb --batch-size 32 --lr 1e-3 --seed 42 "
-         "--aug-flip-prob 0.5")
+LITE0 = (
+    "--backbone efficientnet_lite0 --weights imagenet --input rgb --batch-size 32 --lr 1e-3 --seed 42 "
+    "--aug-flip-prob 0.5"
+)
 
 
 @dataclass(frozen=True)
@@ -58,49 +62,117 @@ class Row:
 
 
 ROWS = [
-    Row("gm_lite0_frozen", ("gm",), LITE0 + " --strategy frozen-early --image-size 128 --preprocess crop "
-        "--train-crop center --epochs 8",
-        "the recipe measured before this issue: EfficientNet-Lite0 (ImageNet), frozen-early, 128 px crop"),
-    Row("synth_npr", ("synth",), NPR,
-        "NPR residual + NPR's small network from scratch, 64 px native random crops, 16-crop mean vote"),
+    Row(
+        "gm_lite0_frozen",
+        ("gm",),
+        LITE0 + " --strategy frozen-early --image-size 128 --preprocess crop --train-crop center --epochs 8",
+        "the recipe measured before this issue: EfficientNet-Lite0 (ImageNet), frozen-early, 128 px crop",
+    ),
+    Row(
+        "synth_npr",
+        ("synth",),
+        NPR,
+        "NPR residual + NPR's small network from scratch, 64 px native random crops, 16-crop mean vote",
+    ),
     Row("synth_gm_npr", ("synth", "gm"), NPR, "the same on self-made fakes + genimage-mini"),
-    Row("mix_lite0_probe", ("synth", "gm", "cifake"), LITE0 + " --strategy linear-probe --image-size 160 --epochs 2 "
-        "--limit-train-batches 100",
-        "UnivFD-style: frozen ImageNet features + a linear head, whole image resized to 160, on every training set"),
-    Row("synth_gm_npr_safe", ("synth", "gm"), NPR + " " + SAFE,
-        "synth_gm_npr with SAFE's rotation, colour jitter and patch masking"),
+    Row(
+        "mix_lite0_probe",
+        ("synth", "gm", "cifake"),
+        LITE0 + " --strategy linear-probe --image-size 160 --epochs 2 --limit-train-batches 100",
+        "UnivFD-style: frozen ImageNet features + a linear head, whole image resized to 160, on every training set",
+    ),
+    Row(
+        "synth_gm_npr_safe",
+        ("synth", "gm"),
+        NPR + " " + SAFE,
+        "synth_gm_npr with SAFE's rotation, colour jitter and patch masking",
+    ),
 ]
 COLUMNS = ("wild", "gm", "cifake", "synth")
-COLUMN_TITLES = {"wild": "wild (unseen)", "gm": "genimage-mini jpeg96", "cifake": "cifake", "synth": "self-made"}
+COLUMN_TITLES = {
+    "wild": "wild (unseen)",
+    "gm": "genimage-mini jpeg96",
+    "cifake": "cifake",
+    "synth": "self-made",
+}
 
 
 def data_roots(data: Path, out: Path) -> dict[str, Path]:
-    return {"wild": data / "wild" / "realorai_game", "gm": data / "genimage-mini", "cifake": data / "cifake",
-            "synth": out / "synth"}
+    return {
+        "wild": data / "wild" / "realorai_game",
+        "gm": data / "genimage-mini",
+        "cifake": data / "cifake",
+        "synth": out / "synth",
+    }
 
 
 def build_steps(data: Path, out: Path, rows: list[Row], args: argparse.Namespace) -> list[Step]:
     roots = data_roots(data, out)
     workers = ["--num-workers", str(args.num_workers)]
-    steps = [Step("synthesize", "synth", ["synthesize", "--real", rel(data / "reals"), "--out", rel(roots["synth"]),
-                                          *shlex.split(SYNTH_FLAGS)], roots["synth"] / "synthesize.json")]
+    steps = [
+        Step(
+            "synthesize",
+            "synth",
+            [
+                "synthesize",
+                "--real",
+                rel(data / "reals"),
+                "--out",
+                rel(roots["synth"]),
+                *shlex.split(SYNTH_FLAGS),
+            ],
+            roots["synth"] / "synthesize.json",
+        )
+    ]
     for row in rows:
         run = out / row.name
         datas = [a for key in row.data for a in ("--data", rel(roots[key]))]
         align = ["--align", "jpeg:96"] if "gm" in row.data else []
         needs = ["synthesize"] if "synth" in row.data else []
-        steps.append(Step(f"train {row.name}", row.name,
-                          ["train", *datas, "--out", rel(run), *shlex.split(row.flags), *align,
-                           "--calibrate", "accuracy", *workers, "--no-progress"],
-                          run / "train_done.json", resume_if=run / "last.ckpt", needs=needs))
+        steps.append(
+            Step(
+                f"train {row.name}",
+                row.name,
+                [
+                    "train",
+                    *datas,
+                    "--out",
+                    rel(run),
+                    *shlex.split(row.flags),
+                    *align,
+                    "--calibrate",
+                    "accuracy",
+                    *workers,
+                    "--no-progress",
+                ],
+                run / "train_done.json",
+                resume_if=run / "last.ckpt",
+                needs=needs,
+            )
+        )
         for col in COLUMNS:
             # genimage-mini is evaluated aligned whatever the row trained on: its raw format is a shortcut.
             col_align = ["--align", "jpeg:96"] if col == "gm" else ["--align", "none"]
             dest = run / f"eval_{col}"
-            steps.append(Step(f"evaluate {row.name} on {col}", row.name,
-                              ["evaluate", "--data", rel(roots[col]), "--checkpoint", rel(run / "best.ckpt"),
-                               "--out", rel(dest), *col_align, *workers],
-                              dest / "metrics.json", needs=[f"train {row.name}"] + (["synthesize"] if col == "synth" else [])))
+            steps.append(
+                Step(
+                    f"evaluate {row.name} on {col}",
+                    row.name,
+                    [
+                        "evaluate",
+                        "--data",
+                        rel(roots[col]),
+                        "--checkpoint",
+                        rel(run / "best.ckpt"),
+                        "--out",
+                        rel(dest),
+                        *col_align,
+                        *workers,
+                    ],
+                    dest / "metrics.json",
+                    needs=[f"train {row.name}"] + (["synthesize"] if col == "synth" else []),
+                )
+            )
     return steps
 
 
@@ -111,26 +183,37 @@ def _load(path: Path) -> dict | None:
 def _cell(m: dict | None) -> str:
     if m is None:
         return "not run"
+
     def f(k: str) -> str:
         v = m.get(k)
         return "n/a" if v is None else f"{float(v):.3f}"
+
     return f"**{f('roc_auc')}** / {f('accuracy')} ({f('real_acc')} / {f('fake_acc')})"
 
 
 # The shipped default model (bench/release.py) is a row too: trained by the release bench on synth + gm (minus
 # its calib split), its figures read from that bench's output rather than trained a second time here.
-RELEASE_ROW = Row("release (default model)", ("synth", "gm"), "see bench/release.py",
-                  "the shipped default model: bench/release.py's recipe (NPR, synth + gm, threshold on a calib split "
-                  "held out of train), evaluated as the exported fp16 safetensors file")
+RELEASE_ROW = Row(
+    "release (default model)",
+    ("synth", "gm"),
+    "see bench/release.py",
+    "the shipped default model: bench/release.py's recipe (NPR, synth + gm, threshold on a calib split "
+    "held out of train), evaluated as the exported fp16 safetensors file",
+)
 
 
 def render(out: Path, rows: list[Row], steps: list[Step], ledger: Ledger, release: Path | None = None) -> str:
-    lines = ["# Generalisation: trained on some data, tested on every set", "",
-             "Written by `bench/generalization.py` (issue 11). Each cell: **ROC-AUC** / accuracy at the model's "
-             "stored threshold (real accuracy / fake accuracy). The threshold of every model was chosen on its own "
-             "training data's val split (`--calibrate accuracy`); `wild/realorai_game` is never trained on and no "
-             "choice is made on it. *seen* marks a column whose generators were in the row's training data.", "",
-             f"Machine: {machine_text()}; other jobs may share the CPU (load averages per step below).", ""]
+    lines = [
+        "# Generalisation: trained on some data, tested on every set",
+        "",
+        "Written by `bench/generalization.py` (issue 11). Each cell: **ROC-AUC** / accuracy at the model's "
+        "stored threshold (real accuracy / fake accuracy). The threshold of every model was chosen on its own "
+        "training data's val split (`--calibrate accuracy`); `wild/realorai_game` is never trained on and no "
+        "choice is made on it. *seen* marks a column whose generators were in the row's training data.",
+        "",
+        f"Machine: {machine_text()}; other jobs may share the CPU (load averages per step below).",
+        "",
+    ]
     head = "| row | trained on | " + " | ".join(COLUMN_TITLES[c] for c in COLUMNS) + " |"
     lines += [head, "|" + "---|" * (2 + len(COLUMNS))]
     dirs = [(row, out / row.name) for row in rows]
@@ -145,10 +228,17 @@ def render(out: Path, rows: list[Row], steps: list[Step], ledger: Ledger, releas
     lines += ["", "## Rows", ""]
     for row, _ in dirs:
         lines.append(f"- `{row.name}`: {row.note}.")
-    lines += ["", "## Commands, run times and load", "",
-              "Each command runs from the repository root as `PYTHONPATH=src .venv/bin/python -m synapse7.cli ...`; "
-              "the bench runs them in this order. Wall-clock seconds and the load average at start/end are from "
-              "`ledger.json`.", "", "| step | seconds | load start -> end | command |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Commands, run times and load",
+        "",
+        "Each command runs from the repository root as `PYTHONPATH=src .venv/bin/python -m synapse7.cli ...`; "
+        "the bench runs them in this order. Wall-clock seconds and the load average at start/end are from "
+        "`ledger.json`.",
+        "",
+        "| step | seconds | load start -> end | command |",
+        "|---|---|---|---|",
+    ]
     for s in steps:
         r = ledger.records.get(s.name)
         t = f"{r['seconds']:.0f}" if r else "not run"
@@ -160,14 +250,22 @@ def render(out: Path, rows: list[Row], steps: list[Step], ledger: Ledger, releas
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--out", type=Path, default=Path("/tmp/synapse7_bench_generalization"),
-                    help="results, checkpoints, self-made fakes and logs (not in the repository)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path("/tmp/synapse7_bench_generalization"),
+        help="results, checkpoints, self-made fakes and logs (not in the repository)",
+    )
     ap.add_argument("--only", help=f"comma list of rows ({', '.join(r.name for r in ROWS)}); default all")
     ap.add_argument("--results", type=Path, default=REPO / "docs" / "generalization.md")
     ap.add_argument("--num-workers", type=int, default=1)
     ap.add_argument("--render-only", action="store_true", help="only rewrite the results file")
-    ap.add_argument("--release-out", type=Path, default=Path("/tmp/synapse7_release"),
-                    help="bench/release.py's --out: its default model is added as a row when evaluated there")
+    ap.add_argument(
+        "--release-out",
+        type=Path,
+        default=Path("/tmp/synapse7_release"),
+        help="bench/release.py's --out: its default model is added as a row when evaluated there",
+    )
     args = ap.parse_args(argv)
     names = [n.strip() for n in (args.only or "").split(",") if n.strip()]
     unknown = sorted(set(names) - {r.name for r in ROWS})
@@ -186,8 +284,15 @@ def main(argv: list[str] | None = None) -> int:
         wanted = {f"train {r.name}" for r in chosen}
         steps = [s for s in all_steps if s.name == "synthesize" or s.protocol in {r.name for r in chosen}]
         t0 = time.perf_counter()
-        run_steps([s for s in steps if s.name in wanted or not s.name.startswith("train") or s.name == "synthesize"],
-                  ledger, out / "logs")
+        run_steps(
+            [
+                s
+                for s in steps
+                if s.name in wanted or not s.name.startswith("train") or s.name == "synthesize"
+            ],
+            ledger,
+            out / "logs",
+        )
         print(f"bench/generalization.py: steps took {time.perf_counter() - t0:.0f} s")
     atomic_write_text(args.results, render(out, ROWS, all_steps, ledger, args.release_out))
     print(f"wrote {rel(args.results)}")

@@ -37,14 +37,21 @@ def baseline_run(ckpt: str, folder: str, out: str, batch: int, workers: int) -> 
     net.load_state_dict({k[4:]: v for k, v in ck["state_dict"].items() if k.startswith("net.")})
     model = SpectrumNet(net).eval()
     paths = expand_paths([folder])
-    loader = baseline_loader([(p, 0) for p in paths], batch_size=batch, num_workers=workers,
-                             image_size=cfg.data.image_size, resize_size=cfg.data.resolved_resize)
+    loader = baseline_loader(
+        [(p, 0) for p in paths],
+        batch_size=batch,
+        num_workers=workers,
+        image_size=cfg.data.image_size,
+        resize_size=cfg.data.resolved_resize,
+    )
     t = time.perf_counter()
     results = []
     with torch.inference_mode():
         for x, _ in loader:
             results += torch.sigmoid(model(x)).tolist()
-    Path(out).write_text("\n".join(json.dumps({"path": p, "p_ai": v}) for p, v in zip(paths, results, strict=True)))
+    Path(out).write_text(
+        "\n".join(json.dumps({"path": p, "p_ai": v}) for p, v in zip(paths, results, strict=True))
+    )
     return {"seconds": time.perf_counter() - t, "images": len(results)}
 
 
@@ -65,14 +72,29 @@ def main() -> None:
     work = Path(a.work)
     folder = work / f"images-jpeg-{a.src_size}-{a.n}"
     write_images(folder, a.n, size=(a.src_size, a.src_size), fmt="jpeg", pool=256)
-    cfg = load_config(data={"image_size": a.image_size},
-                      model={"backbone": a.backbone, "weights": "none", "input": "fft"})  # the baseline's input
+    cfg = load_config(
+        data={"image_size": a.image_size}, model={"backbone": a.backbone, "weights": "none", "input": "fft"}
+    )  # the baseline's input
     ckpt = make_checkpoint(cfg, work / f"ckpt-{a.backbone}-{a.image_size}.ckpt")
 
     rows = []
     out = work / "predict-10k.jsonl"
-    cmd = [sys.executable, "-m", "synapse7", "predict", "--checkpoint", str(ckpt), "--json", "--device", "cpu",
-           "--batch-size", str(a.batch_size), "--num-workers", str(a.workers), str(folder)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "synapse7",
+        "predict",
+        "--checkpoint",
+        str(ckpt),
+        "--json",
+        "--device",
+        "cpu",
+        "--batch-size",
+        str(a.batch_size),
+        "--num-workers",
+        str(a.workers),
+        str(folder),
+    ]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
     t = time.perf_counter()
     with open(out, "w") as fh:
@@ -82,17 +104,44 @@ def main() -> None:
     dt = time.perf_counter() - t
     lines = sum(1 for _ in open(out))
     # Our own peak when the CLI ran (its children are accounted by the sampler, not by getrusage of us).
-    rows.append({"pipeline": "synapse7 predict (CLI, streamed JSON lines)", "exit": rc, "images": lines,
-                 "img/s": lines / dt, **sampler.profile()})
-    res = run_isolated(baseline_run, ckpt=str(ckpt), folder=str(folder), out=str(work / "baseline-10k.jsonl"),
-                       batch=a.batch_size, workers=a.workers)
-    rows.append({"pipeline": "baseline (collect, write at end)", "exit": 0, "images": res["images"],
-                 "img/s": res["images"] / res["seconds"],
-                 **{k: v for k, v in res.items() if k.startswith(("tree_", "memory_"))}})
-    report(f"memory over {a.n} images", rows, out=a.out,
-           extra={"command": " ".join(cmd[1:]), "backbone": a.backbone, "image_size": a.image_size,
-                  "images": f"JPEG {a.src_size}x{a.src_size}",
-                  "note": "CLI img/s includes process start-up; PSS sums split shared pages, RSS sums double-count"})
+    rows.append(
+        {
+            "pipeline": "synapse7 predict (CLI, streamed JSON lines)",
+            "exit": rc,
+            "images": lines,
+            "img/s": lines / dt,
+            **sampler.profile(),
+        }
+    )
+    res = run_isolated(
+        baseline_run,
+        ckpt=str(ckpt),
+        folder=str(folder),
+        out=str(work / "baseline-10k.jsonl"),
+        batch=a.batch_size,
+        workers=a.workers,
+    )
+    rows.append(
+        {
+            "pipeline": "baseline (collect, write at end)",
+            "exit": 0,
+            "images": res["images"],
+            "img/s": res["images"] / res["seconds"],
+            **{k: v for k, v in res.items() if k.startswith(("tree_", "memory_"))},
+        }
+    )
+    report(
+        f"memory over {a.n} images",
+        rows,
+        out=a.out,
+        extra={
+            "command": " ".join(cmd[1:]),
+            "backbone": a.backbone,
+            "image_size": a.image_size,
+            "images": f"JPEG {a.src_size}x{a.src_size}",
+            "note": "CLI img/s includes process start-up; PSS sums split shared pages, RSS sums double-count",
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,10 @@ def main() -> None:
     from synapse7.data import MultiGenDataset, build_loader
     from synapse7.predict import Detector
 
-    dets = {name: Detector.from_checkpoint(a.checkpoint, device=a.device, precision=name) for name in ("fp32", "bf16")}
+    dets = {
+        name: Detector.from_checkpoint(a.checkpoint, device=a.device, precision=name)
+        for name in ("fp32", "bf16")
+    }
     ds = MultiGenDataset(a.data, a.split, dets["fp32"].preset)
     probs: dict[str, list[np.ndarray]] = {name: [] for name in dets}
     seconds = dict.fromkeys(dets, 0.0)
@@ -50,15 +53,28 @@ def main() -> None:
     y = np.concatenate(labels)
     p = {name: np.concatenate(v) for name, v in probs.items()}
     thr = dets["fp32"].threshold
-    rows = [{"precision": name, "accuracy": float(((p[name] >= thr) == y).mean()),
-             "roc_auc": float(roc_auc_score(y, p[name])), "forward img/s": len(y) / seconds[name]}
-            for name in dets]
+    rows = [
+        {
+            "precision": name,
+            "accuracy": float(((p[name] >= thr) == y).mean()),
+            "roc_auc": float(roc_auc_score(y, p[name])),
+            "forward img/s": len(y) / seconds[name],
+        }
+        for name in dets
+    ]
     d = np.abs(p["fp32"] - p["bf16"])
-    extra = {"images": len(y), "threshold": thr, "max |p_fp32 - p_bf16|": float(d.max()),
-             "mean |p_fp32 - p_bf16|": float(d.mean()), "p99 |p_fp32 - p_bf16|": float(np.quantile(d, 0.99)),
-             "labels flipped": int(((p["fp32"] >= thr) != (p["bf16"] >= thr)).sum()),
-             "bf16 / fp32 forward": rows[1]["forward img/s"] / rows[0]["forward img/s"],
-             "checkpoint": a.checkpoint, "data": a.data, "split": a.split}
+    extra = {
+        "images": len(y),
+        "threshold": thr,
+        "max |p_fp32 - p_bf16|": float(d.max()),
+        "mean |p_fp32 - p_bf16|": float(d.mean()),
+        "p99 |p_fp32 - p_bf16|": float(np.quantile(d, 0.99)),
+        "labels flipped": int(((p["fp32"] >= thr) != (p["bf16"] >= thr)).sum()),
+        "bf16 / fp32 forward": rows[1]["forward img/s"] / rows[0]["forward img/s"],
+        "checkpoint": a.checkpoint,
+        "data": a.data,
+        "split": a.split,
+    }
     report("fp32 against bf16 inference", rows, extra=extra, out=a.out)
 
 

@@ -39,11 +39,14 @@ def make_uploads(folder: Path) -> list[Path]:
 
     from synapse7.demo import STANDIN_GENERATORS
 
-    photo, standin, tiff, broken = (folder / n for n in ("astronaut.jpg", "standin_transposed_conv.png",
-                                                          "coffee.tif", "truncated.jpg"))
+    photo, standin, tiff, broken = (
+        folder / n for n in ("astronaut.jpg", "standin_transposed_conv.png", "coffee.tif", "truncated.jpg")
+    )
     Image.fromarray(data.astronaut()).save(photo, quality=92)
     crop = data.chelsea()[40:296, 100:356]  # 256 x 256 photo crop
-    Image.fromarray(STANDIN_GENERATORS["standin_transposed_conv"](crop, np.random.default_rng(0))).save(standin)
+    Image.fromarray(STANDIN_GENERATORS["standin_transposed_conv"](crop, np.random.default_rng(0))).save(
+        standin
+    )
     Image.fromarray(data.coffee()).save(tiff)
     broken.write_bytes(photo.read_bytes()[:20_000])
     return [photo, standin, tiff, broken]
@@ -56,7 +59,9 @@ def shrink_png(path: Path, max_kb: int) -> int:
     img = Image.open(path).convert("RGB")
     for colours in (256, 128, 64):
         buf = io.BytesIO()
-        img.quantize(colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(buf, "PNG", optimize=True)
+        img.quantize(colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+            buf, "PNG", optimize=True
+        )
         if buf.tell() <= max_kb * 1024:
             break
     path.write_bytes(buf.getvalue())
@@ -66,7 +71,12 @@ def shrink_png(path: Path, max_kb: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, metavar="CKPT", help="the model to serve")
-    ap.add_argument("--out", default="docs/screenshots", metavar="DIR", help="where the PNGs go (default docs/screenshots)")
+    ap.add_argument(
+        "--out",
+        default="docs/screenshots",
+        metavar="DIR",
+        help="where the PNGs go (default docs/screenshots)",
+    )
     ap.add_argument("--max-kb", type=int, default=400, help="largest PNG kept, in KB (default 400)")
     args = ap.parse_args(argv)
     found = find_chromium()
@@ -75,8 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     out = Path(args.out)
     det = Detector.from_checkpoint(args.checkpoint, device="cpu")
-    with tempfile.TemporaryDirectory(prefix="synapse7-shot-") as tmp, running_server(create_app(det)) as base, \
-            headless_chromium(width=1280, height=900) as driver:
+    with (
+        tempfile.TemporaryDirectory(prefix="synapse7-shot-") as tmp,
+        running_server(create_app(det)) as base,
+        headless_chromium(width=1280, height=900) as driver,
+    ):
         uploads = make_uploads(Path(tmp))
         upload_and_wait(driver, base, uploads)
         shots = [full_page_screenshot(driver, out / "page.png")]

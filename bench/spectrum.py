@@ -63,20 +63,35 @@ def main() -> None:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = a.threads
     with tempfile.TemporaryDirectory() as d:
-        for name, mod in (("onnxruntime, ONNX DFT op", Full()), ("onnxruntime, matmul DFT (synapse7 export)", Matmul())):
+        for name, mod in (
+            ("onnxruntime, ONNX DFT op", Full()),
+            ("onnxruntime, matmul DFT (synapse7 export)", Matmul()),
+        ):
             path = str(Path(d) / "m.onnx")
-            torch.onnx.export(mod.eval(), (x,), path, dynamo=True, verbose=False,
-                              dynamic_shapes=({0: torch.export.Dim("batch")},))
+            torch.onnx.export(
+                mod.eval(),
+                (x,),
+                path,
+                dynamo=True,
+                verbose=False,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+            )
             sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
             inp = sess.get_inputs()[0].name
-            impls[name] = (lambda s=sess, i=inp: s.run(None, {i: xn})[0])
+            impls[name] = lambda s=sess, i=inp: s.run(None, {i: xn})[0]
         base = None
         rows = []
         for name, fn in impls.items():
             r = best_rate(fn, a.batch, a.repeats)
             base = base or r
-            rows.append({"implementation": name, "img/s": r, "x numpy": r / base,
-                         "max |diff| vs float64": float(np.abs(fn() - ref).max())})
+            rows.append(
+                {
+                    "implementation": name,
+                    "img/s": r,
+                    "x numpy": r / base,
+                    "max |diff| vs float64": float(np.abs(fn() - ref).max()),
+                }
+            )
     report(f"spectrum {a.size}px, batch {a.batch}, {a.threads} thread(s)", rows, out=a.out)
 
 

@@ -76,8 +76,13 @@ def train_and_evaluate(cfg: RunConfig, root: Path, run: Path) -> dict:
     # last.ckpt: the end of the budget, as in the README's CIFAKE comparisons (best.ckpt is chosen on val)
     ev = evaluate(run / "last.ckpt", root, split="val", out_dir=run / "eval_last", num_workers=0, quiet=True)
     m = ev.metrics
-    return {"accuracy": m["accuracy"], "roc_auc": m["roc_auc"], "real_acc": m["real_acc"], "fake_acc": m["fake_acc"],
-            "train_seconds": round(t_train, 1)}
+    return {
+        "accuracy": m["accuracy"],
+        "roc_auc": m["roc_auc"],
+        "real_acc": m["real_acc"],
+        "fake_acc": m["fake_acc"],
+        "train_seconds": round(t_train, 1),
+    }
 
 
 def search_time(storage: str) -> tuple[float, float]:
@@ -111,8 +116,16 @@ def main() -> None:
     space = load_search_space(args.space)
     inner = inner_split(args.data.resolve(), out / "inner", args.holdout, args.seed)
     storage = f"sqlite:///{out / 'sweep.db'}"
-    res = run_sweep(inner, out / "sweep", space=space, n_trials=args.trials, timeout=args.timeout,
-                    storage=storage, study_name="bench", seed=args.seed)
+    res = run_sweep(
+        inner,
+        out / "sweep",
+        space=space,
+        n_trials=args.trials,
+        timeout=args.timeout,
+        storage=storage,
+        study_name="bench",
+        seed=args.seed,
+    )
     span_s, busy_s = search_time(storage)
     if res.best_yaml is None:
         sys.exit("no trial completed")
@@ -120,8 +133,10 @@ def main() -> None:
         "hand-set default": space.config({}, str(args.data.resolve())),
         "sweep best": load_config(res.best_yaml, data={"root": str(args.data.resolve())}),
     }
-    rows = {name: train_and_evaluate(cfg, args.data.resolve(), out / "final" / name.replace(" ", "_"))
-            for name, cfg in configs.items()}
+    rows = {
+        name: train_and_evaluate(cfg, args.data.resolve(), out / "final" / name.replace(" ", "_"))
+        for name, cfg in configs.items()
+    }
     searched = [p.name for p in space.params]
 
     def value(cfg: RunConfig, name: str) -> object:
@@ -142,28 +157,45 @@ def main() -> None:
         f"{configs['sweep best'].train.limit_train_batches}`, batch {configs['sweep best'].data.batch_size}, "
         f"seed {configs['sweep best'].train.seed}) and evaluated on `val` (last.ckpt, threshold 0.5).",
         "",
-        "| configuration | " + " | ".join(f"`{n}`" for n in searched)
+        "| configuration | "
+        + " | ".join(f"`{n}`" for n in searched)
         + " | val accuracy | val ROC-AUC | real acc | fake acc | train s |",
         "|---|" + "---|" * len(searched) + "---|---|---|---|---|",
     ]
     for name, cfg in configs.items():
         r = rows[name]
-        vals = " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in (value(cfg, n) for n in searched))
-        lines.append(f"| {name} | {vals} | {r['accuracy']:.4f} | {r['roc_auc']:.4f} | {r['real_acc']:.3f} | "
-                     f"{r['fake_acc']:.3f} | {r['train_seconds']:.0f} |")
+        vals = " | ".join(
+            f"{v:.3g}" if isinstance(v, float) else str(v) for v in (value(cfg, n) for n in searched)
+        )
+        lines.append(
+            f"| {name} | {vals} | {r['accuracy']:.4f} | {r['roc_auc']:.4f} | {r['real_acc']:.3f} | "
+            f"{r['fake_acc']:.3f} | {r['train_seconds']:.0f} |"
+        )
     cmd = "OMP_NUM_THREADS=1 PYTHONPATH=src nice -n 10 .venv/bin/python bench/sweep.py " + " ".join(
-        shlex.quote(a) for a in sys.argv[1:])
-    lines += ["", f"Best inner-val ROC-AUC in the search: {res.best_value:.4f} (trial {res.best_trial}). Each row is one "
-              "training with one seed; with budgets this short, a gap of a point or two may be seed noise (not "
-              "measured here). `train s` is wall-clock time on a CPU shared with other jobs.", "",
-              "Command (rerunning it continues the study and reuses finished trainings):", "", "```bash", cmd, "```",
-              "", f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, no GPU, "
-              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}.", "",
-              "![optimisation history](sweep/history.png) ![parameter importances](sweep/importances.png)"]
+        shlex.quote(a) for a in sys.argv[1:]
+    )
+    lines += [
+        "",
+        f"Best inner-val ROC-AUC in the search: {res.best_value:.4f} (trial {res.best_trial}). Each row is one "
+        "training with one seed; with budgets this short, a gap of a point or two may be seed noise (not "
+        "measured here). `train s` is wall-clock time on a CPU shared with other jobs.",
+        "",
+        "Command (rerunning it continues the study and reuses finished trainings):",
+        "",
+        "```bash",
+        cmd,
+        "```",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs, no GPU, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}.",
+        "",
+        "![optimisation history](sweep/history.png) ![parameter importances](sweep/importances.png)",
+    ]
     text = "\n".join(lines).rstrip() + "\n"
     atomic_write_text(out / "sweep_result.md", text)
-    (out / "sweep_result.json").write_text(json.dumps({"rows": rows, "search_seconds": span_s,
-                                                        "best_params": res.best_params}, indent=1))
+    (out / "sweep_result.json").write_text(
+        json.dumps({"rows": rows, "search_seconds": span_s, "best_params": res.best_params}, indent=1)
+    )
     if args.docs:  # the table and the study's two plots (small PNGs made by run_sweep)
         atomic_write_text(REPO / "docs" / "sweep_results.md", text)
         for name in ("history.png", "importances.png"):

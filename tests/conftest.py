@@ -26,16 +26,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def make_easy_image(rng: np.random.Generator, label: int, size: int = 32) -> np.ndarray:
     """An easy synthetic task: real = smooth random field, AI = the same with a periodic 2-pixel pattern."""
     base = rng.normal(128, 30, size=(size // 4, size // 4, 3))
-    img = np.asarray(Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).resize((size, size), Image.BICUBIC),
-                     dtype=np.float64)
+    img = np.asarray(
+        Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).resize((size, size), Image.BICUBIC),
+        dtype=np.float64,
+    )
     if label == 1:
         yy, xx = np.mgrid[0:size, 0:size]
         img = img + 25.0 * (((yy + xx) % 2) * 2 - 1)[..., None]
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def make_dataset(root: Path, generators: tuple[str, ...] = ("gen_a", "gen_b"), n: int = 8, size: int = 32,
-                 splits: tuple[str, ...] = ("train", "val"), seed: int = 0, fmt: str = "png") -> Path:
+def make_dataset(
+    root: Path,
+    generators: tuple[str, ...] = ("gen_a", "gen_b"),
+    n: int = 8,
+    size: int = 32,
+    splits: tuple[str, ...] = ("train", "val"),
+    seed: int = 0,
+    fmt: str = "png",
+) -> Path:
     rng = np.random.default_rng(seed)
     for g in generators:
         for split in splits:
@@ -96,6 +105,12 @@ def save_untrained_checkpoint(path: Path, cfg, *, threshold: float = 0.5, seed: 
                 m.running_var.uniform_(0.5, 2.0)
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": state, "hyper_parameters": {"config": cfg.to_dict()},
-                "synapse7": {"threshold": threshold}}, path)
+    torch.save(
+        {
+            "state_dict": state,
+            "hyper_parameters": {"config": cfg.to_dict()},
+            "synapse7": {"threshold": threshold},
+        },
+        path,
+    )
     return path

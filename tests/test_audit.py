@@ -89,8 +89,14 @@ def test_score_feature_numeric_and_categorical() -> None:
 # ---- audits of planted datasets ----------------------------------------------------------------------------
 
 
-def _make_dataset(root: Path, ai: list[tuple[str, int]], nature: list[tuple[str, int]], *,
-                  generators=("gen_a", "gen_b"), per_class: int = 12) -> Path:
+def _make_dataset(
+    root: Path,
+    ai: list[tuple[str, int]],
+    nature: list[tuple[str, int]],
+    *,
+    generators=("gen_a", "gen_b"),
+    per_class: int = 12,
+) -> Path:
     """ai/nature: cycles of (format, side) per file, e.g. [("PNG", 64)] or [("JPEG", 48)]."""
     seed = 0
     for gen in generators:
@@ -122,7 +128,11 @@ def test_audit_flags_planted_format_and_size_shortcut(tmp_path: Path) -> None:
     assert res.score("all", "format").rule == "ai if format in {PNG}"
     assert res.score("all", "width").rule == "ai if width > 56"
     nature = next(s for s in res.summaries if s.scope == "all" and s.cls == "nature")
-    assert nature.formats == {"JPEG": 36} and nature.jpeg_quality == {"90": 36} and nature.top_sizes == {"48x48": 36}
+    assert (
+        nature.formats == {"JPEG": 36}
+        and nature.jpeg_quality == {"90": 36}
+        and nature.top_sizes == {"48x48": 36}
+    )
 
 
 def test_audit_does_not_flag_shared_distributions(tmp_path: Path) -> None:
@@ -135,7 +145,9 @@ def test_audit_does_not_flag_shared_distributions(tmp_path: Path) -> None:
 
 
 def test_audit_lists_unreadable_files_without_crashing(tmp_path: Path) -> None:
-    root = _make_dataset(tmp_path / "d", ai=[("PNG", 32)], nature=[("JPEG", 32)], generators=("g",), per_class=4)
+    root = _make_dataset(
+        tmp_path / "d", ai=[("PNG", 32)], nature=[("JPEG", 32)], generators=("g",), per_class=4
+    )
     bad = root / "g" / "train" / "ai"
     (bad / "empty.png").write_bytes(b"")
     (bad / "garbage.jpg").write_bytes(b"this is not an image at all" * 10)
@@ -151,7 +163,9 @@ def test_audit_lists_unreadable_files_without_crashing(tmp_path: Path) -> None:
 
 
 def test_audit_skips_missing_split_and_errors_when_none(tmp_path: Path) -> None:
-    root = _make_dataset(tmp_path / "d", ai=[("PNG", 32)], nature=[("JPEG", 32)], generators=("g",), per_class=4)
+    root = _make_dataset(
+        tmp_path / "d", ai=[("PNG", 32)], nature=[("JPEG", 32)], generators=("g",), per_class=4
+    )
     res = audit_dataset(root, splits=("train", "test"))
     assert res.splits == ("train",) and "test" in res.skipped_splits
     from synapse7.data import LayoutError
@@ -178,7 +192,9 @@ def test_write_report_and_run_audit(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_cli_audit(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from synapse7.cli import main
 
-    root = _make_dataset(tmp_path / "d", ai=[("PNG", 64)], nature=[("JPEG", 48)], generators=("g",), per_class=6)
+    root = _make_dataset(
+        tmp_path / "d", ai=[("PNG", 64)], nature=[("JPEG", 48)], generators=("g",), per_class=6
+    )
     assert main(["audit", str(root), "--out", str(tmp_path / "o"), "--split", "train"]) == 0
     assert "format 1.000" in capsys.readouterr().out
     assert (tmp_path / "o" / "audit.json").is_file()

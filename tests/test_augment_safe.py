@@ -59,12 +59,15 @@ def test_draws_do_not_depend_on_the_probability(op_cls) -> None:
     assert np.array_equal(np.asarray(op_cls(prob=0.0)(img)), np.asarray(img))
 
 
-@pytest.mark.parametrize(("w", "h", "patch", "ratio", "expected"), [
-    (64, 48, 16, 0.5, 0.5),        # 12 whole cells, 6 masked
-    (64, 64, 8, 0.25, 0.25),       # 64 cells, 16 masked
-    (64, 48, 16, 1.0, 1.0),
-    (64, 48, 16, 0.0, 0.0),
-])
+@pytest.mark.parametrize(
+    ("w", "h", "patch", "ratio", "expected"),
+    [
+        (64, 48, 16, 0.5, 0.5),  # 12 whole cells, 6 masked
+        (64, 64, 8, 0.25, 0.25),  # 64 cells, 16 masked
+        (64, 48, 16, 1.0, 1.0),
+        (64, 48, 16, 0.0, 0.0),
+    ],
+)
 def test_masking_fraction_exact(w: int, h: int, patch: int, ratio: float, expected: float) -> None:
     img = _image(w, h)
     op = RandomPatchMask((ratio, ratio), patch, prob=1.0, generator=_gen(0))
@@ -113,15 +116,18 @@ def test_colour_jitter_changes_colours_only_within_range() -> None:
     assert hue(_image()).size == (64, 48)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: RandomRotation(prob=1.5),
-    lambda: RandomRotation(degrees=200),
-    lambda: RandomRotation(interpolation="cubic"),
-    lambda: ColorJitter(brightness=1.5),
-    lambda: ColorJitter(hue=0.7),
-    lambda: RandomPatchMask(ratio=(0.5, 0.2)),
-    lambda: RandomPatchMask(patch=0),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: RandomRotation(prob=1.5),
+        lambda: RandomRotation(degrees=200),
+        lambda: RandomRotation(interpolation="cubic"),
+        lambda: ColorJitter(brightness=1.5),
+        lambda: ColorJitter(hue=0.7),
+        lambda: RandomPatchMask(ratio=(0.5, 0.2)),
+        lambda: RandomPatchMask(patch=0),
+    ],
+)
 def test_bad_settings_are_refused(make) -> None:
     with pytest.raises(ValueError):
         make()

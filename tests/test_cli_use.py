@@ -22,8 +22,10 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = load_config(data={"image_size": 32, "preprocess": "resize"},
-                      model={"backbone": "resnet18", "weights": "none", "input": "rgb"})
+    cfg = load_config(
+        data={"image_size": 32, "preprocess": "resize"},
+        model={"backbone": "resnet18", "weights": "none", "input": "rgb"},
+    )
     return save_untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.ckpt", cfg)
 
 
@@ -41,8 +43,9 @@ def _predict(ckpt: Path, *args: str) -> int:
 # ---- 1. exit status and per-input errors ------------------------------------------------------------------
 
 
-def test_every_input_is_attempted_and_failures_are_rows(ckpt: Path, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_input_is_attempted_and_failures_are_rows(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     good = _png(tmp_path / "good.png")
     missing = tmp_path / "missing.png"
     url = "https://example.com/cat.jpg"
@@ -60,8 +63,9 @@ def test_every_input_is_attempted_and_failures_are_rows(ckpt: Path, tmp_path: Pa
     assert js[0]["p_ai"] is None
 
 
-def test_exit_zero_only_when_every_input_is_classified(ckpt: Path, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_exit_zero_only_when_every_input_is_classified(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     good = _png(tmp_path / "a.png")
     assert _predict(ckpt, str(good)) == 0
     bad = tmp_path / "bad.png"
@@ -80,18 +84,21 @@ def test_usage_errors_exit_2(ckpt: Path, capsys: pytest.CaptureFixture[str]) -> 
 # ---- 2. option validation, usage and help --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv", [
-    ["predict", "--checkpoint", "c", "--threshold", "1.5", "x"],
-    ["predict", "--checkpoint", "c", "--threshold", "-0.1", "x"],
-    ["evaluate", "--data", "d", "--checkpoint", "c", "--out", "o", "--threshold", "2"],
-    ["train", "--data", "d", "--out", "o", "--epochs", "0"],
-    ["train", "--data", "d", "--out", "o", "--batch-size", "0"],
-    ["train", "--data", "d", "--out", "o", "--aug-flip-prob", "1.5"],
-    ["demo", "--epochs", "0"],
-    ["serve", "--checkpoint", "c", "--port", "99999"],
-    ["calibrate", "--data", "d", "--checkpoint", "c", "--target-fpr", "3"],
-    ["audit", "d", "--threshold", "7"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", "--checkpoint", "c", "--threshold", "1.5", "x"],
+        ["predict", "--checkpoint", "c", "--threshold", "-0.1", "x"],
+        ["evaluate", "--data", "d", "--checkpoint", "c", "--out", "o", "--threshold", "2"],
+        ["train", "--data", "d", "--out", "o", "--epochs", "0"],
+        ["train", "--data", "d", "--out", "o", "--batch-size", "0"],
+        ["train", "--data", "d", "--out", "o", "--aug-flip-prob", "1.5"],
+        ["demo", "--epochs", "0"],
+        ["serve", "--checkpoint", "c", "--port", "99999"],
+        ["calibrate", "--data", "d", "--checkpoint", "c", "--target-fpr", "3"],
+        ["audit", "d", "--threshold", "7"],
+    ],
+)
 def test_out_of_range_options_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -109,10 +116,19 @@ def test_epochs_zero_in_a_config_file_is_refused(tmp_path: Path) -> None:
         load_config(cfg)
 
 
-@pytest.mark.parametrize("argv", [["predict", "x"], ["train", "--data", "d", "--out", "o"],
-                                  ["evaluate", "--data", "d", "--checkpoint", "c", "--out", "o"],
-                                  ["serve", "--checkpoint", "c"], ["backbones"]])
-def test_unknown_option_prints_the_subcommands_usage(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", "x"],
+        ["train", "--data", "d", "--out", "o"],
+        ["evaluate", "--data", "d", "--checkpoint", "c", "--out", "o"],
+        ["serve", "--checkpoint", "c"],
+        ["backbones"],
+    ],
+)
+def test_unknown_option_prints_the_subcommands_usage(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     cmd = argv[0]
     with pytest.raises(SystemExit) as e:
         main([*argv, "--bogus"])
@@ -125,10 +141,13 @@ def test_every_option_of_every_subcommand_has_help() -> None:
     parser = build_parser()
     subs = subcommands(parser)
     assert {"train", "evaluate", "predict", "demo", "export", "serve", "calibrate", "audit"} <= set(subs)
-    missing = [f"{name} {a.option_strings or a.dest}" for name, sub in subs.items() for a in sub._actions
-               if not isinstance(a, argparse._HelpAction) and (not a.help or a.help == argparse.SUPPRESS)]
-    missing += [f"synapse7 {a.option_strings}" for a in parser._actions
-                if a.option_strings and not a.help]
+    missing = [
+        f"{name} {a.option_strings or a.dest}"
+        for name, sub in subs.items()
+        for a in sub._actions
+        if not isinstance(a, argparse._HelpAction) and (not a.help or a.help == argparse.SUPPRESS)
+    ]
+    missing += [f"synapse7 {a.option_strings}" for a in parser._actions if a.option_strings and not a.help]
     assert not missing, f"options without help: {missing}"
 
 
@@ -154,8 +173,9 @@ def test_readme_lists_the_scanned_extensions() -> None:
     assert {f".{e}" for e in m.group(1).split(",")} == set(IMAGE_EXTENSIONS)
 
 
-def test_empty_folder_names_it_and_the_extensions(ckpt: Path, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_empty_folder_names_it_and_the_extensions(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "x.txt").write_text("x")
     assert _predict(ckpt, str(tmp_path / "empty")) == 1
@@ -167,8 +187,9 @@ def test_empty_folder_names_it_and_the_extensions(ckpt: Path, tmp_path: Path,
 
 
 @pytest.mark.parametrize("as_json", [False, True])
-def test_resume_classifies_new_inputs(ckpt: Path, tmp_path: Path, as_json: bool,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_classifies_new_inputs(
+    ckpt: Path, tmp_path: Path, as_json: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
     d = tmp_path / "in"
     a, b = _png(d / "a.png", seed=1), _png(d / "b.png", seed=2)
     out = tmp_path / "preds.txt"
@@ -191,8 +212,9 @@ def test_resume_classifies_new_inputs(ckpt: Path, tmp_path: Path, as_json: bool,
 # ---- 6. tiny images ----------------------------------------------------------------------------------------
 
 
-def test_tiny_image_is_an_error_row_not_a_guess(ckpt: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_tiny_image_is_an_error_row_not_a_guess(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     tiny = tmp_path / "tiny.png"
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tiny)
     ok = _png(tmp_path / "ok.png", size=8)  # the 32 px model's limit: max(8, 32 / 4)
@@ -215,8 +237,9 @@ def test_python_api_refuses_urls_like_the_cli(ckpt: Path) -> None:
     assert p.label == "ERROR" and "URLs are not supported" in (p.error or "")
 
 
-def test_a_threshold_other_than_half_is_printed(ckpt: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_threshold_other_than_half_is_printed(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     good = _png(tmp_path / "a.png")
     assert _predict(ckpt, str(good)) == 0
     assert "AI means" not in capsys.readouterr().err

@@ -27,8 +27,19 @@ from synapse7.transforms import ClassificationPreset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import Case, build_corpus, expected_outcome, summarize  # noqa: E402
 
-REQUIRED_CATEGORIES = {"empty", "truncated", "wrong_magic", "size", "bomb", "mode", "animated", "exif",
-                       "unreadable", "symlink", "name"}
+REQUIRED_CATEGORIES = {
+    "empty",
+    "truncated",
+    "wrong_magic",
+    "size",
+    "bomb",
+    "mode",
+    "animated",
+    "exif",
+    "unreadable",
+    "symlink",
+    "name",
+}
 NOBODY = 65534
 
 
@@ -85,7 +96,9 @@ def test_corpus_covers_the_issue_list(corpus: list[Case]) -> None:
     assert len({c.name for c in corpus}) == len(corpus)
     assert all(c.size for c in corpus if c.expected == "ok" or c.root_reads)
     assert all(c.reason for c in corpus if c.expected == "bad")
-    assert any(os.fsencode(c.path.name).decode("utf-8", "replace") != c.path.name for c in corpus), "non-UTF-8"
+    assert any(os.fsencode(c.path.name).decode("utf-8", "replace") != c.path.name for c in corpus), (
+        "non-UTF-8"
+    )
 
 
 def test_open_image_gives_the_expected_outcome_for_every_case(corpus: list[Case]) -> None:
@@ -135,8 +148,14 @@ def test_bombs_are_rejected_from_the_header_quickly_and_in_little_memory(corpus:
         "      'grew_mb': (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}))\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(bombs)], capture_output=True, text=True,
-                         env=env, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(bombs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
     res = json.loads(out.stdout)
     assert res["rejected"] == len(bombs) >= 5
     assert res["s"] < 2.0 and res["grew_mb"] < 64, res  # a decoded 20000x20000 bomb would need > 1 GB
@@ -222,7 +241,9 @@ def test_unreadable_file_when_not_root(tmp_path: Path) -> None:
         assert not wrong, wrong
         unreadable = next(c for c in corpus if c.category == "unreadable")
         assert expected_outcome(unreadable, NOBODY) == "bad"
-        assert "permission denied" in got[unreadable.name][1] and unreadable.path.name in got[unreadable.name][1]
+        assert (
+            "permission denied" in got[unreadable.name][1] and unreadable.path.name in got[unreadable.name][1]
+        )
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -260,8 +281,8 @@ def test_dataset_skip_yields_exactly_the_ok_cases_and_reports_the_bad(genimage) 
         log.add(ds, batch["bad"])
     want_ok = {str(c.path): c for c in cases if expected_outcome(c) == "ok"}
     want_bad = {str(c.path): c for c in cases if expected_outcome(c) == "bad"}
-    assert set(good) == set(want_ok), (set(good) ^ set(want_ok))
-    assert set(bad) == set(want_bad), (set(bad) ^ set(want_bad))
+    assert set(good) == set(want_ok), set(good) ^ set(want_ok)
+    assert set(bad) == set(want_bad), set(bad) ^ set(want_bad)
     assert all(good[p] == _class_of(c) for p, c in want_ok.items())
     assert all(any(k in bad[p].lower() for k in c.reason) for p, c in want_bad.items())
     rows = list(csv.DictReader(io.StringIO(log.to_csv())))
@@ -270,7 +291,9 @@ def test_dataset_skip_yields_exactly_the_ok_cases_and_reports_the_bad(genimage) 
 
 def test_dataset_error_mode_raises_naming_each_bad_file(genimage) -> None:
     root, _ = genimage
-    ds = MultiGenDataset(root, "val", ClassificationPreset(crop_size=32, resize_size=36), on_bad_image="error")
+    ds = MultiGenDataset(
+        root, "val", ClassificationPreset(crop_size=32, resize_size=36), on_bad_image="error"
+    )
     cases = {str(c.path): c for c in genimage[1]["val"]}
     raised = 0
     for i, s in enumerate(ds.samples):
@@ -312,14 +335,29 @@ def _min_side(ckpt: Path) -> int:
 
 @pytest.mark.timeout(600)
 def test_predict_reports_every_bad_case_and_predicts_every_ok_one(
-        trained_run: Path, genimage, capsys: pytest.CaptureFixture[str]) -> None:
+    trained_run: Path, genimage, capsys: pytest.CaptureFixture[str]
+) -> None:
     from synapse7.cli import main
 
     root, splits = genimage
     ckpt = trained_run / "run" / "best.ckpt"
     # exit status 1: the corpus holds bad files, each an ERROR row
-    assert main(["predict", "--checkpoint", str(ckpt), str(root / "corpusgen" / "val"), "--json",
-                 "--num-workers", "0", "--batch-size", "8"]) == 1
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(ckpt),
+                str(root / "corpusgen" / "val"),
+                "--json",
+                "--num-workers",
+                "0",
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 1
+    )
     out, err = capsys.readouterr()
     rows = [json.loads(line) for line in out.splitlines()]
     ok, bad = _expected_sets(splits["val"], _min_side(ckpt))
@@ -334,14 +372,31 @@ def test_predict_reports_every_bad_case_and_predicts_every_ok_one(
 
 @pytest.mark.timeout(600)
 def test_evaluate_counts_every_ok_case_and_lists_every_bad_one(
-        trained_run: Path, genimage, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trained_run: Path, genimage, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from synapse7.cli import main
 
     root, splits = genimage
     ckpt = trained_run / "run" / "best.ckpt"
     out = tmp_path / "eval"
-    assert main(["evaluate", "--data", str(root), "--checkpoint", str(ckpt), "--out", str(out),
-                 "--num-workers", "0", "--batch-size", "8"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(root),
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(out),
+                "--num-workers",
+                "0",
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     ok, bad = _expected_sets(splits["val"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_images"] == len(ok) and metrics["bad_images"] == len(bad)
@@ -352,15 +407,30 @@ def test_evaluate_counts_every_ok_case_and_lists_every_bad_one(
     assert sorted(predicted) == sorted(ok)
     assert "Traceback" not in capsys.readouterr().err
 
-    rc = main(["evaluate", "--data", str(root), "--checkpoint", str(ckpt), "--out", str(tmp_path / "e2"),
-               "--num-workers", "0", "--on-bad-image", "error"])
+    rc = main(
+        [
+            "evaluate",
+            "--data",
+            str(root),
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(tmp_path / "e2"),
+            "--num-workers",
+            "0",
+            "--on-bad-image",
+            "error",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err
     assert any(p in err for p in bad), err[-500:]
 
 
 @pytest.mark.timeout(600)
-def test_audit_verify_lists_every_bad_case(genimage, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_audit_verify_lists_every_bad_case(
+    genimage, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from synapse7.cli import main
 
     root, splits = genimage
@@ -372,19 +442,40 @@ def test_audit_verify_lists_every_bad_case(genimage, tmp_path: Path, capsys: pyt
         o, b = _expected_sets(cases)
         ok |= o
         bad |= b
-    assert listed == bad, (listed ^ bad)
+    assert listed == bad, listed ^ bad
     assert "Traceback" not in capsys.readouterr().err
 
 
 @pytest.mark.timeout(600)
-def test_train_skips_and_lists_every_bad_training_case(genimage, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_skips_and_lists_every_bad_training_case(
+    genimage, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from synapse7.cli import main
 
     root, splits = genimage
     out = tmp_path / "run"
-    rc = main(["train", "--data", str(root), "--out", str(out), "--weights", "none", "--backbone", "resnet18",
-               "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--num-workers", "0", "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(root),
+            "--out",
+            str(out),
+            "--weights",
+            "none",
+            "--backbone",
+            "resnet18",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--num-workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err[-2000:]
     _, bad = _expected_sets(splits["train"])
     with open(out / "bad_images.csv", encoding="utf-8", newline="") as f:
@@ -393,7 +484,9 @@ def test_train_skips_and_lists_every_bad_training_case(genimage, tmp_path: Path,
 
 
 @pytest.mark.timeout(600)
-def test_web_api_errors_every_bad_upload_and_predicts_every_ok_one(trained_run: Path, corpus: list[Case]) -> None:
+def test_web_api_errors_every_bad_upload_and_predicts_every_ok_one(
+    trained_run: Path, corpus: list[Case]
+) -> None:
     pytest.importorskip("fastapi")
     pytest.importorskip("multipart")
     from fastapi.testclient import TestClient
@@ -406,15 +499,23 @@ def test_web_api_errors_every_bad_upload_and_predicts_every_ok_one(trained_run: 
     results = []
     with TestClient(app) as client:
         for start in range(0, len(cases), 16):
-            chunk = cases[start:start + 16]
-            files = [("files", (f"case{start + k:03d}{c.path.suffix}", c.path.read_bytes(), "application/octet-stream"))
-                     for k, c in enumerate(chunk)]
+            chunk = cases[start : start + 16]
+            files = [
+                (
+                    "files",
+                    (f"case{start + k:03d}{c.path.suffix}", c.path.read_bytes(), "application/octet-stream"),
+                )
+                for k, c in enumerate(chunk)
+            ]
             r = client.post("/api/predict", files=files)
             assert r.status_code == 200, r.text[:500]
             results += r.json()["results"]
     assert [r["filename"] for r in results] == [f"case{k:03d}{c.path.suffix}" for k, c in enumerate(cases)]
     min_side = _min_side(trained_run / "run" / "best.ckpt")
-    wrong = [(c.name, r) for c, r in zip(cases, results, strict=True)
-             if (r["label"] == "ERROR") != (_predict_outcome(c, min_side) == "bad")
-             or (r["label"] == "ERROR" and not r.get("error"))]
+    wrong = [
+        (c.name, r)
+        for c, r in zip(cases, results, strict=True)
+        if (r["label"] == "ERROR") != (_predict_outcome(c, min_side) == "bad")
+        or (r["label"] == "ERROR" and not r.get("error"))
+    ]
     assert not wrong, wrong

@@ -22,13 +22,17 @@ from synapse7.data import LayoutError
 
 
 def _rows(accs: dict[str, float]) -> list[dict]:
-    return [{"generator": g, "accuracy": a, "ap": a, "roc_auc": a, "real_acc": a, "fake_acc": a, "support": 10}
-            for g, a in accs.items()]
+    return [
+        {"generator": g, "accuracy": a, "ap": a, "roc_auc": a, "real_acc": a, "fake_acc": a, "support": 10}
+        for g, a in accs.items()
+    ]
 
 
 def test_train_one_test_all_table_values() -> None:
-    per_run = {"a": _rows({"a": 1.0, "b": 0.6, "c": 0.5, "ALL": 0.7}),
-               "b": _rows({"a": 0.7, "b": 0.9, "c": 0.8, "ALL": 0.8})}
+    per_run = {
+        "a": _rows({"a": 1.0, "b": 0.6, "c": 0.5, "ALL": 0.7}),
+        "b": _rows({"a": 0.7, "b": 0.9, "c": 0.8, "ALL": 0.8}),
+    }
     t = train_one_test_all_table(per_run, ["a", "b", "c"])
     assert [r["train"] for r in t] == ["a", "b", "mean"]
     assert t[0]["avg"] == pytest.approx(0.7) and t[0]["avg_unseen"] == pytest.approx(0.55)
@@ -47,10 +51,11 @@ def test_leave_one_out_table_values() -> None:
 
 
 def _cfg(data: Path, **data_overrides):
-    return load_config(data={"root": str(data), "image_size": 32, "batch_size": 8, "num_workers": 0,
-                             **data_overrides},
-                       model={"backbone": "resnet18", "weights": "none", "input": "fft"},
-                       train={"epochs": 1, "lr": 1e-3})
+    return load_config(
+        data={"root": str(data), "image_size": 32, "batch_size": 8, "num_workers": 0, **data_overrides},
+        model={"backbone": "resnet18", "weights": "none", "input": "fft"},
+        train={"epochs": 1, "lr": 1e-3},
+    )
 
 
 def test_plan_and_errors(tmp_path: Path) -> None:
@@ -59,9 +64,13 @@ def test_plan_and_errors(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "d", generators=("a", "b", "c"), n=1)
     plan = plan_crossgen(_cfg(data), tmp_path / "o", "leave-one-out")
     assert [(r.name, r.train_generators, r.test_generators) for r in plan] == [
-        ("a", ("b", "c"), ("a", "b", "c")), ("b", ("a", "c"), ("a", "b", "c")), ("c", ("a", "b"), ("a", "b", "c"))]
-    plan = plan_crossgen(_cfg(data, train_generators=("b",), test_generators=("a", "b")), tmp_path / "o",
-                         "train-one-test-all")
+        ("a", ("b", "c"), ("a", "b", "c")),
+        ("b", ("a", "c"), ("a", "b", "c")),
+        ("c", ("a", "b"), ("a", "b", "c")),
+    ]
+    plan = plan_crossgen(
+        _cfg(data, train_generators=("b",), test_generators=("a", "b")), tmp_path / "o", "train-one-test-all"
+    )
     assert [(r.name, r.train_generators, r.test_generators) for r in plan] == [("b", ("b",), ("a", "b"))]
     assert plan[0].run_dir == tmp_path / "o" / "train-one-test-all" / "b" / "run"
     with pytest.raises(LayoutError, match="zz"):
@@ -114,14 +123,37 @@ def test_leave_one_out_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
     data = make_dataset(tmp_path / "data", n=6)
     out = tmp_path / "loo"
-    rc = main(["crossgen", "--data", str(data), "--out", str(out), "--mode", "leave-one-out", "--epochs", "1",
-               "--image-size", "32", "--backbone", "resnet18", "--weights", "none", "--batch-size", "8",
-               "--num-workers", "0", "--no-progress"])
+    rc = main(
+        [
+            "crossgen",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--mode",
+            "leave-one-out",
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--backbone",
+            "resnet18",
+            "--weights",
+            "none",
+            "--batch-size",
+            "8",
+            "--num-workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     rows = list(csv.DictReader(open(out / "crossgen.csv")))
     assert [r["held_out"] for r in rows] == ["gen_a", "gen_b", "mean"] and list(rows[0]) == LOO_COLUMNS
     for held, trained in (("gen_a", "gen_b"), ("gen_b", "gen_a")):
-        saved = yaml.safe_load((out / "leave-one-out" / f"without_{held}" / "run" / "config.yaml").read_text())
+        saved = yaml.safe_load(
+            (out / "leave-one-out" / f"without_{held}" / "run" / "config.yaml").read_text()
+        )
         assert saved["data"]["train_generators"] == [trained] == saved["data"]["test_generators"]
     assert "| held_out | accuracy |" in capsys.readouterr().out
 
@@ -131,11 +163,17 @@ def test_rerun_check_accepts_the_normalisation_train_fills_in(tmp_path: Path) ->
     from synapse7.crossgen import _check_same_config
     from synapse7.model import resolve_normalization
 
-    cfg = load_config(data={"root": "D", "image_size": 32}, model={"backbone": "efficientnet_lite0",
-                                                                   "weights": "imagenet"})
+    cfg = load_config(
+        data={"root": "D", "image_size": 32}, model={"backbone": "efficientnet_lite0", "weights": "imagenet"}
+    )
     save_config(resolve_normalization(cfg), tmp_path / "config.yaml")  # what train() writes
     assert resolve_normalization(cfg).data.mean != cfg.data.mean  # the case this guards
     _check_same_config(tmp_path, cfg)
     with pytest.raises(FileExistsError, match="another config"):
-        _check_same_config(tmp_path, load_config(data={"root": "D", "image_size": 64},
-                                                 model={"backbone": "efficientnet_lite0", "weights": "imagenet"}))
+        _check_same_config(
+            tmp_path,
+            load_config(
+                data={"root": "D", "image_size": 64},
+                model={"backbone": "efficientnet_lite0", "weights": "imagenet"},
+            ),
+        )

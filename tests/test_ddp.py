@@ -16,9 +16,35 @@ from conftest import make_dataset
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data", generators=("g",), n=16)  # 32 train images
-    cmd = [sys.executable, "-m", "synapse7", "train", "--data", str(data), "--out", str(tmp_path / "run"),
-           "--image-size", "32", "--weights", "none", "--backbone", "resnet18", "--epochs", "1", "--batch-size", "4",
-           "--num-workers", "0", "--accelerator", "cpu", "--devices", "2", "--dist-strategy", "ddp", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "synapse7",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--image-size",
+        "32",
+        "--weights",
+        "none",
+        "--backbone",
+        "resnet18",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "0",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--dist-strategy",
+        "ddp",
+        "--no-progress",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]

@@ -34,8 +34,14 @@ DRAFT_MAX = 0.75
 
 
 def reference(resize: int = 256, crop: int = 224) -> T.Compose:
-    return T.Compose([T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(crop), T.ToTensor(),
-                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return T.Compose(
+        [
+            T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR),
+            T.CenterCrop(crop),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 def _jpeg(img: Image.Image, quality: int = 92) -> bytes:
@@ -106,7 +112,10 @@ def test_fast_decode_only_where_it_applies(photos: list[Image.Image]) -> None:
     fast = ClassificationPreset(crop_size=224, resize_size=256, fast_decode=True)
     assert fast.decode(io.BytesIO(png.getvalue())).size == (2048, 2048)  # PNG: no DCT, full decode
     assert fast.decode(io.BytesIO(_jpeg(big))).size == (512, 512)  # 1/4 scale
-    assert ClassificationPreset(resize_size=256).decode(io.BytesIO(_jpeg(big))).size == (2048, 2048)  # opt-in only
+    assert ClassificationPreset(resize_size=256).decode(io.BytesIO(_jpeg(big))).size == (
+        2048,
+        2048,
+    )  # opt-in only
     # Native-resolution cropping and PIL pre-ops are defined on the full image: never drafted.
     assert ClassificationPreset(preprocess="crop", fast_decode=True).draft_size is None
     assert ClassificationPreset(fast_decode=True, pre_ops=[lambda im: im]).draft_size is None

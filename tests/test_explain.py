@@ -31,12 +31,15 @@ def _ramp(width: int, height: int) -> Image.Image:
     return Image.fromarray(np.stack([x, y, np.full_like(x, 128)], -1).round().astype(np.uint8))
 
 
-@pytest.mark.parametrize(("size", "preset"), [
-    ((300, 200), ClassificationPreset(crop_size=224, resize_size=256)),
-    ((200, 300), ClassificationPreset(crop_size=224, resize_size=256)),
-    ((150, 100), ClassificationPreset(crop_size=64, preprocess="crop")),
-    ((120, 90), ClassificationPreset(crop_size=32, resize_size=37)),
-])
+@pytest.mark.parametrize(
+    ("size", "preset"),
+    [
+        ((300, 200), ClassificationPreset(crop_size=224, resize_size=256)),
+        ((200, 300), ClassificationPreset(crop_size=224, resize_size=256)),
+        ((150, 100), ClassificationPreset(crop_size=64, preprocess="crop")),
+        ((120, 90), ClassificationPreset(crop_size=32, resize_size=37)),
+    ],
+)
 def test_region_is_where_the_crop_comes_from(size: tuple[int, int], preset: ClassificationPreset) -> None:
     w, h = size
     crop = preset.to_uint8(_ramp(w, h)).float().numpy()  # (3, S, S)
@@ -46,10 +49,18 @@ def test_region_is_where_the_crop_comes_from(size: tuple[int, int], preset: Clas
     # (a linear ramp survives the antialiased resize). Compared in image pixels, within the ramp's rounding (half
     # a grey level) and a little of the resampling filter's.
     px, py = (r.x1 - r.x0) / s, (r.y1 - r.y0) / s
-    expect = {"left": r.x0 + px / 2 - 0.5, "right": r.x1 - px / 2 - 0.5,
-              "top": r.y0 + py / 2 - 0.5, "bottom": r.y1 - py / 2 - 0.5}
-    got = {"left": crop[0, :, 0].mean() * (w - 1) / 255, "right": crop[0, :, -1].mean() * (w - 1) / 255,
-           "top": crop[1, 0, :].mean() * (h - 1) / 255, "bottom": crop[1, -1, :].mean() * (h - 1) / 255}
+    expect = {
+        "left": r.x0 + px / 2 - 0.5,
+        "right": r.x1 - px / 2 - 0.5,
+        "top": r.y0 + py / 2 - 0.5,
+        "bottom": r.y1 - py / 2 - 0.5,
+    }
+    got = {
+        "left": crop[0, :, 0].mean() * (w - 1) / 255,
+        "right": crop[0, :, -1].mean() * (w - 1) / 255,
+        "top": crop[1, 0, :].mean() * (h - 1) / 255,
+        "bottom": crop[1, -1, :].mean() * (h - 1) / 255,
+    }
     for side in expect:
         unit = (w if side in ("left", "right") else h) - 1
         assert got[side] == pytest.approx(expect[side], abs=0.25 + 0.5 * unit / 255), (side, r)
@@ -70,9 +81,14 @@ def test_padded_and_grid_regions() -> None:
     regions = analysed_regions(100, 70, grid)
     crops = grid.to_uint8(_ramp(100, 70))
     ramp = np.asarray(_ramp(100, 70))
-    assert len(regions) == 4 and (regions[0].x0, regions[0].y0, regions[3].x1, regions[3].y1) == (0, 0, 100, 70)
+    assert len(regions) == 4 and (regions[0].x0, regions[0].y0, regions[3].x1, regions[3].y1) == (
+        0,
+        0,
+        100,
+        70,
+    )
     for r, c in zip(regions, crops, strict=True):
-        assert np.array_equal(c.permute(1, 2, 0).numpy(), ramp[int(r.y0):int(r.y1), int(r.x0):int(r.x1)])
+        assert np.array_equal(c.permute(1, 2, 0).numpy(), ramp[int(r.y0) : int(r.y1), int(r.x0) : int(r.x1)])
 
 
 class _PatchNet(nn.Module):
@@ -93,12 +109,16 @@ def test_occlusion_map_finds_the_evidence() -> None:
     outside = e.heatmap.copy()
     outside[0:8, 8:16] = 0
     assert np.abs(outside).max() < 1e-4  # nothing else matters to this model
-    assert e.label == "AI" and e.p_ai == pytest.approx(float(torch.sigmoid(_PatchNet()(det.preset(img)[None]))[0]))
+    assert e.label == "AI" and e.p_ai == pytest.approx(
+        float(torch.sigmoid(_PatchNet()(det.preset(img)[None]))[0])
+    )
 
 
 @pytest.fixture(scope="module")
 def detector() -> Detector:
-    cfg = RunConfig().override(data={"image_size": 32}, model={"backbone": "resnet18", "weights": "none", "input": "fft"})
+    cfg = RunConfig().override(
+        data={"image_size": 32}, model={"backbone": "resnet18", "weights": "none", "input": "fft"}
+    )
     torch.manual_seed(0)
     return Detector(build_model(cfg.model, load_weights=False), cfg, device="cpu")
 
@@ -117,7 +137,9 @@ def test_explanation_is_of_what_predict_classifies(detector: Detector) -> None:
     assert np.abs(e.heatmap).max() > 0
 
 
-def test_residual_hook_uses_the_encoders_residual(detector: Detector, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_residual_hook_uses_the_encoders_residual(
+    detector: Detector, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def npr(x: torch.Tensor) -> torch.Tensor:  # stand-in with the interface of synapse7.residuals
         up = x[..., ::2, ::2].repeat_interleave(2, -2).repeat_interleave(2, -1)
         return x - up
@@ -126,7 +148,9 @@ def test_residual_hook_uses_the_encoders_residual(detector: Detector, monkeypatc
     assert residual_for_mode("fft") is None and residual_for_mode("rgb+fft") is None
     name, fn = residual_for_mode("rgb+npr")
     assert name == "npr" and fn is npr
-    det = Detector(detector.net, replace(detector.cfg, model=replace(detector.cfg.model, input="npr")), device="cpu")
+    det = Detector(
+        detector.net, replace(detector.cfg, model=replace(detector.cfg.model, input="npr")), device="cpu"
+    )
     img = Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 40, 3), dtype=np.uint8))
     e = explain(det, img, grid=2)
     assert e.residual_name == "npr"
@@ -145,8 +169,12 @@ def test_views_are_pngs_with_the_region_drawn(detector: Detector) -> None:
     regions = np.asarray(decoded["regions"].convert("RGB")).astype(int)
     f = regions.shape[1] / 200
     cx, y0 = regions.shape[1] // 2, int(e.region.y0 * f)
-    assert (255, 214, 10) in {tuple(regions[y, cx]) for y in (y0, y0 + 1)}  # the outline on the box's top edge
-    assert regions[regions.shape[0] // 2, 2].sum() < regions[regions.shape[0] // 2, cx].sum()  # outside dimmed
+    assert (255, 214, 10) in {
+        tuple(regions[y, cx]) for y in (y0, y0 + 1)
+    }  # the outline on the box's top edge
+    assert (
+        regions[regions.shape[0] // 2, 2].sum() < regions[regions.shape[0] // 2, cx].sum()
+    )  # outside dimmed
 
 
 def test_tiff_preview_is_png() -> None:
@@ -159,8 +187,10 @@ def test_tiff_preview_is_png() -> None:
 
 
 def test_multi_crop_model_is_explained_on_its_strongest_crop() -> None:
-    cfg = RunConfig().override(data={"image_size": 32, "preprocess": "crop", "crops": 4},
-                               model={"backbone": "npr_resnet", "weights": "none", "input": "npr"})
+    cfg = RunConfig().override(
+        data={"image_size": 32, "preprocess": "crop", "crops": 4},
+        model={"backbone": "npr_resnet", "weights": "none", "input": "npr"},
+    )
     torch.manual_seed(0)
     det = Detector(build_model(cfg.model, load_weights=False), cfg, device="cpu")
     img = Image.fromarray(np.random.default_rng(3).integers(0, 255, (70, 90, 3), dtype=np.uint8))

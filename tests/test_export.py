@@ -32,8 +32,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Synapse-7 checkpoint of an untrained net (the export must not care whether it was trained)."""
-    cfg = load_config(data={"image_size": SIZE, "preprocess": "crop"},
-                      model={"backbone": "resnet18", "weights": "none", "input": "rgb+fft"})
+    cfg = load_config(
+        data={"image_size": SIZE, "preprocess": "crop"},
+        model={"backbone": "resnet18", "weights": "none", "input": "rgb+fft"},
+    )
     return save_untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.ckpt", cfg, threshold=0.3)
 
 
@@ -45,7 +47,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     for i, photo in enumerate(load_photos()[:5]):
         y, x = rng.integers(0, 40, 2)
         p = d / f"{i}.png"
-        Image.fromarray(photo[y:y + 48, x:x + 40]).save(p)
+        Image.fromarray(photo[y : y + 48, x : x + 40]).save(p)
         paths.append(str(p))
     (d / "bad.png").write_bytes(b"not an image")
     return paths
@@ -77,9 +79,11 @@ def test_detector_engines_agree(checkpoint: Path, exported: Path, images: list[s
     eager = Detector.from_checkpoint(checkpoint, device="cpu")
     paths = [*images, str(Path(images[0]).parent / "bad.png")]
     ref = list(eager.predict_paths(paths, batch_size=4, num_workers=0))
-    for det in (Detector.from_checkpoint(checkpoint, device="cpu", onnx=exported, engine="onnx"),
-                Detector.from_onnx(exported),
-                Detector.from_checkpoint(checkpoint, device="cpu", engine="onnx")):  # exported on the fly
+    for det in (
+        Detector.from_checkpoint(checkpoint, device="cpu", onnx=exported, engine="onnx"),
+        Detector.from_onnx(exported),
+        Detector.from_checkpoint(checkpoint, device="cpu", engine="onnx"),
+    ):  # exported on the fly
         assert det.engine is not None and det.threshold == pytest.approx(0.3)
         got = list(det.predict_paths(paths, batch_size=4, num_workers=0))
         assert [g.path for g in got] == [r.path for r in ref] and got[-1].label == ref[-1].label == "ERROR"
@@ -87,8 +91,14 @@ def test_detector_engines_agree(checkpoint: Path, exported: Path, images: list[s
         assert [g.label for g in got] == [r.label for r in ref]
 
 
-def test_cli_predict_with_onnx(exported: Path, checkpoint: Path, images: list[str],
-                               capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_predict_with_onnx(
+    exported: Path,
+    checkpoint: Path,
+    images: list[str],
+    capsys: pytest.CaptureFixture,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert main(["predict", "--checkpoint", str(checkpoint), "--json", *images]) == 0
     eager = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert main(["predict", "--onnx", str(exported), "--json", *images]) == 0
@@ -161,14 +171,31 @@ def test_bf16_cpu_close_to_fp32(checkpoint: Path, images: list[str]) -> None:
 
 
 def test_cli_precision_flag(checkpoint: Path, images: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["predict", "--checkpoint", str(checkpoint), "--precision", "fp32", "--num-workers", "0",
-                 *images[:2]]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                "--precision",
+                "fp32",
+                "--num-workers",
+                "0",
+                *images[:2],
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and all(line.split("\t")[1] in ("AI", "REAL") for line in lines)
     with pytest.raises(SystemExit) as e:  # argparse: not a choice
         main(["predict", "--checkpoint", str(checkpoint), "--precision", "fp8", images[0]])
     assert e.value.code == 2
     # the flag reaches the Detector: bf16 with the ONNX engine is refused there, with the reason
-    assert main(["predict", "--checkpoint", str(checkpoint), "--engine", "onnx", "--precision", "bf16",
-                 images[0]]) == 1
+    assert (
+        main(
+            ["predict", "--checkpoint", str(checkpoint), "--engine", "onnx", "--precision", "bf16", images[0]]
+        )
+        == 1
+    )
     assert "eager engine" in capsys.readouterr().err

@@ -32,7 +32,9 @@ def _run_script(tmp_path: Path, body: str, *args: str) -> subprocess.CompletedPr
     script = tmp_path / "faulty.py"
     script.write_text(textwrap.dedent(body))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
-    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 def _state(ckpt: Path) -> tuple[int, dict[str, torch.Tensor]]:
@@ -45,7 +47,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path) -> 
     data = make_dataset(tmp_path / "data", generators=("g",), n=10)  # 20 train images: 5 steps per epoch
     full = train(_cfg(data), tmp_path / "full", progress=False)
     kill_at = 6  # in epoch 2 (steps 5..9), right after the periodic checkpoint at step 6
-    res = _run_script(tmp_path, f"""
+    res = _run_script(
+        tmp_path,
+        f"""
         import os, signal, sys
         import lightning as L
         from test_faults import _cfg
@@ -55,7 +59,10 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path) -> 
                 if trainer.global_step == {kill_at}:
                     os.kill(os.getpid(), signal.SIGKILL)
         train(_cfg(sys.argv[1]), sys.argv[2], progress=False, callbacks=[Kill()])
-    """, str(data), str(tmp_path / "killed"))
+    """,
+        str(data),
+        str(tmp_path / "killed"),
+    )
     assert res.returncode == KILLED, res.stderr[-2000:]
     step, _ = _state(tmp_path / "killed" / "last.ckpt")
     assert step == kill_at
@@ -102,8 +109,19 @@ def test_predict_killed_then_resumed_loses_nothing(trained_run: Path, tmp_path: 
     ckpt = str(trained_run / "run" / "best.ckpt")
     folder = trained_run / "data"
     out = tmp_path / "preds.jsonl"
-    args = ["predict", "--checkpoint", ckpt, str(folder), "--json", "--output", str(out), "--batch-size", "8",
-            "--num-workers", "0"]
+    args = [
+        "predict",
+        "--checkpoint",
+        ckpt,
+        str(folder),
+        "--json",
+        "--output",
+        str(out),
+        "--batch-size",
+        "8",
+        "--num-workers",
+        "0",
+    ]
     monkeypatch.setenv("KILL_AFTER_BATCHES", "3")
     res = _run_script(tmp_path, KILL_PREDICT, *args)
     assert res.returncode == KILLED, res.stderr[-2000:]
@@ -124,12 +142,26 @@ def test_predict_killed_then_resumed_loses_nothing(trained_run: Path, tmp_path: 
 
 
 @pytest.mark.slow  # a subprocess that imports torch
-def test_evaluate_killed_leaves_no_half_written_reports(trained_run: Path, tmp_path: Path, monkeypatch) -> None:
+def test_evaluate_killed_leaves_no_half_written_reports(
+    trained_run: Path, tmp_path: Path, monkeypatch
+) -> None:
     out = tmp_path / "eval"
     monkeypatch.setenv("KILL_AFTER_BATCHES", "2")
-    res = _run_script(tmp_path, KILL_PREDICT, "evaluate", "--data", str(trained_run / "data"), "--checkpoint",
-                      str(trained_run / "run" / "best.ckpt"), "--out", str(out), "--batch-size", "8",
-                      "--num-workers", "0")
+    res = _run_script(
+        tmp_path,
+        KILL_PREDICT,
+        "evaluate",
+        "--data",
+        str(trained_run / "data"),
+        "--checkpoint",
+        str(trained_run / "run" / "best.ckpt"),
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+        "--num-workers",
+        "0",
+    )
     assert res.returncode == KILLED
     visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert visible == []  # predictions.csv is streamed to a hidden temporary file, reports come at the end
@@ -140,8 +172,17 @@ def test_unwritable_out_fails_before_work(trained_run: Path, tmp_path: Path, cap
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    rc = main(["evaluate", "--data", str(trained_run / "data"), "--checkpoint", str(trained_run / "run" / "best.ckpt"),
-               "--out", str(blocker / "eval")])
+    rc = main(
+        [
+            "evaluate",
+            "--data",
+            str(trained_run / "data"),
+            "--checkpoint",
+            str(trained_run / "run" / "best.ckpt"),
+            "--out",
+            str(blocker / "eval"),
+        ]
+    )
     assert rc == 1
     assert "cannot create output directory" in capsys.readouterr().err
 

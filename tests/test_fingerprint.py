@@ -60,8 +60,9 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("window", ["hann", "none"])
 def test_planted_frequency_is_the_peak(planted: Path, window: str) -> None:
-    res = compute_fingerprints(planted, image_size=SIZE, batch_size=5, num_workers=0, device="cpu", progress=False,
-                               window=window)
+    res = compute_fingerprints(
+        planted, image_size=SIZE, batch_size=5, num_workers=0, device="cpu", progress=False, window=window
+    )
     assert res.counts == [6, 6, 6, 6]
     for i, (gen, cls) in enumerate(res.groups):
         for kind in ("spectrum", "residual"):
@@ -81,11 +82,17 @@ def test_planted_frequency_is_the_peak(planted: Path, window: str) -> None:
 
 
 def test_batching_does_not_change_the_means(planted: Path) -> None:
-    a = compute_fingerprints(planted, image_size=SIZE, batch_size=3, num_workers=0, device="cpu", progress=False)
-    b = compute_fingerprints(planted, image_size=SIZE, batch_size=64, num_workers=0, device="cpu", progress=False)
+    a = compute_fingerprints(
+        planted, image_size=SIZE, batch_size=3, num_workers=0, device="cpu", progress=False
+    )
+    b = compute_fingerprints(
+        planted, image_size=SIZE, batch_size=64, num_workers=0, device="cpu", progress=False
+    )
     np.testing.assert_allclose(a.spectrum, b.spectrum, atol=1e-5)
     np.testing.assert_allclose(a.residual, b.residual, atol=1e-5)
-    sub = compute_fingerprints(planted, image_size=SIZE, max_per_group=2, num_workers=0, device="cpu", progress=False)
+    sub = compute_fingerprints(
+        planted, image_size=SIZE, max_per_group=2, num_workers=0, device="cpu", progress=False
+    )
     assert sub.counts == [2, 2, 2, 2]
 
 
@@ -113,16 +120,26 @@ def test_writes_figures_and_json(planted: Path, tmp_path: Path) -> None:
 def test_cli(planted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from synapse7.cli import main
 
-    rc = main(["fingerprint", str(planted), "--out", str(tmp_path / "o"), "--image-size", str(SIZE),
-               "--num-workers", "0", "--device", "cpu", "--no-progress"])
+    rc = main(
+        [
+            "fingerprint",
+            str(planted),
+            "--out",
+            str(tmp_path / "o"),
+            "--image-size",
+            str(SIZE),
+            "--num-workers",
+            "0",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert (tmp_path / "o" / "fingerprint.png").is_file()
     assert main(["fingerprint", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 1
     assert "missing" in capsys.readouterr().err
     assert main(["fingerprint", str(planted), "--out", str(tmp_path / "o3"), "--image-size", "33"]) == 1
-
-
-
 
 
 def test_window_removes_the_border_cross(tmp_path: Path) -> None:
@@ -139,8 +156,9 @@ def test_window_removes_the_border_cross(tmp_path: Path) -> None:
             Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).convert("RGB").save(d / f"{i}.png")
     top = {}
     for window in ("none", "hann"):
-        res = compute_fingerprints(tmp_path / "data", image_size=SIZE, num_workers=0, device="cpu", progress=False,
-                                   window=window)
+        res = compute_fingerprints(
+            tmp_path / "data", image_size=SIZE, num_workers=0, device="cpu", progress=False, window=window
+        )
         top[window] = spectral_peaks(res.spectrum[0], k=1)[0]
     assert top["none"]["fy"] == 0 or top["none"]["fx"] == 0  # on the cross
     assert top["hann"]["excess"] < 0.5 * top["none"]["excess"], top

@@ -45,9 +45,15 @@ _op = st.one_of(
     st.tuples(st.just("splice"), _pos, st.sampled_from(sorted(SEEDS)), st.integers(0, 1 << 16)),
 )
 PLANS = st.one_of(
-    st.builds(Plan, seed=st.sampled_from(sorted(SEEDS)), ops=st.lists(_op, min_size=1, max_size=8).map(tuple),
-              fix_crc=st.booleans()),
-    st.builds(Plan, seed=st.sampled_from([f"random:{m}" for m in sorted(MAGICS)]), body=st.binary(max_size=2048)),
+    st.builds(
+        Plan,
+        seed=st.sampled_from(sorted(SEEDS)),
+        ops=st.lists(_op, min_size=1, max_size=8).map(tuple),
+        fix_crc=st.booleans(),
+    ),
+    st.builds(
+        Plan, seed=st.sampled_from([f"random:{m}" for m in sorted(MAGICS)]), body=st.binary(max_size=2048)
+    ),
 )
 
 
@@ -78,7 +84,9 @@ def test_harness_catches_exceptions_timeouts_and_bad_tensors(tmp_path: Path, mon
     png = SEEDS["png"]
     monkeypatch.setattr(T.ClassificationPreset, "__call__", lambda self, img: 1 / 0)
     assert build_checker(tmp_path)(png, ".png").finding.kind == "ZeroDivisionError"
-    monkeypatch.setattr(T.ClassificationPreset, "__call__", lambda self, img: torch.full((3, 32, 32), float("nan")))
+    monkeypatch.setattr(
+        T.ClassificationPreset, "__call__", lambda self, img: torch.full((3, 32, 32), float("nan"))
+    )
     assert build_checker(tmp_path)(png, ".png").finding.kind == "bad-tensor"
     monkeypatch.setattr(T.ClassificationPreset, "__call__", lambda self, img: time.sleep(5))
     t0 = time.perf_counter()
@@ -100,8 +108,13 @@ def test_random_plans_render_deterministically() -> None:
 
 
 @pytest.mark.timeout(300)
-@settings(max_examples=200, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(plan=PLANS)
 def test_fuzz_loading_and_preprocessing(check, plan: Plan) -> None:
     _assert_holds(check, plan)
@@ -109,8 +122,12 @@ def test_fuzz_loading_and_preprocessing(check, plan: Plan) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-@settings(max_examples=5000, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=5000,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(plan=PLANS)
 def test_fuzz_loading_and_preprocessing_long(check, plan: Plan) -> None:
     _assert_holds(check, plan)

@@ -37,8 +37,9 @@ def test_unknown_input_modes_are_refused(bad: str) -> None:
         parse_input_mode(bad)
 
 
-def test_cli_refuses_an_unknown_input_mode_as_a_usage_error(tiny_data: Path, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_an_unknown_input_mode_as_a_usage_error(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as e:
         main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--input", "rgb+wavelet"])
     assert e.value.code == 2
@@ -107,13 +108,56 @@ def test_train_and_evaluate_on_two_roots_with_crops(tmp_path: Path) -> None:
     a = make_dataset(tmp_path / "a", generators=("gen_a",), n=4, size=40)
     b = make_dataset(tmp_path / "b", generators=("gen_b",), n=4, size=40)
     run = tmp_path / "run"
-    rc = main(["train", "--data", str(a), "--data", str(b), "--out", str(run), "--backbone", "npr_resnet",
-               "--weights", "none", "--input", "npr", "--preprocess", "crop", "--image-size", "32", "--crops", "4",
-               "--epochs", "1", "--batch-size", "8", "--num-workers", "0", "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(a),
+            "--data",
+            str(b),
+            "--out",
+            str(run),
+            "--backbone",
+            "npr_resnet",
+            "--weights",
+            "none",
+            "--input",
+            "npr",
+            "--preprocess",
+            "crop",
+            "--image-size",
+            "32",
+            "--crops",
+            "4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--num-workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     out = tmp_path / "eval"
-    assert main(["evaluate", "--data", str(a), "--data", str(b), "--checkpoint", str(run / "last.ckpt"),
-                 "--out", str(out), "--num-workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(a),
+                "--data",
+                str(b),
+                "--checkpoint",
+                str(run / "last.ckpt"),
+                "--out",
+                str(out),
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     table = (out / "per_generator.csv").read_text()
     assert "gen_a" in table and "gen_b" in table
 
@@ -122,13 +166,31 @@ def test_safe_augmentation_flags_reach_the_training_ops_around_the_crop() -> Non
     from synapse7.cli import build_parser, config_from_args
     from synapse7.perturb import ColorJitter, RandomPatchMask, RandomRotation
 
-    args = build_parser().parse_args(["train", "--data", "D", "--out", "O", "--preprocess", "crop",
-                                      "--aug-rotate-prob", "0.5", "--aug-jitter-prob", "0.4",
-                                      "--aug-mask-prob", "0.3", "--aug-mask-ratio", "0.1,0.2"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--data",
+            "D",
+            "--out",
+            "O",
+            "--preprocess",
+            "crop",
+            "--aug-rotate-prob",
+            "0.5",
+            "--aug-jitter-prob",
+            "0.4",
+            "--aug-mask-prob",
+            "0.3",
+            "--aug-mask-ratio",
+            "0.1,0.2",
+        ]
+    )
     ops = build_train_ops(config_from_args(args).data)
     kinds = [type(op) for op in ops]
     assert kinds == [RandomRotation, ColorJitter, RandomCrop, RandomPatchMask]
-    assert ops[0].prob == 0.5 and ops[1].prob == 0.4 and ops[3].prob == 0.3 and tuple(ops[3].ratio) == (0.1, 0.2)
+    assert (
+        ops[0].prob == 0.5 and ops[1].prob == 0.4 and ops[3].prob == 0.3 and tuple(ops[3].ratio) == (0.1, 0.2)
+    )
 
 
 def test_training_items_are_single_crops_while_validation_gets_the_grid(tmp_path: Path) -> None:

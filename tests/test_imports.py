@@ -36,7 +36,9 @@ def import_graph() -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:  # relative import
-                    base = ".".join(pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([base] if base else []))
+                    base = ".".join(
+                        pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([base] if base else [])
+                    )
                 targets = [base] + [f"{base}.{a.name}" for a in node.names]
             else:
                 continue
@@ -55,7 +57,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(n)
         for d in sorted(graph.get(n, ())):
             if state.get(d) == 1:
-                return stack[stack.index(d):] + [d]
+                return stack[stack.index(d) :] + [d]
             if d not in state and (c := visit(d)):
                 return c
         stack.pop()
@@ -87,10 +89,17 @@ def test_model_imports_the_registry_at_the_top() -> None:
 
 
 @pytest.mark.slow  # one fresh interpreter (torch import) per module
-@pytest.mark.parametrize("module", [m for m in all_modules() if m != "synapse7.__main__"])  # that one runs the CLI
+@pytest.mark.parametrize(
+    "module", [m for m in all_modules() if m != "synapse7.__main__"]
+)  # that one runs the CLI
 def test_module_imports_on_its_own(module: str) -> None:
     if module.startswith("synapse7.serve"):
         pytest.importorskip("fastapi")
-    res = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=300,
-                         env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    res = subprocess.run(
+        [sys.executable, "-c", f"import {module}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
     assert res.returncode == 0, res.stderr[-2000:]

@@ -30,7 +30,9 @@ def test_one_class_split_is_an_error_naming_the_missing_class(tmp_path: Path, dr
         discover_samples(root, "val")
 
 
-def test_one_generator_missing_a_class_is_only_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_generator_missing_a_class_is_only_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = make_dataset(tmp_path / "d", n=3, splits=("val",))
     for f in (root / "gen_b" / "val" / "ai").iterdir():
         f.unlink()
@@ -42,8 +44,24 @@ def test_train_on_a_one_class_split_fails_cleanly(tmp_path: Path, capsys: pytest
     root = make_dataset(tmp_path / "d", generators=("g",), n=2)
     for f in (root / "g" / "val" / "nature").iterdir():
         f.unlink()
-    rc = main(["train", "--data", str(root), "--out", str(tmp_path / "o"), "--weights", "none", "--backbone",
-               "resnet18", "--image-size", "32", "--num-workers", "0", "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(root),
+            "--out",
+            str(tmp_path / "o"),
+            "--weights",
+            "none",
+            "--backbone",
+            "resnet18",
+            "--image-size",
+            "32",
+            "--num-workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert rc == 1
     err = capsys.readouterr().err
     assert "split 'val'" in err and "has no REAL images" in err and "nature/real/0_real" in err

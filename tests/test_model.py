@@ -27,7 +27,11 @@ def test_trainable_policy_defaults() -> None:
     spec = get_backbone_spec("resnet34")
     assert resolve_trainable(spec, None, "none") is None  # scratch: train everything
     assert resolve_trainable(spec, None, "imagenet") == ["head", "backbone.layer4"]
-    assert resolve_trainable(spec, "layer3,layer4,fc", "imagenet") == ["head", "backbone.layer3", "backbone.layer4"]
+    assert resolve_trainable(spec, "layer3,layer4,fc", "imagenet") == [
+        "head",
+        "backbone.layer3",
+        "backbone.layer4",
+    ]
     with pytest.raises(ValueError, match="unknown trainable part"):
         resolve_trainable(spec, "layer9", "imagenet")
 
@@ -42,7 +46,9 @@ def test_frozen_parameters_do_not_change_after_a_step() -> None:
     for m in frozen_modules(net):
         m.eval()  # what DetectorModule does at each epoch start
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=0.1)
-    loss = F.binary_cross_entropy_with_logits(net(torch.randn(4, 3, 64, 64)), torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    loss = F.binary_cross_entropy_with_logits(
+        net(torch.randn(4, 3, 64, 64)), torch.tensor([0.0, 1.0, 0.0, 1.0])
+    )
     loss.backward()
     opt.step()
     for n, p in net.named_parameters():
@@ -67,6 +73,9 @@ def test_pretrained_normalisation_follows_the_backbone() -> None:
     assert eff.data.mean == (0.5, 0.5, 0.5) and eff.data.std == (0.5, 0.5, 0.5)
     scratch = resolve_normalization(load_config(model={"backbone": "efficientnet_lite0", "weights": "none"}))
     assert scratch.data.mean == IMAGENET_MEAN
-    custom = resolve_normalization(load_config(data={"mean": [0.1, 0.2, 0.3]},
-                                               model={"backbone": "efficientnet_lite0", "weights": "imagenet"}))
+    custom = resolve_normalization(
+        load_config(
+            data={"mean": [0.1, 0.2, 0.3]}, model={"backbone": "efficientnet_lite0", "weights": "imagenet"}
+        )
+    )
     assert custom.data.mean == (0.1, 0.2, 0.3)

@@ -23,8 +23,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = load_config(data={"image_size": 32, "preprocess": "crop"},
-                      model={"backbone": "resnet18", "weights": "none", "input": "rgb+fft"})
+    cfg = load_config(
+        data={"image_size": 32, "preprocess": "crop"},
+        model={"backbone": "resnet18", "weights": "none", "input": "rgb+fft"},
+    )
     return save_untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.ckpt", cfg, threshold=0.37)
 
 
@@ -45,12 +47,29 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 def default_dir(ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A stand-in default model (an untrained tiny net, fp16) with its MANIFEST, made as bench/release.py does."""
     folder = tmp_path / "weights"
-    weights = modelfile.export_checkpoint(load_checkpoint(ckpt), folder / "default.safetensors", dtype="fp16",
-                                          extra={"model_version": "test-1",
-                                                 "card": {"summary": "TEST MODEL", "source": "made in a test",
-                                                          "figures": [{"set": "x", "n": 4, "roc_auc": 0.5,
-                                                                       "accuracy": 0.5, "real_accuracy": 1.0,
-                                                                       "fake_accuracy": 0.0, "held_out": True}]}})
+    weights = modelfile.export_checkpoint(
+        load_checkpoint(ckpt),
+        folder / "default.safetensors",
+        dtype="fp16",
+        extra={
+            "model_version": "test-1",
+            "card": {
+                "summary": "TEST MODEL",
+                "source": "made in a test",
+                "figures": [
+                    {
+                        "set": "x",
+                        "n": 4,
+                        "roc_auc": 0.5,
+                        "accuracy": 0.5,
+                        "real_accuracy": 1.0,
+                        "fake_accuracy": 0.0,
+                        "held_out": True,
+                    }
+                ],
+            },
+        },
+    )
     modelfile.write_manifest(folder, weights, "test-1")
     monkeypatch.setenv(modelfile.DEFAULT_DIR_ENV, str(folder))
     return folder
@@ -62,7 +81,10 @@ def _p(det: Detector, paths: list[str]) -> np.ndarray:
 
 def test_safetensors_round_trip_equals_checkpoint(ckpt: Path, images: list[str], tmp_path: Path) -> None:
     ref = Detector.from_checkpoint(ckpt, device="cpu")
-    assert main(["export", "--format", "safetensors", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m")]) == 0
+    assert (
+        main(["export", "--format", "safetensors", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m")])
+        == 0
+    )
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     assert meta["sha256"] == modelfile.sha256_file(tmp_path / "m" / "model.safetensors")
     assert meta["threshold"] == pytest.approx(0.37) and meta["config"] == ref.cfg.to_dict()
@@ -72,10 +94,14 @@ def test_safetensors_round_trip_equals_checkpoint(ckpt: Path, images: list[str],
     # fp16 halves the file and moves P(AI) only a little
     fp16 = modelfile.export_checkpoint(load_checkpoint(ckpt), tmp_path / "h.safetensors", dtype="fp16")
     assert fp16.stat().st_size < 0.6 * (tmp_path / "m" / "model.safetensors").stat().st_size
-    np.testing.assert_allclose(_p(Detector.from_checkpoint(fp16, device="cpu"), images), _p(ref, images), atol=2e-2)
+    np.testing.assert_allclose(
+        _p(Detector.from_checkpoint(fp16, device="cpu"), images), _p(ref, images), atol=2e-2
+    )
 
 
-def test_safetensors_load_reads_no_pickle(ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_safetensors_load_reads_no_pickle(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = modelfile.export_checkpoint(load_checkpoint(ckpt), tmp_path / "m.safetensors")
 
     def no_pickle(*a: object, **k: object) -> None:
@@ -107,7 +133,9 @@ class _RunsCode:
         return os.system, (f"touch {self.marker}",)
 
 
-def test_checkpoint_that_would_run_code_is_refused(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_checkpoint_that_would_run_code_is_refused(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     marker = tmp_path / "pwned"
     evil = load_checkpoint(ckpt)
     evil["synapse7"]["payload"] = _RunsCode(marker)
@@ -139,8 +167,9 @@ def test_best_ckpt_has_no_optimizer_state(trained_run: Path) -> None:
     assert Detector.from_checkpoint(run / "best.ckpt", device="cpu").net is not None
 
 
-def test_default_model_loads_offline_and_is_deterministic(default_dir: Path, images: list[str],
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_model_loads_offline_and_is_deterministic(
+    default_dir: Path, images: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     def no_network(*a: object, **k: object) -> None:
         raise AssertionError("network access while loading the default model")
 
@@ -165,8 +194,9 @@ def test_default_model_hash_is_checked(default_dir: Path) -> None:
         Detector.default()
 
 
-def test_predict_and_info_without_checkpoint(default_dir: Path, images: list[str],
-                                             capsys: pytest.CaptureFixture) -> None:
+def test_predict_and_info_without_checkpoint(
+    default_dir: Path, images: list[str], capsys: pytest.CaptureFixture
+) -> None:
     assert main(["predict", "--num-workers", "0", images[0], str(Path(images[1]).parent)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(images) + 1
@@ -211,8 +241,9 @@ def test_shipped_default_model_matches_its_manifest() -> None:
     assert modelfile.sha256_file(weights) == entry["sha256"] == modelfile.read_model_json(weights)["sha256"]
 
 
-def test_default_demo_runs_the_shipped_model_on_its_own_images(default_dir: Path, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture) -> None:
+def test_default_demo_runs_the_shipped_model_on_its_own_images(
+    default_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from synapse7.demo import SKIMAGE_PHOTOS
     from synapse7.synthesize import CHAIN_METHODS
 

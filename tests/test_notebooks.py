@@ -41,10 +41,17 @@ def test_notebooks_run_on_tiny_data(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
         t0 = time.time()
         # raises CellExecutionError on the first failing cell
-        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                resources={"metadata": {"path": str(tmp_path)}}).execute()
+        nbclient.NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        ).execute()
         print(f"{name}: {time.time() - t0:.1f} s")
-        images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+        images = [
+            o
+            for c in nb.cells
+            if c.cell_type == "code"
+            for o in c.outputs
+            if "image/png" in o.get("data", {})
+        ]
         assert len(images) >= INLINE_PLOTS[name], f"{name}: expected its plots inline"
     assert (tmp_path / "out" / "run" / "best.ckpt").is_file()
     assert (tmp_path / "out" / "eval" / "classification_report.txt").is_file()
@@ -55,5 +62,6 @@ def test_evaluation_without_a_checkpoint_says_so(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("SYNAPSE7_OUT", str(tmp_path / "empty"))
     nb = nbformat.read(NOTEBOOKS / "evaluation.ipynb", as_version=4)
     with pytest.raises(nbclient.exceptions.CellExecutionError, match="run training.ipynb first"):
-        nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                                resources={"metadata": {"path": str(tmp_path)}}).execute()
+        nbclient.NotebookClient(
+            nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        ).execute()

@@ -51,13 +51,16 @@ def _card(driver, name: str):
     raise AssertionError(f"no card for {name}")
 
 
-def test_page_upload_verdicts_views_and_error_card(trained_run: Path, uploads: dict[str, Path],
-                                                   tmp_path: Path) -> None:
+def test_page_upload_verdicts_views_and_error_card(
+    trained_run: Path, uploads: dict[str, Path], tmp_path: Path
+) -> None:
     from selenium.webdriver.common.by import By
 
     det = Detector.from_checkpoint(trained_run / "run" / "best.ckpt", device="cpu")
-    expected = {p.name: r for p, r in zip(uploads.values(), det.predict(list(map(str, uploads.values()))),
-                                          strict=True)}
+    expected = {
+        p.name: r
+        for p, r in zip(uploads.values(), det.predict(list(map(str, uploads.values()))), strict=True)
+    }
     with running_server(create_app(det)) as base, headless_chromium() as driver:
         upload_and_wait(driver, base, list(uploads.values()))
         assert driver.find_element(By.ID, "health-text").text == "model ready"
@@ -67,7 +70,9 @@ def test_page_upload_verdicts_views_and_error_card(trained_run: Path, uploads: d
             card, exp = _card(driver, name), expected[name]
             assert card.find_element(By.CSS_SELECTOR, ".verdict").text == exp.label
             assert card.find_element(By.CSS_SELECTOR, ".meta .p").text == f"{100 * exp.p_ai:.1f}%"
-            views = {f.get_attribute("data-view"): f for f in card.find_elements(By.CSS_SELECTOR, ".why figure")}
+            views = {
+                f.get_attribute("data-view"): f for f in card.find_elements(By.CSS_SELECTOR, ".why figure")
+            }
             assert set(views) == {"regions", "spectrum", "heatmap"}, name  # fft model: no residual view
             for key_view, fig in views.items():
                 img = fig.find_element(By.TAG_NAME, "img")
@@ -108,7 +113,8 @@ def test_page_asks_for_the_token(trained_run: Path, uploads: dict[str, Path]) ->
         from selenium.webdriver.support.ui import WebDriverWait
 
         WebDriverWait(driver, 120).until(
-            lambda d: d.find_elements(By.CSS_SELECTOR, ".card .why figure[data-view=spectrum]"))
+            lambda d: d.find_elements(By.CSS_SELECTOR, ".card .why figure[data-view=spectrum]")
+        )
         assert _card(driver, "astronaut.jpg").find_element(By.CSS_SELECTOR, ".verdict").text in ("AI", "REAL")
 
 
@@ -126,6 +132,9 @@ def test_page_splits_uploads_to_fit_the_request_cap(trained_run: Path, tmp_path:
     app = create_app(det, max_upload_bytes=200_000, max_request_bytes=300_000)
     with running_server(app) as base, headless_chromium() as driver:
         upload_and_wait(driver, base, paths)
-        verdicts = [c.find_element(By.CSS_SELECTOR, ".verdict").text for c in driver.find_elements(By.CSS_SELECTOR, ".card")]
+        verdicts = [
+            c.find_element(By.CSS_SELECTOR, ".verdict").text
+            for c in driver.find_elements(By.CSS_SELECTOR, ".card")
+        ]
     assert sorted(verdicts) == sorted(p.label for p in det.predict(list(map(str, paths))))
     assert "ERROR" not in verdicts

@@ -82,8 +82,10 @@ def test_jpeg_quality_recovered_from_output() -> None:
 # ---- resize / blur / none ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("factor", "size"), [(0.5, (24, 20)), (0.25, (12, 10)), (1.5, (72, 60)),
-                                              (0.33, (16, 13)), (0.01, (1, 1)), (1.0, (48, 40))])
+@pytest.mark.parametrize(
+    ("factor", "size"),
+    [(0.5, (24, 20)), (0.25, (12, 10)), (1.5, (72, 60)), (0.33, (16, 13)), (0.01, (1, 1)), (1.0, (48, 40))],
+)
 def test_resize_exact_size_and_pixels(factor: float, size: tuple[int, int]) -> None:
     img = _image(48, 40)
     out = Rescale(factor)(img)
@@ -139,13 +141,38 @@ def test_parse_perturbation_forms() -> None:
     assert parse_perturbation("blur:1") == GaussianBlur(1.0)
     assert isinstance(parse_perturbation("none"), Identity)
     ops = parse_perturbation_list("jpeg:95,jpeg:65,jpeg:30,resize:0.5,resize:0.25,blur:1,blur:3,none")
-    assert [op.spec for op in ops] == ["jpeg:95", "jpeg:65", "jpeg:30", "resize:0.5", "resize:0.25",
-                                       "blur:1", "blur:3", "none"]
+    assert [op.spec for op in ops] == [
+        "jpeg:95",
+        "jpeg:65",
+        "jpeg:30",
+        "resize:0.5",
+        "resize:0.25",
+        "blur:1",
+        "blur:3",
+        "none",
+    ]
     assert [op.strength for op in ops[:3]] == [95.0, 65.0, 30.0]
 
 
-@pytest.mark.parametrize("spec", ["jpeg:0", "jpeg:101", "jpeg:65.5", "jpeg:abc", "jpeg", "jpeg:", "resize:0",
-                                  "resize:-1", "resize:nan", "blur:-1", "blur:inf", "sharpen:1", "", "png"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "jpeg:0",
+        "jpeg:101",
+        "jpeg:65.5",
+        "jpeg:abc",
+        "jpeg",
+        "jpeg:",
+        "resize:0",
+        "resize:-1",
+        "resize:nan",
+        "blur:-1",
+        "blur:inf",
+        "sharpen:1",
+        "",
+        "png",
+    ],
+)
 def test_parse_perturbation_rejects_bad_specs(spec: str) -> None:
     with pytest.raises(ValueError, match=r"jpeg:Q.*resize:F.*blur:S.*none"):
         parse_perturbation(spec)
@@ -249,8 +276,14 @@ def test_random_augment_probabilities_and_ranges() -> None:
     img = _image(32, 32)
     torch.manual_seed(0)
     assert all(RandomAugment()(img) is img for _ in range(5))  # all probabilities 0: identity
-    aug = RandomAugment(blur_prob=1.0, blur_sigma=(0.5, 1.0), jpeg_prob=1.0, jpeg_quality=(40, 41),
-                        resize_prob=1.0, resize_scale=(0.5, 0.75))
+    aug = RandomAugment(
+        blur_prob=1.0,
+        blur_sigma=(0.5, 1.0),
+        jpeg_prob=1.0,
+        jpeg_quality=(40, 41),
+        resize_prob=1.0,
+        resize_scale=(0.5, 0.75),
+    )
     draws = [aug.sample() for _ in range(200)]
     assert all([type(op) for op in ops] == [Rescale, GaussianBlur, JpegCompress] for ops in draws)
     assert {ops[2].quality for ops in draws} == {40, 41}  # inclusive integer range
@@ -261,15 +294,26 @@ def test_random_augment_probabilities_and_ranges() -> None:
 
 
 def test_random_augment_with_generator() -> None:
-    aug = RandomAugment(blur_prob=0.5, jpeg_prob=0.5, resize_prob=0.5, generator=torch.Generator().manual_seed(3))
+    aug = RandomAugment(
+        blur_prob=0.5, jpeg_prob=0.5, resize_prob=0.5, generator=torch.Generator().manual_seed(3)
+    )
     first = [aug.sample() for _ in range(10)]
     aug.generator.manual_seed(3)
     assert [aug.sample() for _ in range(10)] == first
 
 
-@pytest.mark.parametrize("kwargs", [{"blur_prob": 1.5}, {"jpeg_prob": -0.1}, {"jpeg_quality": (0, 100)},
-                                    {"jpeg_quality": (50, 40)}, {"blur_sigma": (-1.0, 2.0)},
-                                    {"resize_scale": (0.0, 1.0)}, {"jpeg_quality": (30.5, 90)}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"blur_prob": 1.5},
+        {"jpeg_prob": -0.1},
+        {"jpeg_quality": (0, 100)},
+        {"jpeg_quality": (50, 40)},
+        {"blur_sigma": (-1.0, 2.0)},
+        {"resize_scale": (0.0, 1.0)},
+        {"jpeg_quality": (30.5, 90)},
+    ],
+)
 def test_random_augment_rejects_bad_settings(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         RandomAugment(**kwargs)
@@ -277,11 +321,28 @@ def test_random_augment_rejects_bad_settings(kwargs: dict) -> None:
 
 def test_build_train_ops_from_config() -> None:
     assert build_train_ops(DataConfig()) == []
-    cfg = RunConfig().override(data={"aug_jpeg_prob": 0.5, "aug_jpeg_quality": [50, 60], "aug_blur_prob": 0.1,
-                                     "aug_resize_prob": 0.2, "aug_resize_scale": [0.8, 1.2]}).data
+    cfg = (
+        RunConfig()
+        .override(
+            data={
+                "aug_jpeg_prob": 0.5,
+                "aug_jpeg_quality": [50, 60],
+                "aug_blur_prob": 0.1,
+                "aug_resize_prob": 0.2,
+                "aug_resize_scale": [0.8, 1.2],
+            }
+        )
+        .data
+    )
     (op,) = build_train_ops(cfg)
-    assert op == RandomAugment(blur_prob=0.1, blur_sigma=(0.0, 3.0), jpeg_prob=0.5, jpeg_quality=(50, 60),
-                               resize_prob=0.2, resize_scale=(0.8, 1.2))
+    assert op == RandomAugment(
+        blur_prob=0.1,
+        blur_sigma=(0.0, 3.0),
+        jpeg_prob=0.5,
+        jpeg_quality=(50, 60),
+        resize_prob=0.2,
+        resize_scale=(0.8, 1.2),
+    )
 
 
 def test_random_flip_mirrors_exactly_and_reproducibly() -> None:

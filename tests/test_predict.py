@@ -17,8 +17,10 @@ from synapse7.predict import Detector
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # preprocess=resize so that fast_decode (JPEG DCT scaling) applies: 32 px crop, resize 37, draft >= 74 px.
-    cfg = load_config(data={"image_size": 32, "preprocess": "resize"},
-                      model={"backbone": "resnet18", "weights": "none", "input": "rgb+fft"})
+    cfg = load_config(
+        data={"image_size": 32, "preprocess": "resize"},
+        model={"backbone": "resnet18", "weights": "none", "input": "rgb+fft"},
+    )
     return save_untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.ckpt", cfg)
 
 
@@ -45,7 +47,9 @@ def test_predict_equals_predict_paths(checkpoint: Path, jpegs: list[str], fast_d
     assert [p.label for p in streamed] == [p.label for p in in_memory]
     assert in_memory[2].label == "ERROR" and in_memory[2].error == streamed[2].error
     good = [i for i in range(len(jpegs)) if i != 2]
-    np.testing.assert_allclose([streamed[i].p_ai for i in good], [in_memory[i].p_ai for i in good], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        [streamed[i].p_ai for i in good], [in_memory[i].p_ai for i in good], rtol=0, atol=1e-6
+    )
     # bytes and PIL inputs of the same files go the same way (PIL images are already decoded: full size)
     raw = [Path(jpegs[i]).read_bytes() for i in good]
     from_bytes = [p.p_ai for p in det.predict(raw)]

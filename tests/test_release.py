@@ -30,8 +30,13 @@ def test_calib_view_is_disjoint_from_fit_keeps_pairs_and_leaves_val_out(release,
     root = make_dataset(tmp_path / "data", generators=("synth_a", "synth_b"), n=20)
     counts = release.make_view("s", root, tmp_path / "view", fraction=0.25, seed=0)
     view = tmp_path / "view" / "s"
-    files = {side: sorted(p.relative_to(view / "synth_a" / side).as_posix()
-                          for p in (view / "synth_a" / side).rglob("*.png")) for side in ("fit", "calib")}
+    files = {
+        side: sorted(
+            p.relative_to(view / "synth_a" / side).as_posix()
+            for p in (view / "synth_a" / side).rglob("*.png")
+        )
+        for side in ("fit", "calib")
+    }
     assert counts["fit"] + counts["calib"] == 2 * 2 * 20 and 0 < counts["calib"] < counts["fit"]
     names = {side: {f.split("/")[1] for f in fs} for side, fs in files.items()}
     assert not names["fit"] & names["calib"]  # no photo on both sides
@@ -39,13 +44,17 @@ def test_calib_view_is_disjoint_from_fit_keeps_pairs_and_leaves_val_out(release,
     other = {p.name for p in (view / "synth_b" / "calib").rglob("*.png")}
     assert {f.split("/")[1] for f in files["calib"]} == other
     targets = [Path(os.path.realpath(p)).relative_to(root.resolve()) for p in view.rglob("*.png")]
-    assert all(t.parts[1] == "train" for t in targets)  # symlinks into the train split only: val stays a test set
+    assert all(
+        t.parts[1] == "train" for t in targets
+    )  # symlinks into the train split only: val stays a test set
 
 
 def test_release_never_trains_or_calibrates_on_wild(release) -> None:  # noqa: ANN001
     assert release.HELD_OUT not in release.TRAIN_SETS and release.HELD_OUT in release.TEST_SETS
-    assert all(release.DATASETS[k].folder is None or "wild" not in release.DATASETS[k].folder
-               for k in release.TRAIN_SETS)
+    assert all(
+        release.DATASETS[k].folder is None or "wild" not in release.DATASETS[k].folder
+        for k in release.TRAIN_SETS
+    )
 
 
 @pytest.mark.slow
@@ -53,8 +62,21 @@ def test_release_smoke_end_to_end(tmp_path: Path) -> None:
     """The whole recipe on tiny stand-in data: weights installed with a MANIFEST, card written, figures per set."""
     out = tmp_path / "rel"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "release.py"), "--smoke", "--out", str(out),
-                           "--num-workers", "0"], env=env, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "release.py"),
+            "--smoke",
+            "--out",
+            str(out),
+            "--num-workers",
+            "0",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     installed = out / "installed"
     card = json.loads((installed / "model_card.json").read_text())
@@ -62,8 +84,16 @@ def test_release_smoke_end_to_end(tmp_path: Path) -> None:
     assert [f["key"] for f in card["figures"] if f["held_out"]] == ["wild"]
     assert card["calibration"]["split"] == "calib" and card["robustness"]
     md = (installed / "model_card.md").read_text()
-    for heading in ("Intended use", "Out-of-scope use", "Training data", "Recipe", "Threshold", "Robustness",
-                    "Known failure modes", "What it will miss"):
+    for heading in (
+        "Intended use",
+        "Out-of-scope use",
+        "Training data",
+        "Recipe",
+        "Threshold",
+        "Robustness",
+        "Known failure modes",
+        "What it will miss",
+    ):
         assert f"## {heading}" in md
     assert "**never trained on**" in md
     env[DEFAULT_DIR_ENV] = str(installed)

@@ -49,17 +49,34 @@ def test_reliability_bins() -> None:
     assert b["frac_ai"][0] == 0.5 and b["mean_p"][9] == pytest.approx(0.955)
 
 
-def test_calibrated_p_ai_agrees_with_the_label(trained_run: Path, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_calibrated_p_ai_agrees_with_the_label(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src, dst, data = _ckpt(trained_run), tmp_path / "cal.ckpt", trained_run / "data"
-    assert main(["calibrate", "--checkpoint", str(src), "--data", str(data), "--out", str(dst),
-                 "--num-workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--checkpoint",
+                str(src),
+                "--data",
+                str(data),
+                "--out",
+                str(dst),
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     png = tmp_path / "cal_reliability.png"
     assert printed["reliability_png"] == str(png) and _png_size(png)[0] > 300
     meta = torch.load(dst, map_location="cpu", weights_only=False)["synapse7"]
     assert meta["threshold"] == 0.5 and meta["scaling"]["temperature"] > 0
-    assert meta["scaling"]["offset"] == pytest.approx(math.log(printed["raw_threshold"] / (1 - printed["raw_threshold"])))
+    assert meta["scaling"]["offset"] == pytest.approx(
+        math.log(printed["raw_threshold"] / (1 - printed["raw_threshold"]))
+    )
 
     raw, cal = Detector.from_checkpoint(src, device="cpu"), Detector.from_checkpoint(dst, device="cpu")
     assert cal.threshold == 0.5 and cal.raw_threshold == pytest.approx(printed["raw_threshold"])
@@ -83,8 +100,23 @@ def test_calibrated_p_ai_agrees_with_the_label(trained_run: Path, tmp_path: Path
 
 def test_evaluate_writes_curves_histogram_and_reliability(trained_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "ev"
-    assert main(["evaluate", "--data", str(trained_run / "data"), "--checkpoint", str(_ckpt(trained_run)),
-                 "--out", str(out), "--num-workers", "0", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(trained_run / "data"),
+                "--checkpoint",
+                str(_ckpt(trained_run)),
+                "--out",
+                str(out),
+                "--num-workers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     for name in ("roc_pr.png", "score_histogram.png", "reliability.png", "confusion_matrix.png"):
         w, h = _png_size(out / name)
         assert w > 300 and h > 300, name
@@ -92,26 +124,58 @@ def test_evaluate_writes_curves_histogram_and_reliability(trained_run: Path, tmp
 
 def test_evaluate_perturb_also_writes_the_normal_reports(trained_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "rob"
-    assert main(["evaluate", "--data", str(trained_run / "data"), "--checkpoint", str(_ckpt(trained_run)),
-                 "--out", str(out), "--num-workers", "0", "--perturb", "jpeg:50,blur:1"]) == 0
-    for name in ("metrics.json", "classification_report.txt", "per_generator.csv", "predictions.csv", "roc_pr.png",
-                 "robustness.csv", "robustness.png"):
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(trained_run / "data"),
+                "--checkpoint",
+                str(_ckpt(trained_run)),
+                "--out",
+                str(out),
+                "--num-workers",
+                "0",
+                "--perturb",
+                "jpeg:50,blur:1",
+            ]
+        )
+        == 0
+    )
+    for name in (
+        "metrics.json",
+        "classification_report.txt",
+        "per_generator.csv",
+        "predictions.csv",
+        "roc_pr.png",
+        "robustness.csv",
+        "robustness.png",
+    ):
         assert (out / name).is_file(), name
     rob = json.loads((out / "robustness.json").read_text())
     assert rob["perturbations"] == ["jpeg:50", "blur:1", "none"]  # the unperturbed point is always measured
 
 
-def test_robustness_plot_shows_the_unperturbed_point_on_every_panel(monkeypatch: pytest.MonkeyPatch,
-                                                                    tmp_path: Path) -> None:
+def test_robustness_plot_shows_the_unperturbed_point_on_every_panel(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import synapse7.robustness as rb
 
-    rows = [{"perturbation": s, "family": f, "strength": v, "generator": "ALL", "accuracy": a}
-            for s, f, v, a in (("jpeg:90", "jpeg", 90, 0.8), ("jpeg:50", "jpeg", 50, 0.6),
-                               ("resize:0.5", "resize", 0.5, 0.7), ("blur:2", "blur", 2, 0.55),
-                               ("none", "none", 0.0, 0.9))]
+    rows = [
+        {"perturbation": s, "family": f, "strength": v, "generator": "ALL", "accuracy": a}
+        for s, f, v, a in (
+            ("jpeg:90", "jpeg", 90, 0.8),
+            ("jpeg:50", "jpeg", 50, 0.6),
+            ("resize:0.5", "resize", 0.5, 0.7),
+            ("blur:2", "blur", 2, 0.55),
+            ("none", "none", 0.0, 0.9),
+        )
+    ]
     figs: list[Any] = []
     monkeypatch.setattr(rb, "save_figure", lambda fig, path: figs.append(fig))
-    rb.save_robustness_png(rb.RobustnessResult(rows, [r["perturbation"] for r in rows], None), tmp_path / "r.png")
+    rb.save_robustness_png(
+        rb.RobustnessResult(rows, [r["perturbation"] for r in rows], None), tmp_path / "r.png"
+    )
     (fig,) = figs
     axes = fig.axes
     assert [ax.get_title() for ax in axes] == ["jpeg", "resize", "blur"]
@@ -155,8 +219,9 @@ def test_progress_bar_only_on_a_terminal_and_not_with_no_progress(monkeypatch: p
     assert progress_bar(10, "x", enabled=False).disable  # --no-progress
 
 
-def test_piped_predict_prints_rows_only(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_piped_predict_prints_rows_only(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = trained_run / "data" / "gen_a" / "val" / "ai"
     assert main(["predict", "--checkpoint", str(_ckpt(trained_run)), str(folder), "--num-workers", "0"]) == 0
     out, err = capsys.readouterr()

@@ -28,8 +28,11 @@ def test_rows_per_perturbation_and_generator_and_clean_row_equals_evaluate(train
     assert [r["family"] for r in res.overall()] == ["jpeg", "resize", "blur", "none"]
     assert [r["strength"] for r in res.overall()] == [30.0, 0.5, 3.0, 0.0]
     plain = evaluate(_ckpt(trained_run), data, num_workers=0, quiet=True)
-    clean = [{k: v for k, v in r.items() if k not in ("perturbation", "family", "strength")}
-             for r in res.rows if r["perturbation"] == "none"]
+    clean = [
+        {k: v for k, v in r.items() if k not in ("perturbation", "family", "strength")}
+        for r in res.rows
+        if r["perturbation"] == "none"
+    ]
     assert clean == plain.per_generator
     assert res.accuracy("none") == plain.metrics["accuracy"]
     # The perturbations reach the images: 32 px textures blurred with sigma 3 or halved are not the same images.
@@ -48,8 +51,14 @@ def test_one_detector_and_the_ops_in_order(trained_run: Path, monkeypatch: pytes
         return real(*args, **kwargs)
 
     monkeypatch.setattr(rob, "evaluate", spy)
-    res = evaluate_robustness(_ckpt(trained_run), trained_run / "data", ["jpeg:65", "none", "blur:1", "resize:2"],
-                              num_workers=0, align="jpeg:96", generators=["gen_b"])
+    res = evaluate_robustness(
+        _ckpt(trained_run),
+        trained_run / "data",
+        ["jpeg:65", "none", "blur:1", "resize:2"],
+        num_workers=0,
+        align="jpeg:96",
+        generators=["gen_b"],
+    )
     assert [c["pre_ops"] for c in calls] == [[JpegCompress(65)], [], [GaussianBlur(1.0)], [Rescale(2.0)]]
     assert len({id(c["detector"]) for c in calls}) == 1 and calls[0]["detector"] is not None
     assert all(c["align"] == "jpeg:96" and c["generators"] == ["gen_b"] for c in calls)
@@ -63,11 +72,27 @@ def test_bad_perturbation_is_rejected_before_loading(tmp_path: Path) -> None:
         evaluate_robustness(tmp_path / "missing.ckpt", tmp_path, "jpeg:65,sharpen:2")
 
 
-def test_cli_writes_table_and_plot(trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_writes_table_and_plot(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "rob"
-    rc = main(["evaluate", "--data", str(trained_run / "data"), "--checkpoint", str(_ckpt(trained_run)),
-               "--out", str(out), "--num-workers", "0", "--perturb", "jpeg:65,resize:0.5,blur:1,none",
-               "--align", "jpeg:96"])
+    rc = main(
+        [
+            "evaluate",
+            "--data",
+            str(trained_run / "data"),
+            "--checkpoint",
+            str(_ckpt(trained_run)),
+            "--out",
+            str(out),
+            "--num-workers",
+            "0",
+            "--perturb",
+            "jpeg:65,resize:0.5,blur:1,none",
+            "--align",
+            "jpeg:96",
+        ]
+    )
     assert rc == 0
     rows = list(csv.DictReader(open(out / "robustness.csv")))
     assert list(rows[0]) == ROBUSTNESS_COLUMNS and len(rows) == 4 * 3
@@ -87,4 +112,8 @@ def test_write_is_separate_from_compute(trained_run: Path, tmp_path: Path) -> No
     assert not list(tmp_path.iterdir())  # computing wrote nothing
     write_robustness(res, tmp_path / "r")
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
-        "robustness.csv", "robustness.json", "robustness.md", "robustness.png"]
+        "robustness.csv",
+        "robustness.json",
+        "robustness.md",
+        "robustness.png",
+    ]

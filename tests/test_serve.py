@@ -50,18 +50,31 @@ def _png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weights checkpoint in the layout Detector.from_checkpoint reads."""
-    cfg = RunConfig().override(data={"image_size": 32}, model={"backbone": "resnet18", "weights": "none", "input": "fft"})
+    cfg = RunConfig().override(
+        data={"image_size": 32}, model={"backbone": "resnet18", "weights": "none", "input": "fft"}
+    )
     torch.manual_seed(0)
     net = build_model(cfg.model, load_weights=False)
     path = tmp_path_factory.mktemp("serve") / "tiny.ckpt"
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-                "hyper_parameters": {"config": cfg.to_dict()}, "synapse7": {"threshold": 0.5}}, path)
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+            "hyper_parameters": {"config": cfg.to_dict()},
+            "synapse7": {"threshold": 0.5},
+        },
+        path,
+    )
     return path
 
 
@@ -78,8 +91,11 @@ def client(checkpoint: Path) -> TestClient:
 
 
 def _post(client: TestClient, files: list[tuple[str, bytes]], **kw):
-    return client.post("/api/predict", files=[("files", (name, data, "application/octet-stream")) for name, data in files],
-                       **kw)
+    return client.post(
+        "/api/predict",
+        files=[("files", (name, data, "application/octet-stream")) for name, data in files],
+        **kw,
+    )
 
 
 def test_page_has_upload_ui_and_no_external_resources(client: TestClient) -> None:
@@ -91,7 +107,9 @@ def test_page_has_upload_ui_and_no_external_resources(client: TestClient) -> Non
     assert "api/predict" in html and "api/info" in html
     assert "drop" in html.lower() and "threshold" in html.lower()
     # Self-contained: no CDN scripts, styles or fonts.
-    assert "<script src" not in html and "<link" not in html and "http://" not in html and "https://" not in html
+    assert (
+        "<script src" not in html and "<link" not in html and "http://" not in html and "https://" not in html
+    )
     assert "default-src 'none'" in r.headers["content-security-policy"]
 
 
@@ -106,8 +124,11 @@ def test_health_and_info(client: TestClient) -> None:
 
 
 def test_predict_good_images_match_detector(client: TestClient, detector: Detector) -> None:
-    files = [("a.png", _image_bytes("PNG", seed=1)), ("b.jpg", _image_bytes("JPEG", seed=2)),
-             ("c.png", _image_bytes("PNG", size=(64, 64), seed=3))]
+    files = [
+        ("a.png", _image_bytes("PNG", seed=1)),
+        ("b.jpg", _image_bytes("JPEG", seed=2)),
+        ("c.png", _image_bytes("PNG", size=(64, 64), seed=3)),
+    ]
     r = _post(client, files)
     assert r.status_code == 200, r.text
     body = r.json()
@@ -135,8 +156,13 @@ def test_threshold_decides_label(checkpoint: Path, detector: Detector) -> None:
 def test_bad_files_get_per_file_errors(client: TestClient, detector: Detector) -> None:
     good = _image_bytes("PNG", seed=5)
     truncated = good[: len(good) // 2]
-    files = [("empty.png", b""), ("half.png", truncated), ("notes.txt", b"hello, not an image\n"),
-             ("bomb.png", _png_bomb()), ("ok.png", good)]
+    files = [
+        ("empty.png", b""),
+        ("half.png", truncated),
+        ("notes.txt", b"hello, not an image\n"),
+        ("bomb.png", _png_bomb()),
+        ("ok.png", good),
+    ]
     # MAX_FILES is 4: send the five in two requests, each answered 200 with one entry per file.
     r1, r2 = _post(client, files[:3]), _post(client, files[3:])
     assert r1.status_code == r2.status_code == 200
@@ -162,7 +188,9 @@ def test_oversize_file_is_a_per_file_error(client: TestClient) -> None:
     r = _post(client, [("big.png", big), ("small.png", _image_bytes("PNG", seed=7))])
     assert r.status_code == 200
     big_res, small_res = r.json()["results"]
-    assert big_res["filename"] == "big.png" and big_res["label"] == "ERROR" and "too large" in big_res["error"]
+    assert (
+        big_res["filename"] == "big.png" and big_res["label"] == "ERROR" and "too large" in big_res["error"]
+    )
     assert small_res["label"] in ("AI", "REAL")
 
 
@@ -175,12 +203,14 @@ def test_oversize_request_is_413(checkpoint: Path, detector: Detector) -> None:
 
         # No Content-Length (chunked): the limit is enforced while the body streams in.
         def chunks():
-            yield b"--xyz\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n"
+            yield b'--xyz\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n'
             for _ in range(24):
                 yield b"\x00" * 8192
             yield b"\r\n--xyz--\r\n"
 
-        r = c.post("/api/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=xyz"})
+        r = c.post(
+            "/api/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=xyz"}
+        )
         assert r.status_code == 413 and "too large" in r.json()["detail"]
 
 
@@ -244,8 +274,9 @@ def test_unexpected_failure_is_isolated_to_its_file(detector: Detector) -> None:
     assert bad["label"] == "ERROR" and "RuntimeError: boom" in bad["error"]
 
 
-def test_request_cap_must_hold_one_file(detector: Detector, checkpoint: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_request_cap_must_hold_one_file(
+    detector: Detector, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(ValueError, match="no room for one file"):
         create_app(detector, max_upload_bytes=10 * 2**20, max_request_bytes=10 * 2**20)
     from synapse7.cli import main
@@ -273,8 +304,18 @@ def test_cli_serve_parser_and_bad_checkpoint(tmp_path: Path, capsys: pytest.Capt
     assert "checkpoint not found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["--port", "99999"], ["--port", "0"], ["--port", "http"], ["--max-files", "0"],
-                                  ["--max-upload-mb", "-1"], ["--max-request-mb", "0"], ["--rate-limit", "-5"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--port", "99999"],
+        ["--port", "0"],
+        ["--port", "http"],
+        ["--max-files", "0"],
+        ["--max-upload-mb", "-1"],
+        ["--max-request-mb", "0"],
+        ["--rate-limit", "-5"],
+    ],
+)
 def test_cli_serve_bad_options_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     from synapse7.cli import main
 
@@ -285,8 +326,9 @@ def test_cli_serve_bad_options_are_usage_errors(argv: list[str], capsys: pytest.
     assert "usage: synapse7 serve" in err and argv[0] in err
 
 
-def test_cli_serve_passes_token_limits_and_warns(checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_serve_passes_token_limits_and_warns(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import uvicorn
 
     from synapse7.cli import main
@@ -294,8 +336,26 @@ def test_cli_serve_passes_token_limits_and_warns(checkpoint: Path, monkeypatch: 
     ran: dict = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app, **kw))
     monkeypatch.setenv("SYNAPSE7_TOKEN", "from-env")
-    assert main(["serve", "--checkpoint", str(checkpoint), "--host", "0.0.0.0", "--port", "8123",
-                 "--max-upload-mb", "4", "--max-request-mb", "8", "--rate-limit", "30"]) == 0
+    assert (
+        main(
+            [
+                "serve",
+                "--checkpoint",
+                str(checkpoint),
+                "--host",
+                "0.0.0.0",
+                "--port",
+                "8123",
+                "--max-upload-mb",
+                "4",
+                "--max-request-mb",
+                "8",
+                "--rate-limit",
+                "30",
+            ]
+        )
+        == 0
+    )
     assert (ran["host"], ran["port"]) == ("0.0.0.0", 8123)
     assert ran["app"].state.limits["max_request_bytes"] == 8 * 2**20
     assert ran["app"].state.limits["rate_limit_per_minute"] == 30
@@ -309,7 +369,10 @@ def test_cli_serve_passes_token_limits_and_warns(checkpoint: Path, monkeypatch: 
     assert "warning: listening on 0.0.0.0 without an API token" in capsys.readouterr().err
     assert main(["serve", "--checkpoint", str(checkpoint), "--token", "t"]) == 0
     with TestClient(ran["app"]) as c:
-        assert _post(c, [("a.png", _image_bytes("PNG"))], headers={"Authorization": "Bearer t"}).status_code == 200
+        assert (
+            _post(c, [("a.png", _image_bytes("PNG"))], headers={"Authorization": "Bearer t"}).status_code
+            == 200
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -324,7 +387,10 @@ def test_explain_endpoint_shows_why(client: TestClient, detector: Detector) -> N
     assert body["filename"] == "x.png" and body["threshold"] == 0.5
     assert body["p_ai"] == pytest.approx(detector.predict([data])[0].p_ai, abs=1e-5)
     assert body["image_size"] == [90, 60] and body["residual"] is None  # fft model: no residual encoder
-    assert 0 <= body["region"]["x0"] < body["region"]["x1"] <= 90 and 0 <= body["region"]["y0"] < body["region"]["y1"] <= 60
+    assert (
+        0 <= body["region"]["x0"] < body["region"]["x1"] <= 90
+        and 0 <= body["region"]["y0"] < body["region"]["y1"] <= 60
+    )
     assert set(body["views"]) == {"regions", "crop", "spectrum", "heatmap"}  # no preview: browsers show PNG
     for uri in body["views"].values():
         assert uri.startswith("data:image/png;base64,")
@@ -332,7 +398,9 @@ def test_explain_endpoint_shows_why(client: TestClient, detector: Detector) -> N
 
 
 def test_explain_tiff_gets_png_preview_and_bad_file_an_error(client: TestClient) -> None:
-    r = client.post("/api/explain", files={"file": ("scan.tif", _image_bytes("TIFF", size=(80, 50), seed=21))})
+    r = client.post(
+        "/api/explain", files={"file": ("scan.tif", _image_bytes("TIFF", size=(80, 50), seed=21))}
+    )
     body = r.json()
     assert r.status_code == 200 and body["label"] in ("AI", "REAL") and "preview" in body["views"]
     preview = Image.open(io.BytesIO(base64.b64decode(body["views"]["preview"].split(",", 1)[1])))
@@ -410,7 +478,10 @@ def test_default_request_cap_is_sane(detector: Detector) -> None:
     app = create_app(detector)
     limits = app.state.limits
     assert limits["max_request_bytes"] == DEFAULT_MAX_REQUEST_BYTES <= 100 * 2**20  # tens of MB, not 672 MB
-    declared = {"content-type": "multipart/form-data; boundary=x", "content-length": str(DEFAULT_MAX_REQUEST_BYTES + 1)}
+    declared = {
+        "content-type": "multipart/form-data; boundary=x",
+        "content-length": str(DEFAULT_MAX_REQUEST_BYTES + 1),
+    }
     with TestClient(app) as c:
         for path in ("/api/predict", "/api/explain"):
             r = c.post(path, content=b"", headers=declared)
@@ -447,6 +518,7 @@ def test_concurrent_requests_under_load(checkpoint: Path, detector: Detector) ->
     images = [_image_bytes("PNG", seed=100 + i) for i in range(12)]
     expected = [p.p_ai for p in detector.predict(images)]
     with running_server(app) as base:
+
         def one(i: int) -> tuple[int, float | None]:
             with httpx.Client(base_url=base, timeout=60) as h:
                 r = h.post("/api/predict", files=[("files", (f"{i}.png", images[i]))])
@@ -468,15 +540,18 @@ def test_concurrent_requests_under_load(checkpoint: Path, detector: Detector) ->
     assert sum(health) < 1.0, health  # with inference on the loop, each probe waits for 0.5 s calls
 
 
-def test_cli_serve_without_captum_says_install_the_extra(checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_serve_without_captum_says_install_the_extra(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import importlib.util
     import sys
 
     from synapse7.cli import main
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == "captum" else real(name, *a, **k))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a, **k: None if name == "captum" else real(name, *a, **k)
+    )
     for mod in ("synapse7.serve", "synapse7.serve.app"):  # imported afresh, as in a new process
         monkeypatch.delitem(sys.modules, mod)
     assert main(["serve", "--checkpoint", str(checkpoint)]) == 1

@@ -49,7 +49,7 @@ def test_standardize_zero_mean_unit_std() -> None:
 def test_batched_equals_per_sample() -> None:
     x = torch.randn(5, 3, 24, 24)
     batched = spectrum_features(x)
-    single = torch.cat([spectrum_features(x[i:i + 1]) for i in range(5)])
+    single = torch.cat([spectrum_features(x[i : i + 1]) for i in range(5)])
     assert torch.allclose(batched, single, atol=1e-5)
 
 

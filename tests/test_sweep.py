@@ -48,14 +48,27 @@ def _rows(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_sweep_cli_and_best_yaml_trains(setup: tuple[Path, Path], tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_sweep_cli_and_best_yaml_trains(
+    setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from synapse7.cli import main
 
     data, space = setup
     out = tmp_path / "sweep"
     db = f"sqlite:///{tmp_path / 'sweep.db'}"
-    args = ["sweep", "--data", str(data), "--space", str(space), "--out", str(out), "--storage", db, "--trials", "3"]
+    args = [
+        "sweep",
+        "--data",
+        str(data),
+        "--space",
+        str(space),
+        "--out",
+        str(out),
+        "--storage",
+        db,
+        "--trials",
+        "3",
+    ]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["complete"] + summary["pruned"] == 3
@@ -75,8 +88,23 @@ def test_sweep_cli_and_best_yaml_trains(setup: tuple[Path, Path], tmp_path: Path
     assert len(_rows(out)) == 3
     # best.yaml is a config `train --config` accepts; flags still override it.
     run = tmp_path / "run"
-    assert main(["train", "--config", str(out / "best.yaml"), "--data", str(data), "--out", str(run), "--epochs", "1",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(out / "best.yaml"),
+                "--data",
+                str(data),
+                "--out",
+                str(run),
+                "--epochs",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     trained = load_config(run / "config.yaml")
     assert trained.train.lr == pytest.approx(summary["best_params"]["train.lr"])
     assert trained.model.input == summary["best_params"]["model.input"]
@@ -103,8 +131,14 @@ def test_interrupted_trial_resumes_from_its_checkpoint(setup: tuple[Path, Path],
     sigint = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT after a Ctrl+C; give it back
     try:
         with pytest.raises((KeyboardInterrupt, SystemExit)):
-            run_sweep(data, out, space=space, n_trials=2, storage=db,
-                      callbacks=lambda trial: [_InterruptAt(3)] if trial.number == 1 else [])
+            run_sweep(
+                data,
+                out,
+                space=space,
+                n_trials=2,
+                storage=db,
+                callbacks=lambda trial: [_InterruptAt(3)] if trial.number == 1 else [],
+            )
     finally:
         signal.signal(signal.SIGINT, sigint)
     study = optuna.load_study(study_name="synapse7", storage=db)
@@ -138,7 +172,9 @@ def test_bad_space_files(tmp_path: Path) -> None:
     bad.write_text(yaml.safe_dump({"space": {"train.lr": {"low": 1.0, "high": 0.1}}}))
     with pytest.raises(ConfigError, match="low > high"):
         load_search_space(bad)
-    bad.write_text(yaml.safe_dump({"space": {"train.lr": {"low": 0.1, "high": 1.0}}, "pruner": {"patience": 2}}))
+    bad.write_text(
+        yaml.safe_dump({"space": {"train.lr": {"low": 0.1, "high": 1.0}}, "pruner": {"patience": 2}})
+    )
     with pytest.raises(ConfigError, match="pruner.*patience"):
         load_search_space(bad)
     bad.write_text("space: [")
@@ -163,12 +199,34 @@ def test_killed_sweep_resumes_after_its_heartbeat(setup: tuple[Path, Path], tmp_
 
     data, _ = setup
     space = tmp_path / "slow.yaml"
-    slow = {**SPACE, "base": {**SPACE["base"], "train": {"epochs": 3, "limit_train_batches": 4, "ckpt_every_n_steps": 1}}}
+    slow = {
+        **SPACE,
+        "base": {**SPACE["base"], "train": {"epochs": 3, "limit_train_batches": 4, "ckpt_every_n_steps": 1}},
+    }
     space.write_text(yaml.safe_dump(slow))
     out, db = tmp_path / "sweep", f"sqlite:///{tmp_path / 'sweep.db'}"
     env = {**os.environ, "PYTHONPATH": str(Path(synapse7.__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "synapse7", "sweep", "--data", str(data), "--space", str(space),
-                             "--out", str(out), "--storage", db, "--trials", "2", "--heartbeat", "1"], env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "synapse7",
+            "sweep",
+            "--data",
+            str(data),
+            "--space",
+            str(space),
+            "--out",
+            str(out),
+            "--storage",
+            db,
+            "--trials",
+            "2",
+            "--heartbeat",
+            "1",
+        ],
+        env=env,
+    )
     target = out / "trials" / "0001" / "last.ckpt"
     deadline = time.time() + 240
     while not target.exists() and proc.poll() is None and time.time() < deadline:

@@ -42,7 +42,9 @@ def reals(tmp_path_factory: pytest.TempPathFactory) -> Path:
         h, w = 50 + 3 * i, 67 + 2 * i  # not multiples of 4 or 8: exercises padding and cropping back
         sub = root / ("a" if i % 2 else "b")
         sub.mkdir(exist_ok=True)
-        Image.fromarray(np.ascontiguousarray(p[40:40 + h, 30:30 + w])).save(sub / f"photo_{i}.jpg", quality=90)
+        Image.fromarray(np.ascontiguousarray(p[40 : 40 + h, 30 : 30 + w])).save(
+            sub / f"photo_{i}.jpg", quality=90
+        )
     (root / "a" / "empty.jpg").write_bytes(b"")
     (root / "b" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
     return root
@@ -134,7 +136,7 @@ def test_crop_size_is_shared_by_real_and_fake(reals: Path, tmp_path: Path) -> No
         real = np.asarray(Image.open(tmp_path / "out" / r["real"]))
         fake = np.asarray(Image.open(tmp_path / "out" / r["fake"]))
         assert real.shape == fake.shape == (56, 56, 3)
-        np.testing.assert_array_equal(real, np.asarray(open_image(r["source"]))[y:y + 56, x:x + 56])
+        np.testing.assert_array_equal(real, np.asarray(open_image(r["source"]))[y : y + 56, x : x + 56])
 
 
 def test_bad_inputs_are_skipped_and_named(reals: Path, tmp_path: Path) -> None:
@@ -226,8 +228,23 @@ def test_parse_methods_and_format() -> None:
 
 def test_cli(reals: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
-    rc = main(["synthesize", "--real", str(reals), "--out", str(out), "--methods", "up_nearest,synth_up_tconv",
-               "--seed", "2", "--val-fraction", "0.5", "--max-images", "4"])
+    rc = main(
+        [
+            "synthesize",
+            "--real",
+            str(reals),
+            "--out",
+            str(out),
+            "--methods",
+            "up_nearest,synth_up_tconv",
+            "--seed",
+            "2",
+            "--val-fraction",
+            "0.5",
+            "--max-images",
+            "4",
+        ]
+    )
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["methods"] == ["synth_up_nearest", "synth_up_tconv"]

@@ -42,21 +42,44 @@ def test_calibrate_stores_threshold_and_detector_uses_it(trained_run: Path, tmp_
     meta = _meta(dst)
     assert meta["threshold"] == info["threshold"]
     cal = meta["calibration"]
-    assert (cal["method"], cal["split"], cal["n"], cal["generators"]) == ("accuracy", "val", 48, ["gen_a", "gen_b"])
+    assert (cal["method"], cal["split"], cal["n"], cal["generators"]) == (
+        "accuracy",
+        "val",
+        48,
+        ["gen_a", "gen_b"],
+    )
     assert 0.0 <= cal["ece"] <= 1.0 and cal["accuracy"] >= cal["previous_accuracy"]
     assert Detector.from_checkpoint(dst).threshold == info["threshold"]
     assert Detector.from_checkpoint(dst, threshold=0.25).threshold == 0.25  # an explicit threshold wins
     # evaluate() at the stored threshold achieves exactly what calibration reported on the same split.
     res = evaluate(dst, trained_run / "data", num_workers=0, quiet=True)
-    assert res.metrics["threshold"] == info["threshold"] and res.metrics["accuracy"] == pytest.approx(cal["accuracy"])
+    assert res.metrics["threshold"] == info["threshold"] and res.metrics["accuracy"] == pytest.approx(
+        cal["accuracy"]
+    )
     assert not list(tmp_path.glob(".*tmp*"))
 
 
-def test_fpr_target_zero_means_no_real_image_flagged(trained_run: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_fpr_target_zero_means_no_real_image_flagged(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     dst = tmp_path / "fpr.ckpt"
-    rc = main(["calibrate", "--checkpoint", str(_ckpt(trained_run)), "--data", str(trained_run / "data"),
-               "--method", "fpr", "--target-fpr", "0", "--out", str(dst), "--num-workers", "0"])
+    rc = main(
+        [
+            "calibrate",
+            "--checkpoint",
+            str(_ckpt(trained_run)),
+            "--data",
+            str(trained_run / "data"),
+            "--method",
+            "fpr",
+            "--target-fpr",
+            "0",
+            "--out",
+            str(dst),
+            "--num-workers",
+            "0",
+        ]
+    )
     assert rc == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["method"] == "fpr" and printed["fpr"] == 0.0 and printed["checkpoint"] == str(dst)
@@ -64,8 +87,9 @@ def test_fpr_target_zero_means_no_real_image_flagged(trained_run: Path, tmp_path
     assert res.metrics["real_acc"] == 1.0
 
 
-def test_predict_uses_stored_threshold_and_flag_overrides(trained_run: Path, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_uses_stored_threshold_and_flag_overrides(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src, data = _ckpt(trained_run), trained_run / "data"
     folder = data / "gen_a" / "val"
     assert main(["predict", "--checkpoint", str(src), str(folder), "--json", "--num-workers", "0"]) == 0
@@ -81,8 +105,22 @@ def test_predict_uses_stored_threshold_and_flag_overrides(trained_run: Path, tmp
     rows = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert sum(r["label"] == "AI" for r in rows) == k != default_ai
     assert all((r["label"] == "AI") == (r["p_ai"] >= thr) for r in rows)
-    assert main(["predict", "--checkpoint", str(dst), str(folder), "--json", "--threshold", "1.0",
-                 "--num-workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(dst),
+                str(folder),
+                "--json",
+                "--threshold",
+                "1.0",
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert all(json.loads(x)["label"] == "REAL" for x in capsys.readouterr().out.strip().splitlines())
 
 
@@ -97,11 +135,34 @@ def test_evaluate_reports_ece(trained_run: Path, tmp_path: Path) -> None:
 
 
 def test_aug_and_calibrate_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = build_parser().parse_args(["train", "--data", "D", "--out", "O", "--aug-blur-prob", "0.5",
-                                      "--aug-blur-sigma", "0,2", "--aug-jpeg-prob", "0.25", "--aug-jpeg-quality",
-                                      "40,95", "--aug-resize-prob", "0.1", "--aug-resize-scale", "0.5,1"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--data",
+            "D",
+            "--out",
+            "O",
+            "--aug-blur-prob",
+            "0.5",
+            "--aug-blur-sigma",
+            "0,2",
+            "--aug-jpeg-prob",
+            "0.25",
+            "--aug-jpeg-quality",
+            "40,95",
+            "--aug-resize-prob",
+            "0.1",
+            "--aug-resize-scale",
+            "0.5,1",
+        ]
+    )
     d = config_from_args(args).data
-    assert (d.aug_blur_prob, d.aug_blur_sigma, d.aug_jpeg_prob, d.aug_jpeg_quality) == (0.5, (0.0, 2.0), 0.25, (40, 95))
+    assert (d.aug_blur_prob, d.aug_blur_sigma, d.aug_jpeg_prob, d.aug_jpeg_quality) == (
+        0.5,
+        (0.0, 2.0),
+        0.25,
+        (40, 95),
+    )
     assert (d.aug_resize_prob, d.aug_resize_scale) == (0.1, (0.5, 1.0))
     d0 = config_from_args(build_parser().parse_args(["train", "--data", "D", "--out", "O"])).data
     assert (d0.aug_jpeg_prob, d0.aug_jpeg_quality) == (0.0, (30, 100))
@@ -117,9 +178,32 @@ def test_train_calibrate_end_to_end(tmp_path: Path) -> None:
     from conftest import make_dataset
 
     data = make_dataset(tmp_path / "data", generators=("g",), n=6)
-    rc = main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--image-size", "32",
-               "--backbone", "resnet18", "--weights", "none", "--batch-size", "8", "--num-workers", "0",
-               "--no-progress", "--calibrate", "fpr:0.2", "--aug-jpeg-prob", "0.5"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--backbone",
+            "resnet18",
+            "--weights",
+            "none",
+            "--batch-size",
+            "8",
+            "--num-workers",
+            "0",
+            "--no-progress",
+            "--calibrate",
+            "fpr:0.2",
+            "--aug-jpeg-prob",
+            "0.5",
+        ]
+    )
     assert rc == 0
     meta = _meta(tmp_path / "run" / "best.ckpt")
     assert meta["calibration"]["method"] == "fpr" and meta["calibration"]["target_fpr"] == 0.2

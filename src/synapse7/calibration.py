@@ -40,7 +40,9 @@ class ThresholdChoice:
         return asdict(self)
 
 
-def choose_threshold(y_true: Any, p_ai: Any, *, method: str = "accuracy", target_fpr: float = 0.05) -> ThresholdChoice:
+def choose_threshold(
+    y_true: Any, p_ai: Any, *, method: str = "accuracy", target_fpr: float = 0.05
+) -> ThresholdChoice:
     """Pick the threshold on P(AI) that maximises accuracy, or the TPR subject to FPR <= target_fpr.
 
     Candidates are the midpoints between consecutive distinct scores (plus one below all and one above all),
@@ -73,8 +75,15 @@ def choose_threshold(y_true: Any, p_ai: Any, *, method: str = "accuracy", target
         ok = fpr <= target_fpr + 1e-12
         keys = (closeness, acc, tpr, ok)
     best = int(np.lexsort(keys)[-1])
-    return ThresholdChoice(float(cands[best]), method, float(acc[best]), float(fpr[best]), float(tpr[best]),
-                           float(target_fpr) if method == "fpr" else None, len(y))
+    return ThresholdChoice(
+        float(cands[best]),
+        method,
+        float(acc[best]),
+        float(fpr[best]),
+        float(tpr[best]),
+        float(target_fpr) if method == "fpr" else None,
+        len(y),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -129,8 +138,14 @@ def fit_temperature(y_true: Any, p_ai: Any, threshold: float) -> float:
     return float(math.exp(res.x))
 
 
-def calibration_summary(y_true: Any, p_ai: Any, *, method: str = "accuracy", target_fpr: float = 0.05,
-                        previous_threshold: float = 0.5) -> dict[str, Any]:
+def calibration_summary(
+    y_true: Any,
+    p_ai: Any,
+    *,
+    method: str = "accuracy",
+    target_fpr: float = 0.05,
+    previous_threshold: float = 0.5,
+) -> dict[str, Any]:
     """The chosen threshold with what it achieves, the fitted scaling, the accuracy at the previous threshold,
     and the ECE before (`ece_uncalibrated`) and after (`ece`) scaling. `p_ai` are uncalibrated scores."""
     y, p = check_scores(y_true, p_ai)
@@ -148,19 +163,28 @@ def calibration_summary(y_true: Any, p_ai: Any, *, method: str = "accuracy", tar
     }
 
 
-def write_threshold(checkpoint: str | Path, threshold: float, calibration: dict[str, Any],
-                    out: str | Path | None = None, scaling: dict[str, float] | None = None) -> Path:
+def write_threshold(
+    checkpoint: str | Path,
+    threshold: float,
+    calibration: dict[str, Any],
+    out: str | Path | None = None,
+    scaling: dict[str, float] | None = None,
+) -> Path:
     """Store `threshold`, `calibration` and the probability `scaling` ({"temperature", "offset"}; None: remove
     it) under ckpt["synapse7"] of `checkpoint`, written atomically to `out` (default: in place). Returns the
     path written. A safetensors model gets them in its JSON instead (`out`: another .safetensors path or
     folder, the weights copied there)."""
     from synapse7.modelfile import is_safetensors_model, update_model_json
 
-    scaling = None if scaling is None else {"temperature": float(scaling["temperature"]),
-                                            "offset": float(scaling["offset"])}
+    scaling = (
+        None
+        if scaling is None
+        else {"temperature": float(scaling["temperature"]), "offset": float(scaling["offset"])}
+    )
     if is_safetensors_model(checkpoint):
-        return update_model_json(checkpoint, out, threshold=float(threshold), calibration=dict(calibration),
-                                 scaling=scaling)
+        return update_model_json(
+            checkpoint, out, threshold=float(threshold), calibration=dict(calibration), scaling=scaling
+        )
     ckpt = load_checkpoint(checkpoint)
     meta = dict(ckpt.get("synapse7") or {})
     meta["threshold"] = float(threshold)
@@ -177,11 +201,21 @@ def write_threshold(checkpoint: str | Path, threshold: float, calibration: dict[
     return dst
 
 
-def calibrate_checkpoint(checkpoint: str | Path, data_root: str | Path, *, split: str = "val",
-                         method: str = "accuracy", target_fpr: float = 0.05, out: str | Path | None = None,
-                         generators: Sequence[str] | None = None,
-                         batch_size: int | None = None, num_workers: int | None = None, device: str | None = None,
-                         quiet: bool = True, reliability_png: str | Path | None = None) -> dict[str, Any]:
+def calibrate_checkpoint(
+    checkpoint: str | Path,
+    data_root: str | Path,
+    *,
+    split: str = "val",
+    method: str = "accuracy",
+    target_fpr: float = 0.05,
+    out: str | Path | None = None,
+    generators: Sequence[str] | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    device: str | None = None,
+    quiet: bool = True,
+    reliability_png: str | Path | None = None,
+) -> dict[str, Any]:
     """Score `split` of `data_root` with the checkpoint (its own preprocessing and alignment), choose the
     threshold on the network's uncalibrated scores, fit the temperature, and write both into `out` (default:
     the checkpoint itself): afterwards P(AI) is calibrated and the stored threshold is 0.5. Returns the stored
@@ -191,35 +225,66 @@ def calibrate_checkpoint(checkpoint: str | Path, data_root: str | Path, *, split
     det = Detector.from_checkpoint(checkpoint, device=device)
     previous = det.raw_threshold
     det.temperature, det.offset, det.threshold = 1.0, 0.0, previous  # score with the network's own P(AI)
-    res = evaluate(checkpoint, data_root, split=split, batch_size=batch_size, num_workers=num_workers,
-                   generators=generators, device=device, quiet=True, detector=det)
+    res = evaluate(
+        checkpoint,
+        data_root,
+        split=split,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        generators=generators,
+        device=device,
+        quiet=True,
+        detector=det,
+    )
     assert res.predictions is not None
     y, p = res.predictions.labels, res.predictions.p_ai
     info = calibration_summary(y, p, method=method, target_fpr=target_fpr, previous_threshold=previous)
-    info.update({"split": split, "data": str(data_root), "raw_threshold": info["threshold"],
-                 "generators": sorted(set(res.predictions.generators)), "bad_images": res.bad_images})
+    info.update(
+        {
+            "split": split,
+            "data": str(data_root),
+            "raw_threshold": info["threshold"],
+            "generators": sorted(set(res.predictions.generators)),
+            "bad_images": res.bad_images,
+        }
+    )
     scaling = {"temperature": info["temperature"], "offset": info["offset"]}
     info["threshold"] = 0.5  # on the calibrated P(AI); raw_threshold is the same cut on the network's score
     dst = write_threshold(checkpoint, 0.5, info, out, scaling=scaling)
     info["checkpoint"] = str(dst)
     if reliability_png is not None:
-        save_reliability_png(y, {"uncalibrated": p, "calibrated": apply_scaling(p, **scaling)}, reliability_png)
+        save_reliability_png(
+            y, {"uncalibrated": p, "calibrated": apply_scaling(p, **scaling)}, reliability_png
+        )
         info["reliability_png"] = str(reliability_png)
     if not quiet:
-        print(f"threshold {info['raw_threshold']:.6f} on the network's score ({method}"
-              + (f", target FPR {target_fpr:g}" if method == "fpr" else "")
-              + f") on {split}: accuracy {info['accuracy']:.4f} (was {info['previous_accuracy']:.4f} at "
-              f"{info['previous_threshold']:.4f}), FPR {info['fpr']:.4f}, TPR {info['tpr']:.4f}; P(AI) calibrated "
-              f"(temperature {info['temperature']:.3f}), so AI means P(AI) >= 0.5; ECE {info['ece_uncalibrated']:.4f}"
-              f" -> {info['ece']:.4f}; written to {dst}", file=sys.stderr)
+        print(
+            f"threshold {info['raw_threshold']:.6f} on the network's score ({method}"
+            + (f", target FPR {target_fpr:g}" if method == "fpr" else "")
+            + f") on {split}: accuracy {info['accuracy']:.4f} (was {info['previous_accuracy']:.4f} at "
+            f"{info['previous_threshold']:.4f}), FPR {info['fpr']:.4f}, TPR {info['tpr']:.4f}; P(AI) calibrated "
+            f"(temperature {info['temperature']:.3f}), so AI means P(AI) >= 0.5; ECE {info['ece_uncalibrated']:.4f}"
+            f" -> {info['ece']:.4f}; written to {dst}",
+            file=sys.stderr,
+        )
     return info
 
 
-def calibrate_after_training(checkpoint: str | Path, cfg: Any, spec: str, *, quiet: bool = False) -> dict[str, Any]:
+def calibrate_after_training(
+    checkpoint: str | Path, cfg: Any, spec: str, *, quiet: bool = False
+) -> dict[str, Any]:
     """`train --calibrate SPEC`: calibrate a run's checkpoint in place on the run's own validation data
     (cfg.data.val_split of the generators validated on during training)."""
     method, target = parse_calibration_spec(spec)
     d = cfg.data
-    return calibrate_checkpoint(checkpoint, d.root, split=d.val_split, method=method, target_fpr=target,
-                                generators=d.test_generators or d.train_generators, batch_size=d.batch_size,
-                                num_workers=d.num_workers, quiet=quiet)
+    return calibrate_checkpoint(
+        checkpoint,
+        d.root,
+        split=d.val_split,
+        method=method,
+        target_fpr=target,
+        generators=d.test_generators or d.train_generators,
+        batch_size=d.batch_size,
+        num_workers=d.num_workers,
+        quiet=quiet,
+    )

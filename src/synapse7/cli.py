@@ -33,13 +33,13 @@ from synapse7.spectrum import parse_input_mode
 Handler = Callable[[argparse.Namespace], int]
 
 
-
 def _input_mode(value: str) -> str:
     try:
         parse_input_mode(value)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return value
+
 
 def _csv_list(value: str) -> tuple[str, ...]:
     items = tuple(v.strip() for v in value.split(",") if v.strip())
@@ -73,10 +73,15 @@ def _bounded(kind: type, lo: float, hi: float | None = None) -> Callable[[str], 
         try:
             v = kind(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {value!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"not a{'n integer' if kind is int else ' number'}: {value!r}"
+            ) from None
         if v < lo or (hi is not None and v > hi):
-            raise argparse.ArgumentTypeError(f"{value} is out of range: expected {lo}..{hi}" if hi is not None
-                                             else f"{value} is out of range: expected >= {lo}")
+            raise argparse.ArgumentTypeError(
+                f"{value} is out of range: expected {lo}..{hi}"
+                if hi is not None
+                else f"{value} is out of range: expected >= {lo}"
+            )
         return v
 
     return parse
@@ -90,15 +95,26 @@ def _roots(value: Any) -> Any:
 
 
 def _add_data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-    p.add_argument("--data", required=required, metavar="ROOT", action="append",
-                   help="dataset root in the GenImage layout: ROOT/<generator>/{train,val}/{ai,nature}/; repeat "
-                        "it to merge several roots (generators keep their names)")
+    p.add_argument(
+        "--data",
+        required=required,
+        metavar="ROOT",
+        action="append",
+        help="dataset root in the GenImage layout: ROOT/<generator>/{train,val}/{ai,nature}/; repeat "
+        "it to merge several roots (generators keep their names)",
+    )
     p.add_argument("--batch-size", type=_bounded(int, 1), help="images per batch (default 32)")
     p.add_argument("--num-workers", type=_bounded(int, 0), help="data-loading worker processes (default 2)")
-    p.add_argument("--on-bad-image", choices=["skip", "error"],
-                   help="corrupt/truncated/empty images: skip them with a printed count (default) or stop")
-    p.add_argument("--align", metavar="png|jpeg:Q|none",
-                   help="re-encode every image of both classes identically, removing the file-format shortcut")
+    p.add_argument(
+        "--on-bad-image",
+        choices=["skip", "error"],
+        help="corrupt/truncated/empty images: skip them with a printed count (default) or stop",
+    )
+    p.add_argument(
+        "--align",
+        metavar="png|jpeg:Q|none",
+        help="re-encode every image of both classes identically, removing the file-format shortcut",
+    )
 
 
 def _positive_square(value: str) -> int:
@@ -114,8 +130,12 @@ def _positive_square(value: str) -> int:
 
 def _add_checkpoint(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     default = "" if required else " (default: the shipped model, see `synapse7 info`)"
-    p.add_argument("--checkpoint", required=required, metavar="CKPT",
-                   help=f"a Synapse-7 model: a .ckpt, NAME.safetensors or a model folder{default}")
+    p.add_argument(
+        "--checkpoint",
+        required=required,
+        metavar="CKPT",
+        help=f"a Synapse-7 model: a .ckpt, NAME.safetensors or a model folder{default}",
+    )
 
 
 def _add_split(p: argparse.ArgumentParser, verb: str) -> None:
@@ -123,8 +143,11 @@ def _add_split(p: argparse.ArgumentParser, verb: str) -> None:
 
 
 def _add_threshold(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threshold", type=_bounded(float, 0, 1),
-                   help="decision threshold on P(AI), in [0, 1] (default: the checkpoint's, 0.5 once calibrated)")
+    p.add_argument(
+        "--threshold",
+        type=_bounded(float, 0, 1),
+        help="decision threshold on P(AI), in [0, 1] (default: the checkpoint's, 0.5 once calibrated)",
+    )
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
@@ -132,54 +155,112 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 
 
 def _add_no_progress(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (it only shows on a terminal, so piped output never has one)")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (it only shows on a terminal, so piped output never has one)",
+    )
 
 
 def _add_crops(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--crops", type=_positive_square, metavar="N",
-                   help="evaluation/prediction: score N = k*k crops on a grid covering the image and combine their "
-                        "logits, instead of the one centre crop (default: the model's setting, 1)")
+    p.add_argument(
+        "--crops",
+        type=_positive_square,
+        metavar="N",
+        help="evaluation/prediction: score N = k*k crops on a grid covering the image and combine their "
+        "logits, instead of the one centre crop (default: the model's setting, 1)",
+    )
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     _add_data_args(p)
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="writes best.ckpt, last.ckpt, config.yaml, logs/")
-    p.add_argument("--config", metavar="YAML", help="YAML file with data/model/train sections (flags override it)")
+    p.add_argument(
+        "--out", required=True, metavar="RUN_DIR", help="writes best.ckpt, last.ckpt, config.yaml, logs/"
+    )
+    p.add_argument(
+        "--config", metavar="YAML", help="YAML file with data/model/train sections (flags override it)"
+    )
     p.add_argument("--epochs", type=_bounded(int, 1), help="training epochs, >= 1 (default 5)")
-    p.add_argument("--image-size", type=_bounded(int, 8),
-                   help="centre-crop size (default 224); the resize scales as 256/224")
+    p.add_argument(
+        "--image-size",
+        type=_bounded(int, 8),
+        help="centre-crop size (default 224); the resize scales as 256/224",
+    )
     p.add_argument("--resize-size", type=_bounded(int, 8), help="override the resize size")
-    p.add_argument("--preprocess", choices=["resize", "crop"],
-                   help="resize then crop (reference), or crop at native resolution (keeps high frequencies)")
-    p.add_argument("--train-crop", choices=["random", "center"],
-                   help="with --preprocess crop: a random crop per image and epoch (default) or the centre crop")
+    p.add_argument(
+        "--preprocess",
+        choices=["resize", "crop"],
+        help="resize then crop (reference), or crop at native resolution (keeps high frequencies)",
+    )
+    p.add_argument(
+        "--train-crop",
+        choices=["random", "center"],
+        help="with --preprocess crop: a random crop per image and epoch (default) or the centre crop",
+    )
     _add_crops(p)
-    p.add_argument("--crop-vote", choices=["mean", "max"],
-                   help="how the logits of an image's crops are combined (default mean)")
-    p.add_argument("--backbone", help="resnet34 (default), resnet18, resnet50, convnext_tiny, swin_t, efficientnet_lite0, npr_resnet")
-    p.add_argument("--weights", metavar="imagenet|none|PATH", help="initial weights (default imagenet, from the local cache)")
-    p.add_argument("--input", metavar="MODE", type=_input_mode, help="model input: rgb+fft (default: image and its spectrum), fft (the reference), rgb, or artefact residuals npr / hh / srm, alone or joined with + (e.g. rgb+npr)")
-    p.add_argument("--trainable", metavar="PARTS",
-                   help="'all', or comma list of stem,stage1..stage4,head or module names (e.g. layer3,layer4,fc)")
-    p.add_argument("--strategy", choices=["frozen-early", "linear-probe", "full"],
-                   help="freezing strategy, a named --trainable (for the multi-GPU strategy see --dist-strategy)")
+    p.add_argument(
+        "--crop-vote",
+        choices=["mean", "max"],
+        help="how the logits of an image's crops are combined (default mean)",
+    )
+    p.add_argument(
+        "--backbone",
+        help="resnet34 (default), resnet18, resnet50, convnext_tiny, swin_t, efficientnet_lite0, npr_resnet",
+    )
+    p.add_argument(
+        "--weights",
+        metavar="imagenet|none|PATH",
+        help="initial weights (default imagenet, from the local cache)",
+    )
+    p.add_argument(
+        "--input",
+        metavar="MODE",
+        type=_input_mode,
+        help="model input: rgb+fft (default: image and its spectrum), fft (the reference), rgb, or artefact residuals npr / hh / srm, alone or joined with + (e.g. rgb+npr)",
+    )
+    p.add_argument(
+        "--trainable",
+        metavar="PARTS",
+        help="'all', or comma list of stem,stage1..stage4,head or module names (e.g. layer3,layer4,fc)",
+    )
+    p.add_argument(
+        "--strategy",
+        choices=["frozen-early", "linear-probe", "full"],
+        help="freezing strategy, a named --trainable (for the multi-GPU strategy see --dist-strategy)",
+    )
     p.add_argument("--lr", type=_bounded(float, 0), help="AdamW learning rate (default 1e-4)")
     p.add_argument("--weight-decay", type=_bounded(float, 0), help="AdamW weight decay (default 1e-4)")
     p.add_argument("--seed", type=int, help="random seed of data order, augmentation and initialisation")
-    p.add_argument("--train-generators", type=_csv_list, metavar="G1,G2", help="train only on these generators")
-    p.add_argument("--test-generators", type=_csv_list, metavar="G1,G2", help="validate only on these generators")
+    p.add_argument(
+        "--train-generators", type=_csv_list, metavar="G1,G2", help="train only on these generators"
+    )
+    p.add_argument(
+        "--test-generators", type=_csv_list, metavar="G1,G2", help="validate only on these generators"
+    )
     p.add_argument("--accelerator", help="auto (default), cpu, gpu")
     p.add_argument("--devices", help="number of devices or 'auto'")
     p.add_argument("--num-nodes", type=_bounded(int, 1), help="nodes for multi-node DDP")
-    p.add_argument("--dist-strategy", help="Lightning distribution strategy: auto (default), ddp, ddp_spawn, ...")
+    p.add_argument(
+        "--dist-strategy", help="Lightning distribution strategy: auto (default), ddp, ddp_spawn, ..."
+    )
     _add_precision(p, default=None, shown=TrainConfig.precision)
-    p.add_argument("--limit-train-batches", type=_bounded(float, 1e-9), help="fraction (<=1) or number of training batches per epoch")
-    p.add_argument("--feature-cache", metavar="DIR",
-                   help="cache the frozen stages' outputs (fp16, memory-mapped) in DIR and train the rest on them; "
-                        "refused, with the reason printed, under random augmentation")
-    p.add_argument("--fast-decode", action="store_true", default=None,
-                   help="decode large JPEGs at reduced scale (libjpeg-turbo DCT scaling); see docs/performance.md")
+    p.add_argument(
+        "--limit-train-batches",
+        type=_bounded(float, 1e-9),
+        help="fraction (<=1) or number of training batches per epoch",
+    )
+    p.add_argument(
+        "--feature-cache",
+        metavar="DIR",
+        help="cache the frozen stages' outputs (fp16, memory-mapped) in DIR and train the rest on them; "
+        "refused, with the reason printed, under random augmentation",
+    )
+    p.add_argument(
+        "--fast-decode",
+        action="store_true",
+        default=None,
+        help="decode large JPEGs at reduced scale (libjpeg-turbo DCT scaling); see docs/performance.md",
+    )
     aug = p.add_argument_group("training-time robustness augmentation (CNNSpot-style; per image, seeded)")
     for name, range_type, help_ in AUG_FLAGS:
         default = getattr(DataConfig, f"aug_{name}")
@@ -187,12 +268,18 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         scalar = int if isinstance(default, int) and not isinstance(default, bool) else float
         # probabilities lie in [0, 1]; other scalars (degrees, jitter, patch size) are >= 0
         kind = _pair(range_type) if range_type else _bounded(scalar, 0, 1 if name.endswith("_prob") else None)
-        aug.add_argument(f"--aug-{name.replace('_', '-')}", type=kind,
-                         metavar="LO,HI" if range_type else ("P" if name.endswith("_prob") else "X"),
-                         help=f"{help_} (default {shown})")
-    p.add_argument("--calibrate", metavar="accuracy|fpr:T",
-                   help="after training, choose the decision threshold on the validation data (best accuracy, or "
-                        "the highest TPR at FPR <= T) and store it in best.ckpt")
+        aug.add_argument(
+            f"--aug-{name.replace('_', '-')}",
+            type=kind,
+            metavar="LO,HI" if range_type else ("P" if name.endswith("_prob") else "X"),
+            help=f"{help_} (default {shown})",
+        )
+    p.add_argument(
+        "--calibrate",
+        metavar="accuracy|fpr:T",
+        help="after training, choose the decision threshold on the validation data (best accuracy, or "
+        "the highest TPR at FPR <= T) and store it in best.ckpt",
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from RUN_DIR/last.ckpt")
     _add_no_progress(p)
 
@@ -225,18 +312,42 @@ def config_from_args(args: argparse.Namespace):
         limit = int(limit)
     return load_config(
         getattr(args, "config", None),
-        data={"root": _roots(args.data), "image_size": args.image_size, "resize_size": args.resize_size,
-              "preprocess": args.preprocess, "train_crop": args.train_crop, "crops": args.crops,
-              "batch_size": args.batch_size, "num_workers": args.num_workers,
-              "on_bad_image": args.on_bad_image, "align": args.align, "train_generators": args.train_generators,
-              "test_generators": args.test_generators, "fast_decode": getattr(args, "fast_decode", None),
-              **{f"aug_{name}": getattr(args, f"aug_{name}", None) for name, _, _ in AUG_FLAGS}},
-        model={"backbone": args.backbone, "weights": args.weights, "input": args.input,
-               "trainable": args.strategy or args.trainable, "crop_vote": args.crop_vote},
-        train={"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,
-               "accelerator": args.accelerator, "devices": args.devices, "num_nodes": args.num_nodes,
-               "dist_strategy": args.dist_strategy, "precision": args.precision, "limit_train_batches": limit,
-               "feature_cache": getattr(args, "feature_cache", None)},
+        data={
+            "root": _roots(args.data),
+            "image_size": args.image_size,
+            "resize_size": args.resize_size,
+            "preprocess": args.preprocess,
+            "train_crop": args.train_crop,
+            "crops": args.crops,
+            "batch_size": args.batch_size,
+            "num_workers": args.num_workers,
+            "on_bad_image": args.on_bad_image,
+            "align": args.align,
+            "train_generators": args.train_generators,
+            "test_generators": args.test_generators,
+            "fast_decode": getattr(args, "fast_decode", None),
+            **{f"aug_{name}": getattr(args, f"aug_{name}", None) for name, _, _ in AUG_FLAGS},
+        },
+        model={
+            "backbone": args.backbone,
+            "weights": args.weights,
+            "input": args.input,
+            "trainable": args.strategy or args.trainable,
+            "crop_vote": args.crop_vote,
+        },
+        train={
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "weight_decay": args.weight_decay,
+            "seed": args.seed,
+            "accelerator": args.accelerator,
+            "devices": args.devices,
+            "num_nodes": args.num_nodes,
+            "dist_strategy": args.dist_strategy,
+            "precision": args.precision,
+            "limit_train_batches": limit,
+            "feature_cache": getattr(args, "feature_cache", None),
+        },
     )
 
 
@@ -248,11 +359,16 @@ def _precision(value: str) -> str:
 
 
 def _add_precision(p: argparse.ArgumentParser, *, default: str | None = "auto", shown: str = "auto") -> None:
-    p.add_argument("--precision", type=_precision, default=default, metavar="|".join(PRECISIONS),
-                   help=f"the network's number format (default {shown}). auto: bf16 on a GPU, fp32 on the CPU; "
-                        "bf16 on the CPU needs native bf16 (AVX512-BF16/AMX: 1.8-2.5x the fp32 forward there; P(AI) "
-                        "moves a little and labels near the threshold can flip, see docs/performance.md); fp16: GPU "
-                        "only. Training runs bf16/fp16 as mixed precision")
+    p.add_argument(
+        "--precision",
+        type=_precision,
+        default=default,
+        metavar="|".join(PRECISIONS),
+        help=f"the network's number format (default {shown}). auto: bf16 on a GPU, fp32 on the CPU; "
+        "bf16 on the CPU needs native bf16 (AVX512-BF16/AMX: 1.8-2.5x the fp32 forward there; P(AI) "
+        "moves a little and labels near the threshold can flip, see docs/performance.md); fp16: GPU "
+        "only. Training runs bf16/fp16 as mixed precision",
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -270,8 +386,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         from synapse7.calibration import calibrate_after_training
 
         calibrate_after_training(res.best_ckpt, cfg, args.calibrate)
-    print(json.dumps({"best_ckpt": str(res.best_ckpt), "last_ckpt": str(res.last_ckpt), "best_val_auc": res.best_val_auc,
-                      "epochs": res.epochs_run, "steps": res.global_step, "bad_images": res.bad_images}))
+    print(
+        json.dumps(
+            {
+                "best_ckpt": str(res.best_ckpt),
+                "last_ckpt": str(res.last_ckpt),
+                "best_val_auc": res.best_val_auc,
+                "epochs": res.epochs_run,
+                "steps": res.global_step,
+                "bad_images": res.bad_images,
+            }
+        )
+    )
     return 0
 
 
@@ -279,10 +405,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from synapse7.evaluate import evaluate
 
     # The normal reports always; --perturb adds the robustness ones beside them.
-    evaluate(args.checkpoint, args.data, split=args.split, out_dir=args.out, batch_size=args.batch_size,
-             num_workers=args.num_workers, generators=args.generators, on_bad_image=args.on_bad_image,
-             align=args.align, threshold=args.threshold, device=args.device, precision=args.precision,
-             crops=args.crops, progress=not args.no_progress)
+    evaluate(
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        out_dir=args.out,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        generators=args.generators,
+        on_bad_image=args.on_bad_image,
+        align=args.align,
+        threshold=args.threshold,
+        device=args.device,
+        precision=args.precision,
+        crops=args.crops,
+        progress=not args.no_progress,
+    )
     print(f"reports written to {args.out}", file=sys.stderr)
     if args.perturb:
         from synapse7.robustness import evaluate_robustness, robustness_markdown, write_robustness
@@ -290,11 +428,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         specs = [s.strip() for s in args.perturb.split(",") if s.strip()]
         if "none" not in specs:  # the unperturbed reference point every panel of the plot shows
             specs.append("none")
-        res = evaluate_robustness(args.checkpoint, args.data, specs, split=args.split, align=args.align,
-                                  generators=args.generators, batch_size=args.batch_size,
-                                  num_workers=args.num_workers, on_bad_image=args.on_bad_image,
-                                  threshold=args.threshold, device=args.device, precision=args.precision,
-                                  log=lambda m: print(m, file=sys.stderr))
+        res = evaluate_robustness(
+            args.checkpoint,
+            args.data,
+            specs,
+            split=args.split,
+            align=args.align,
+            generators=args.generators,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            on_bad_image=args.on_bad_image,
+            threshold=args.threshold,
+            device=args.device,
+            precision=args.precision,
+            log=lambda m: print(m, file=sys.stderr),
+        )
         write_robustness(res, args.out)
         print(robustness_markdown(res))
         print(f"robustness.csv/.md/.json/.png written to {args.out}", file=sys.stderr)
@@ -306,13 +454,43 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     dst = Path(args.out or args.checkpoint)
     png = args.reliability or dst.with_name(dst.stem + "_reliability.png")
-    info = calibrate_checkpoint(args.checkpoint, args.data, split=args.split, method=args.method,
-                                target_fpr=args.target_fpr, out=args.out, generators=args.generators,
-                                batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
-                                quiet=False, reliability_png=png)
-    print(json.dumps({k: info[k] for k in ("checkpoint", "raw_threshold", "temperature", "method", "target_fpr",
-                                           "accuracy", "fpr", "tpr", "ece", "ece_uncalibrated", "previous_threshold",
-                                           "previous_accuracy", "n", "reliability_png")}))
+    info = calibrate_checkpoint(
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        method=args.method,
+        target_fpr=args.target_fpr,
+        out=args.out,
+        generators=args.generators,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        quiet=False,
+        reliability_png=png,
+    )
+    print(
+        json.dumps(
+            {
+                k: info[k]
+                for k in (
+                    "checkpoint",
+                    "raw_threshold",
+                    "temperature",
+                    "method",
+                    "target_fpr",
+                    "accuracy",
+                    "fpr",
+                    "tpr",
+                    "ece",
+                    "ece_uncalibrated",
+                    "previous_threshold",
+                    "previous_accuracy",
+                    "n",
+                    "reliability_png",
+                )
+            }
+        )
+    )
     return 0
 
 
@@ -337,20 +515,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     fast = True if args.fast_decode else None
     if args.checkpoint is None and args.onnx is None:  # the shipped default model (hash-checked)
-        det = Detector.default(device=args.device, threshold=args.threshold, engine=args.engine,
-                               compile=args.compile, fast_decode=fast, precision=args.precision, crops=args.crops)
+        det = Detector.default(
+            device=args.device,
+            threshold=args.threshold,
+            engine=args.engine,
+            compile=args.compile,
+            fast_decode=fast,
+            precision=args.precision,
+            crops=args.crops,
+        )
     elif args.checkpoint is None:
-        det = Detector.from_onnx(args.onnx, device=args.device, threshold=args.threshold, fast_decode=fast,
-                                 crops=args.crops)
+        det = Detector.from_onnx(
+            args.onnx, device=args.device, threshold=args.threshold, fast_decode=fast, crops=args.crops
+        )
     else:
         engine = "onnx" if args.onnx is not None else args.engine
-        det = Detector.from_checkpoint(args.checkpoint, device=args.device, threshold=args.threshold, engine=engine,
-                                       onnx=args.onnx, compile=args.compile, fast_decode=fast,
-                                       precision=args.precision, crops=args.crops)
+        det = Detector.from_checkpoint(
+            args.checkpoint,
+            device=args.device,
+            threshold=args.threshold,
+            engine=engine,
+            onnx=args.onnx,
+            compile=args.compile,
+            fast_decode=fast,
+            precision=args.precision,
+            crops=args.crops,
+        )
     if args.resume and not args.output:
         print("synapse7 predict: error: --resume needs --output FILE", file=sys.stderr)
         return 2
-    if det.threshold != 0.5:  # e.g. a checkpoint calibrated before P(AI) itself was (calibrate now stores 0.5)
+    if (
+        det.threshold != 0.5
+    ):  # e.g. a checkpoint calibrated before P(AI) itself was (calibrate now stores 0.5)
         print(f"note: threshold {det.threshold:.4g}: AI means P(AI) >= {det.threshold:.4g}", file=sys.stderr)
     # Every input is attempted; each failure (URL, missing path, empty folder, unreadable or too small image) is
     # an ERROR row with its reason. Exit 0 only when every input was classified, 1 when any failed.
@@ -394,8 +590,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.image_size is not None:
             raise ValueError("--image-size applies to --format onnx only")
         weights = export_checkpoint(load_checkpoint(args.checkpoint), args.out, dtype=args.dtype)
-        print(json.dumps({"safetensors": str(weights), "json": str(weights.with_suffix(".json")),
-                          "dtype": args.dtype, "bytes": weights.stat().st_size}))
+        print(
+            json.dumps(
+                {
+                    "safetensors": str(weights),
+                    "json": str(weights.with_suffix(".json")),
+                    "dtype": args.dtype,
+                    "bytes": weights.stat().st_size,
+                }
+            )
+        )
         return 0
     if args.dtype != "fp32":
         raise ValueError("--dtype applies to --format safetensors only (the ONNX export runs in fp32)")
@@ -404,8 +608,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     # The graph outputs the network's own P(AI): store the threshold on that scale (calibrate's scaling is not in
     # the graph, so a standalone export reports uncalibrated P(AI) with the same labels).
     out = export_onnx(det.net, det.cfg, args.out, threshold=det.raw_threshold, image_size=args.image_size)
-    print(json.dumps({"onnx": str(out), "image_size": args.image_size or det.cfg.data.image_size,
-                      "bytes": out.stat().st_size}))
+    print(
+        json.dumps(
+            {
+                "onnx": str(out),
+                "image_size": args.image_size or det.cfg.data.image_size,
+                "bytes": out.stat().st_size,
+            }
+        )
+    )
     return 0
 
 
@@ -414,11 +625,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if not args.train:
         if args.data is not None:
-            raise ValueError("demo --data needs --train (the default demo runs the shipped model on its own images)")
+            raise ValueError(
+                "demo --data needs --train (the default demo runs the shipped model on its own images)"
+            )
         run_default_demo(args.out)
         return 0
-    run_demo(args.out, data=args.data, image_size=args.image_size, epochs=args.epochs, backbone=args.backbone,
-             weights=args.weights, input_mode=args.input, num_workers=args.num_workers, progress=not args.no_progress)
+    run_demo(
+        args.out,
+        data=args.data,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        backbone=args.backbone,
+        weights=args.weights,
+        input_mode=args.input,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+    )
     return 0
 
 
@@ -443,10 +665,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         source: dict[str, Any] = {"detector": Detector.default(device=args.device, threshold=args.threshold)}
     else:
         source = {"checkpoint": args.checkpoint}
-    app = create_app(**source, threshold=args.threshold, device=args.device,
-                     max_upload_bytes=int(args.max_upload_mb * 2**20), max_files=args.max_files,
-                     max_request_bytes=int(args.max_request_mb * 2**20), token=token,
-                     rate_limit=args.rate_limit or None)
+    app = create_app(
+        **source,
+        threshold=args.threshold,
+        device=args.device,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_files=args.max_files,
+        max_request_bytes=int(args.max_request_mb * 2**20),
+        token=token,
+        rate_limit=args.rate_limit or None,
+    )
     warning = exposure_warning(args.host, token)
     if warning:
         print(f"synapse7 serve: warning: {warning}", file=sys.stderr)
@@ -470,10 +698,13 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="synapse7", description="Synapse-7: detect AI-generated images from their spectra.")
+    parser = argparse.ArgumentParser(
+        prog="synapse7", description="Synapse-7: detect AI-generated images from their spectra."
+    )
     parser.add_argument("--version", action="version", version=f"synapse7 {__version__}")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of errors (also SYNAPSE7_DEBUG=1)")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of errors (also SYNAPSE7_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("train", help="train a detector", description="Train on a GenImage-layout dataset.")
@@ -485,131 +716,265 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint(p)
     p.add_argument("--out", required=True, metavar="DIR", help="report folder")
     _add_split(p, "evaluate")
-    p.add_argument("--generators", "--test-generators", dest="generators", type=_csv_list, metavar="G1,G2",
-                   help="evaluate only these generators (default: all found)")
+    p.add_argument(
+        "--generators",
+        "--test-generators",
+        dest="generators",
+        type=_csv_list,
+        metavar="G1,G2",
+        help="evaluate only these generators (default: all found)",
+    )
     _add_threshold(p)
     _add_device(p)
     _add_crops(p)
-    p.add_argument("--perturb", metavar="LIST",
-                   help="evaluate under each perturbation of a comma list, e.g. "
-                        "jpeg:95,jpeg:65,jpeg:30,resize:0.5,resize:0.25,blur:1,blur:3,none; writes robustness.csv/"
-                        ".md/.json/.png (after --align's re-encoding, if given), besides the normal reports")
+    p.add_argument(
+        "--perturb",
+        metavar="LIST",
+        help="evaluate under each perturbation of a comma list, e.g. "
+        "jpeg:95,jpeg:65,jpeg:30,resize:0.5,resize:0.25,blur:1,blur:3,none; writes robustness.csv/"
+        ".md/.json/.png (after --align's re-encoding, if given), besides the normal reports",
+    )
     _add_precision(p)
     _add_no_progress(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("calibrate", help="choose the decision threshold on validation data, store it in a checkpoint",
-                       description="Score a split, choose the threshold (best accuracy, or highest TPR at a target "
-                                   "FPR), report the ECE, and store threshold and calibration in the checkpoint.")
+    p = sub.add_parser(
+        "calibrate",
+        help="choose the decision threshold on validation data, store it in a checkpoint",
+        description="Score a split, choose the threshold (best accuracy, or highest TPR at a target "
+        "FPR), report the ECE, and store threshold and calibration in the checkpoint.",
+    )
     _add_data_args(p)
     _add_checkpoint(p)
     _add_split(p, "calibrate on")
     p.add_argument("--generators", type=_csv_list, metavar="G1,G2", help="calibrate on these generators only")
-    p.add_argument("--method", choices=["accuracy", "fpr"], default="accuracy",
-                   help="threshold rule: best accuracy (default), or the highest TPR at FPR <= --target-fpr")
-    p.add_argument("--target-fpr", type=_bounded(float, 0, 1), default=0.05,
-                   help="with --method fpr: largest real-image FPR, in [0, 1] (default 0.05)")
-    p.add_argument("--out", metavar="NEW.ckpt", help="write the calibrated checkpoint here (default: in place)")
-    p.add_argument("--reliability", metavar="PNG",
-                   help="reliability diagram before/after calibration (default: <checkpoint>_reliability.png beside "
-                        "the written checkpoint)")
+    p.add_argument(
+        "--method",
+        choices=["accuracy", "fpr"],
+        default="accuracy",
+        help="threshold rule: best accuracy (default), or the highest TPR at FPR <= --target-fpr",
+    )
+    p.add_argument(
+        "--target-fpr",
+        type=_bounded(float, 0, 1),
+        default=0.05,
+        help="with --method fpr: largest real-image FPR, in [0, 1] (default 0.05)",
+    )
+    p.add_argument(
+        "--out", metavar="NEW.ckpt", help="write the calibrated checkpoint here (default: in place)"
+    )
+    p.add_argument(
+        "--reliability",
+        metavar="PNG",
+        help="reliability diagram before/after calibration (default: <checkpoint>_reliability.png beside "
+        "the written checkpoint)",
+    )
     _add_device(p)
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("crossgen", help="cross-generator protocols: train on one / test on all, leave one out",
-                       description="Train one model per row (into OUT/<mode>/<row>/run) and evaluate it on every "
-                                   "test generator; writes crossgen.md/.csv/.json. Running it again skips finished "
-                                   "sub-runs and resumes interrupted ones.")
+    p = sub.add_parser(
+        "crossgen",
+        help="cross-generator protocols: train on one / test on all, leave one out",
+        description="Train one model per row (into OUT/<mode>/<row>/run) and evaluate it on every "
+        "test generator; writes crossgen.md/.csv/.json. Running it again skips finished "
+        "sub-runs and resumes interrupted ones.",
+    )
     _add_train_args(p)
-    p.add_argument("--mode", choices=["train-one-test-all", "leave-one-out"], default="train-one-test-all",
-                   help="rows are training generators (--train-generators picks them), or held-out generators")
+    p.add_argument(
+        "--mode",
+        choices=["train-one-test-all", "leave-one-out"],
+        default="train-one-test-all",
+        help="rows are training generators (--train-generators picks them), or held-out generators",
+    )
     p.set_defaults(func=cmd_crossgen)
 
     p = sub.add_parser("predict", help="classify image files or folders")
-    p.add_argument("--checkpoint", metavar="CKPT",
-                   help="a .ckpt or .safetensors model (default: the shipped model, see `synapse7 info`)")
+    p.add_argument(
+        "--checkpoint",
+        metavar="CKPT",
+        help="a .ckpt or .safetensors model (default: the shipped model, see `synapse7 info`)",
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     p.add_argument("--json", action="store_true", help="write JSON lines instead of tab-separated text")
-    p.add_argument("--output", metavar="FILE", help="write the lines to FILE (complete or absent) instead of stdout")
-    p.add_argument("--resume", action="store_true", help="with --output: keep the rows already in FILE (or its .partial) and classify only the inputs "
-                        "not yet in it")
+    p.add_argument(
+        "--output", metavar="FILE", help="write the lines to FILE (complete or absent) instead of stdout"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --output: keep the rows already in FILE (or its .partial) and classify only the inputs "
+        "not yet in it",
+    )
     _add_threshold(p)
     _add_crops(p)
     p.add_argument("--batch-size", type=_bounded(int, 1), default=32, help="images per batch (default 32)")
-    p.add_argument("--num-workers", type=_bounded(int, 0), default=2,
-                   help="decoding worker processes (default 2)")
+    p.add_argument(
+        "--num-workers", type=_bounded(int, 0), default=2, help="decoding worker processes (default 2)"
+    )
     _add_device(p)
-    p.add_argument("--engine", choices=["eager", "onnx"], default="eager",
-                   help="PyTorch (default) or ONNX Runtime (exports the checkpoint on the fly unless --onnx is given)")
-    p.add_argument("--onnx", metavar="MODEL.onnx", help="an export from `synapse7 export` (implies --engine onnx)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network (eager engine; pays off on GPU)")
+    p.add_argument(
+        "--engine",
+        choices=["eager", "onnx"],
+        default="eager",
+        help="PyTorch (default) or ONNX Runtime (exports the checkpoint on the fly unless --onnx is given)",
+    )
+    p.add_argument(
+        "--onnx", metavar="MODEL.onnx", help="an export from `synapse7 export` (implies --engine onnx)"
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the network (eager engine; pays off on GPU)"
+    )
     _add_precision(p)
-    p.add_argument("--fast-decode", action="store_true",
-                   help="decode large JPEGs at reduced scale (libjpeg-turbo DCT scaling; docs/performance.md)")
+    p.add_argument(
+        "--fast-decode",
+        action="store_true",
+        help="decode large JPEGs at reduced scale (libjpeg-turbo DCT scaling; docs/performance.md)",
+    )
     _add_no_progress(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (spectrum included) or safetensors + JSON",
-                       description="--format onnx: one .onnx file for ONNX Runtime. --format safetensors: "
-                                   "NAME.safetensors (weights) + NAME.json (config, threshold, SHA-256), or "
-                                   "DIR/model.safetensors + model.json; loading them runs no pickle.")
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX (spectrum included) or safetensors + JSON",
+        description="--format onnx: one .onnx file for ONNX Runtime. --format safetensors: "
+        "NAME.safetensors (weights) + NAME.json (config, threshold, SHA-256), or "
+        "DIR/model.safetensors + model.json; loading them runs no pickle.",
+    )
     _add_checkpoint(p)
-    p.add_argument("--format", choices=["onnx", "safetensors"], default="onnx", help="export format (default onnx)")
-    p.add_argument("--out", required=True, metavar="MODEL.onnx|NAME.safetensors|DIR", help="file or folder to write")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
-                   help="safetensors: number format of the stored weights (fp16 halves the file; default fp32)")
-    p.add_argument("--image-size", type=_bounded(int, 8),
-                   help="onnx: input size S of the (B, 3, S, S) graph (default: the checkpoint's)")
+    p.add_argument(
+        "--format", choices=["onnx", "safetensors"], default="onnx", help="export format (default onnx)"
+    )
+    p.add_argument(
+        "--out", required=True, metavar="MODEL.onnx|NAME.safetensors|DIR", help="file or folder to write"
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "fp16", "bf16"],
+        default="fp32",
+        help="safetensors: number format of the stored weights (fp16 halves the file; default fp32)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=_bounded(int, 8),
+        help="onnx: input size S of the (B, 3, S, S) graph (default: the checkpoint's)",
+    )
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", help="offline demo: the shipped model on images made here (--train: train one first)",
-                       description="Without --train: run the shipped default model on scikit-image's photographs "
-                                   "and self-made fakes (synthesize's up-sampling chains). With --train: build "
-                                   "stand-in data, train, evaluate and predict.")
+    p = sub.add_parser(
+        "demo",
+        help="offline demo: the shipped model on images made here (--train: train one first)",
+        description="Without --train: run the shipped default model on scikit-image's photographs "
+        "and self-made fakes (synthesize's up-sampling chains). With --train: build "
+        "stand-in data, train, evaluate and predict.",
+    )
     p.add_argument("--out", default="demo_out", metavar="DIR", help="output folder (default demo_out)")
     p.add_argument("--train", action="store_true", help="the train -> evaluate -> predict demo instead")
     p.add_argument("--data", metavar="ROOT", help="with --train: run the same flow on a real dataset instead")
-    p.add_argument("--image-size", type=_bounded(int, 8),
-                   help="with --train: model input size (default 64 on the demo data, 224 with --data)")
-    p.add_argument("--epochs", type=_bounded(int, 1), default=3, help="with --train: training epochs, >= 1 (default 3)")
-    p.add_argument("--backbone", default="resnet34", help="with --train: backbone (default resnet34; see synapse7 backbones)")
-    p.add_argument("--weights", default="none", metavar="imagenet|none|PATH",
-                   help="with --train: initial weights (default none: from scratch)")
-    p.add_argument("--input", metavar="MODE", type=_input_mode, default=ModelConfig.input, help="model input (see train --help)")
-    p.add_argument("--num-workers", type=_bounded(int, 0), default=2, help="data-loading worker processes (default 2)")
+    p.add_argument(
+        "--image-size",
+        type=_bounded(int, 8),
+        help="with --train: model input size (default 64 on the demo data, 224 with --data)",
+    )
+    p.add_argument(
+        "--epochs", type=_bounded(int, 1), default=3, help="with --train: training epochs, >= 1 (default 3)"
+    )
+    p.add_argument(
+        "--backbone",
+        default="resnet34",
+        help="with --train: backbone (default resnet34; see synapse7 backbones)",
+    )
+    p.add_argument(
+        "--weights",
+        default="none",
+        metavar="imagenet|none|PATH",
+        help="with --train: initial weights (default none: from scratch)",
+    )
+    p.add_argument(
+        "--input",
+        metavar="MODE",
+        type=_input_mode,
+        default=ModelConfig.input,
+        help="model input (see train --help)",
+    )
+    p.add_argument(
+        "--num-workers", type=_bounded(int, 0), default=2, help="data-loading worker processes (default 2)"
+    )
     _add_no_progress(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("audit", help="audit a dataset for shortcuts (file format, JPEG quality, size, EXIF)",
-                       description="Read every file header, describe each generator/class and flag properties that "
-                                   "alone separate ai from nature. Writes audit.md, audit.json and audit.png.")
+    p = sub.add_parser(
+        "audit",
+        help="audit a dataset for shortcuts (file format, JPEG quality, size, EXIF)",
+        description="Read every file header, describe each generator/class and flag properties that "
+        "alone separate ai from nature. Writes audit.md, audit.json and audit.png.",
+    )
     p.add_argument("root", metavar="ROOT", help="dataset root in the GenImage layout")
     p.add_argument("--out", metavar="DIR", help="report folder (default: print the summary only)")
-    p.add_argument("--split", type=_csv_list, default=("train", "val"), metavar="S1,S2",
-                   help="splits to audit (default train,val; absent ones are skipped)")
-    p.add_argument("--threshold", type=_bounded(float, 0, 1), default=0.75,
-                   help="flag a property when its one-feature balanced accuracy reaches this (default 0.75)")
-    p.add_argument("--verify", action="store_true", help="also decode every image fully (slower; finds truncation)")
+    p.add_argument(
+        "--split",
+        type=_csv_list,
+        default=("train", "val"),
+        metavar="S1,S2",
+        help="splits to audit (default train,val; absent ones are skipped)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=_bounded(float, 0, 1),
+        default=0.75,
+        help="flag a property when its one-feature balanced accuracy reaches this (default 0.75)",
+    )
+    p.add_argument(
+        "--verify", action="store_true", help="also decode every image fully (slower; finds truncation)"
+    )
     p.set_defaults(func=cmd_audit)
 
-    p = sub.add_parser("serve", help="web service: upload page at / and a JSON API at /api/predict",
-                       description="Serve a checkpoint over HTTP (needs the 'serve' extra: fastapi, uvicorn).")
+    p = sub.add_parser(
+        "serve",
+        help="web service: upload page at / and a JSON API at /api/predict",
+        description="Serve a checkpoint over HTTP (needs the 'serve' extra: fastapi, uvicorn).",
+    )
     _add_checkpoint(p, required=False)
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_bounded(int, 1, 65535), default=8000, help="TCP port, 1-65535 (default 8000)")
-    p.add_argument("--max-upload-mb", type=_bounded(float, 0.001), default=20.0,
-                   help="largest accepted file, in MiB (default 20)")
-    p.add_argument("--max-files", type=_bounded(int, 1), default=32, help="most files per request (default 32)")
-    p.add_argument("--max-request-mb", type=_bounded(float, 0.001), default=64.0,
-                   help="largest request body, in MiB; larger ones get 413 (default 64)")
-    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on the model endpoints "
-                                   "(default: $SYNAPSE7_TOKEN; none: open)")
-    p.add_argument("--rate-limit", type=_bounded(float, 0), default=120.0, metavar="N",
-                   help="model requests per minute per client address, in bursts of up to N (default 120; 0: off)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument(
+        "--port", type=_bounded(int, 1, 65535), default=8000, help="TCP port, 1-65535 (default 8000)"
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=_bounded(float, 0.001),
+        default=20.0,
+        help="largest accepted file, in MiB (default 20)",
+    )
+    p.add_argument(
+        "--max-files", type=_bounded(int, 1), default=32, help="most files per request (default 32)"
+    )
+    p.add_argument(
+        "--max-request-mb",
+        type=_bounded(float, 0.001),
+        default=64.0,
+        help="largest request body, in MiB; larger ones get 413 (default 64)",
+    )
+    p.add_argument(
+        "--token",
+        help="require 'Authorization: Bearer TOKEN' on the model endpoints "
+        "(default: $SYNAPSE7_TOKEN; none: open)",
+    )
+    p.add_argument(
+        "--rate-limit",
+        type=_bounded(float, 0),
+        default=120.0,
+        metavar="N",
+        help="model requests per minute per client address, in bursts of up to N (default 120; 0: off)",
+    )
     _add_threshold(p)
     _add_device(p)
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
-                   help="uvicorn's log level (default info)")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn's log level (default info)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("info", help="the shipped default model: version, hash, and its model card's summary")
@@ -619,25 +984,56 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backbones", help="list the backbone registry")
     p.set_defaults(func=cmd_backbones)
 
-    p = sub.add_parser("synthesize", help="make training fakes from real photos (one fake per photo, paired)",
-                       description="Write ROOT/synth_<method>/{train,val}/{ai,nature}/ (GenImage layout): every fake is "
-                                   "made from one real photo, and both are saved the same way. Not real generator "
-                                   "output: ROOT/README.md says what they are; ROOT/manifest.csv pairs them.")
-    p.add_argument("--real", required=True, metavar="DIR", help="folder of real photos (searched recursively)")
-    p.add_argument("--out", required=True, metavar="ROOT", help="output root (new methods may be added to one)")
-    p.add_argument("--methods", default="all", metavar="M1,M2",
-                   help="up_nearest, up_bilinear, up_bicubic, up_tconv, ae_upconv, ae_tconv (synth_ prefix optional), "
-                        "or the groups chains, ae, all (default)")
-    p.add_argument("--max-images", type=_bounded(int, 1), help="use at most this many photos (a seeded random subset)")
-    p.add_argument("--size", type=_bounded(int, 8), help="square crop side, the same seeded crop for real and fake (default: native size)")
-    p.add_argument("--val-fraction", type=_bounded(float, 0, 1), default=0.2, help="share of photos in val (default 0.2)")
+    p = sub.add_parser(
+        "synthesize",
+        help="make training fakes from real photos (one fake per photo, paired)",
+        description="Write ROOT/synth_<method>/{train,val}/{ai,nature}/ (GenImage layout): every fake is "
+        "made from one real photo, and both are saved the same way. Not real generator "
+        "output: ROOT/README.md says what they are; ROOT/manifest.csv pairs them.",
+    )
+    p.add_argument(
+        "--real", required=True, metavar="DIR", help="folder of real photos (searched recursively)"
+    )
+    p.add_argument(
+        "--out", required=True, metavar="ROOT", help="output root (new methods may be added to one)"
+    )
+    p.add_argument(
+        "--methods",
+        default="all",
+        metavar="M1,M2",
+        help="up_nearest, up_bilinear, up_bicubic, up_tconv, ae_upconv, ae_tconv (synth_ prefix optional), "
+        "or the groups chains, ae, all (default)",
+    )
+    p.add_argument(
+        "--max-images", type=_bounded(int, 1), help="use at most this many photos (a seeded random subset)"
+    )
+    p.add_argument(
+        "--size",
+        type=_bounded(int, 8),
+        help="square crop side, the same seeded crop for real and fake (default: native size)",
+    )
+    p.add_argument(
+        "--val-fraction", type=_bounded(float, 0, 1), default=0.2, help="share of photos in val (default 0.2)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of crops, splits and decoders (default 0)")
-    p.add_argument("--format", default="png", metavar="png|jpeg:Q", help="file format of both classes (default png)")
+    p.add_argument(
+        "--format", default="png", metavar="png|jpeg:Q", help="file format of both classes (default png)"
+    )
     p.add_argument("--workers", type=_bounded(int, 1), default=1, help="processes writing images (default 1)")
-    p.add_argument("--ae-steps", type=_bounded(int, 1), default=1500, help="autoencoder training steps (default 1500, ~2 CPU min each)")
-    p.add_argument("--ae-max-seconds", type=_bounded(float, 0),
-                   help="also stop each autoencoder's training after this many seconds (output then not reproducible)")
-    p.add_argument("--ae-factor", type=int, choices=[4, 8], default=4, help="autoencoder down-sampling (default 4)")
+    p.add_argument(
+        "--ae-steps",
+        type=_bounded(int, 1),
+        default=1500,
+        help="autoencoder training steps (default 1500, ~2 CPU min each)",
+    )
+    p.add_argument(
+        "--ae-max-seconds",
+        type=_bounded(float, 0),
+        help="also stop each autoencoder's training after this many seconds (output then not reproducible)",
+    )
+    p.add_argument(
+        "--ae-factor", type=int, choices=[4, 8], default=4, help="autoencoder down-sampling (default 4)"
+    )
     p.set_defaults(func=cmd_synthesize)
     _add_fingerprint_parser(sub)
     _add_sweep_parser(sub)
@@ -661,8 +1057,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.data = _roots(args.data)
     # Expected user errors print one line; --debug (or SYNAPSE7_DEBUG=1) lets them raise with the traceback.
     debug = args.debug or os.environ.get("SYNAPSE7_DEBUG", "") not in ("", "0")
-    expected: tuple[type[BaseException], ...] = (ConfigError, LayoutError, BadImageError, WeightsUnavailableError,
-                                                 FileNotFoundError, FileExistsError, PermissionError, ValueError, OSError)
+    expected: tuple[type[BaseException], ...] = (
+        ConfigError,
+        LayoutError,
+        BadImageError,
+        WeightsUnavailableError,
+        FileNotFoundError,
+        FileExistsError,
+        PermissionError,
+        ValueError,
+        OSError,
+    )
     try:
         return int(args.func(args) or 0)
     except expected as e:
@@ -689,44 +1094,76 @@ def _unwrap(e: BaseException) -> str:
     name = type(e).__name__
     for prefix in (f"{type(e).__module__}.{name}: ", f"{name}: "):
         if last.startswith(prefix):
-            return last[len(prefix):]
+            return last[len(prefix) :]
     return last.split(": ", 1)[-1]
-
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from synapse7.synthesize import SynthConfig, parse_methods, synthesize
 
-    cfg = SynthConfig(methods=parse_methods(args.methods), size=args.size, val_fraction=args.val_fraction,
-                      seed=args.seed, max_images=args.max_images, format=args.format, workers=args.workers,
-                      ae_steps=args.ae_steps, ae_max_seconds=args.ae_max_seconds, ae_factor=args.ae_factor)
+    cfg = SynthConfig(
+        methods=parse_methods(args.methods),
+        size=args.size,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        max_images=args.max_images,
+        format=args.format,
+        workers=args.workers,
+        ae_steps=args.ae_steps,
+        ae_max_seconds=args.ae_max_seconds,
+        ae_factor=args.ae_factor,
+    )
     res = synthesize(args.real, args.out, cfg)
-    print(json.dumps({"root": str(res.root), "pairs": len(res.rows), "skipped": len(res.bad),
-                      "methods": [f"synth_{m}" for m in cfg.methods], "seconds": res.seconds}))
+    print(
+        json.dumps(
+            {
+                "root": str(res.root),
+                "pairs": len(res.rows),
+                "skipped": len(res.bad),
+                "methods": [f"synth_{m}" for m in cfg.methods],
+                "seconds": res.seconds,
+            }
+        )
+    )
     return 0
 
 
 def _add_fingerprint_parser(sub: Any) -> None:
-    p = sub.add_parser("fingerprint", help="mean spectra per generator and class (image and NPR residual)",
-                       description="Mean log-magnitude spectra of the images and of their NPR residual per generator "
-                                   "and class, each generator minus the real class, and radial profiles; writes "
-                                   "fingerprint.png, radial_profile.png and fingerprint.json to --out.")
+    p = sub.add_parser(
+        "fingerprint",
+        help="mean spectra per generator and class (image and NPR residual)",
+        description="Mean log-magnitude spectra of the images and of their NPR residual per generator "
+        "and class, each generator minus the real class, and radial profiles; writes "
+        "fingerprint.png, radial_profile.png and fingerprint.json to --out.",
+    )
     p.add_argument("root", metavar="ROOT", help="dataset root in the GenImage layout")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--split", default="val")
     p.add_argument("--image-size", type=int, default=256, help="centre-crop size, even (default 256)")
-    p.add_argument("--preprocess", choices=["crop", "resize"], default="crop",
-                   help="crop at native resolution (default: no resampling) or resize then crop as in training")
+    p.add_argument(
+        "--preprocess",
+        choices=["crop", "resize"],
+        default="crop",
+        help="crop at native resolution (default: no resampling) or resize then crop as in training",
+    )
     p.add_argument("--generators", type=_csv_list, metavar="G1,G2")
-    p.add_argument("--max-per-group", type=int, metavar="N", help="at most N images (seeded subset) per generator/class")
+    p.add_argument(
+        "--max-per-group", type=int, metavar="N", help="at most N images (seeded subset) per generator/class"
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--on-bad-image", choices=["skip", "error"], default="skip")
-    p.add_argument("--window", choices=["hann", "none"], default="hann",
-                   help="taper each image before its FFT (default hann: no border cross hiding the artefacts), or "
-                        "none: the plain spectrum the model sees")
-    p.add_argument("--save-arrays", action="store_true", help="also write the mean spectra to fingerprint.npz")
+    p.add_argument(
+        "--window",
+        choices=["hann", "none"],
+        default="hann",
+        help="taper each image before its FFT (default hann: no border cross hiding the artefacts), or "
+        "none: the plain spectrum the model sees",
+    )
+    p.add_argument(
+        "--save-arrays", action="store_true", help="also write the mean spectra to fingerprint.npz"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_fingerprint)
 
@@ -734,34 +1171,64 @@ def _add_fingerprint_parser(sub: Any) -> None:
 def cmd_fingerprint(args: argparse.Namespace) -> int:
     from synapse7.fingerprint import compute_fingerprints, write_fingerprints
 
-    res = compute_fingerprints(args.root, split=args.split, image_size=args.image_size, preprocess=args.preprocess,
-                               generators=args.generators, max_per_group=args.max_per_group,
-                               batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
-                               on_bad_image=args.on_bad_image, progress=not args.no_progress, window=args.window)
+    res = compute_fingerprints(
+        args.root,
+        split=args.split,
+        image_size=args.image_size,
+        preprocess=args.preprocess,
+        generators=args.generators,
+        max_per_group=args.max_per_group,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        on_bad_image=args.on_bad_image,
+        progress=not args.no_progress,
+        window=args.window,
+    )
     paths = write_fingerprints(res, args.out, save_arrays=args.save_arrays)
     print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0
 
 
 def _add_sweep_parser(sub: Any) -> None:
-    p = sub.add_parser("sweep", help="hyper-parameter search with Optuna (TPE, pruning, resumable storage)",
-                       description="Search the YAML space (default: the packaged configs/sweep.yaml) with Optuna's "
-                                   "TPE sampler, pruning on val ROC-AUC after each epoch. Writes OUT/trials/<n>/, "
-                                   "trials.csv, history.png, importances.png and best.yaml (for train --config). "
-                                   "With --storage the same command continues an interrupted sweep.")
+    p = sub.add_parser(
+        "sweep",
+        help="hyper-parameter search with Optuna (TPE, pruning, resumable storage)",
+        description="Search the YAML space (default: the packaged configs/sweep.yaml) with Optuna's "
+        "TPE sampler, pruning on val ROC-AUC after each epoch. Writes OUT/trials/<n>/, "
+        "trials.csv, history.png, importances.png and best.yaml (for train --config). "
+        "With --storage the same command continues an interrupted sweep.",
+    )
     p.add_argument("--data", required=True, metavar="ROOT", help="dataset root in the GenImage layout")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--space", metavar="YAML", help="search space (base / space / pruner sections)")
-    p.add_argument("--trials", type=int, default=10, metavar="N",
-                   help="finished (completed or pruned) trials the study should hold, counting earlier runs (default 10)")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting new trials after this long")
-    p.add_argument("--storage", metavar="URL", help="e.g. sqlite:///sweep.db: persistent, resumable, shareable")
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=10,
+        metavar="N",
+        help="finished (completed or pruned) trials the study should hold, counting earlier runs (default 10)",
+    )
+    p.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="stop starting new trials after this long"
+    )
+    p.add_argument(
+        "--storage", metavar="URL", help="e.g. sqlite:///sweep.db: persistent, resumable, shareable"
+    )
     p.add_argument("--study-name", default="synapse7")
     p.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
-    p.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS",
-                   help="with --storage: a trial silent for twice this long counts as killed and is re-run")
-    p.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep every finished trial's checkpoints (default: only the best trial's)")
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=30,
+        metavar="SECONDS",
+        help="with --storage: a trial silent for twice this long counts as killed and is re-run",
+    )
+    p.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep every finished trial's checkpoints (default: only the best trial's)",
+    )
     p.add_argument("--progress", action="store_true", help="show each trial's progress bar")
     p.set_defaults(func=cmd_sweep)
 
@@ -774,19 +1241,43 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.trials < 1 or args.heartbeat < 1:
         print("synapse7 sweep: error: --trials and --heartbeat must be positive", file=sys.stderr)
         return 2
-    res = run_sweep(args.data, args.out, space=args.space, n_trials=args.trials, timeout=args.timeout,
-                    storage=args.storage, study_name=args.study_name, seed=args.seed, heartbeat=args.heartbeat,
-                    progress=args.progress, keep_checkpoints=args.keep_checkpoints)
-    print(json.dumps({"best_val_auc": res.best_value, "best_trial": res.best_trial, "best_params": res.best_params,
-                      "best_yaml": str(res.best_yaml) if res.best_yaml else None, "complete": res.n_complete,
-                      "pruned": res.n_pruned, "failed": res.n_failed, "seconds": res.seconds}))
+    res = run_sweep(
+        args.data,
+        args.out,
+        space=args.space,
+        n_trials=args.trials,
+        timeout=args.timeout,
+        storage=args.storage,
+        study_name=args.study_name,
+        seed=args.seed,
+        heartbeat=args.heartbeat,
+        progress=args.progress,
+        keep_checkpoints=args.keep_checkpoints,
+    )
+    print(
+        json.dumps(
+            {
+                "best_val_auc": res.best_value,
+                "best_trial": res.best_trial,
+                "best_params": res.best_params,
+                "best_yaml": str(res.best_yaml) if res.best_yaml else None,
+                "complete": res.n_complete,
+                "pruned": res.n_pruned,
+                "failed": res.n_failed,
+                "seconds": res.seconds,
+            }
+        )
+    )
     return 0 if res.best_yaml is not None else 1
 
 
 def _missing_extra(command: str, e: ImportError, extra: str) -> int:
     """Say which optional package a subcommand lacks and which extra installs it; returns the exit status."""
-    print(f"synapse7 {command}: error: {e.name or e} is not installed; install the extra: pip install "
-          f"'synapse7[{extra}]'", file=sys.stderr)
+    print(
+        f"synapse7 {command}: error: {e.name or e} is not installed; install the extra: pip install "
+        f"'synapse7[{extra}]'",
+        file=sys.stderr,
+    )
     return 1
 
 

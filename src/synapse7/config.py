@@ -35,7 +35,9 @@ class DataConfig:
     root: str | tuple[str, ...] | None = None  # one dataset root, or several whose generators are merged
     image_size: int = 224  # centre-crop size
     resize_size: int | None = None  # None: scaled with image_size as 256/224, as in the reference
-    preprocess: str = "resize"  # resize: resize then centre-crop; crop: native resolution (random crops in training)
+    preprocess: str = (
+        "resize"  # resize: resize then centre-crop; crop: native resolution (random crops in training)
+    )
     train_crop: str = "random"  # preprocess=crop, training: random (a new position each time) | center
     crops: int = 1  # evaluation/prediction: k*k tiles on a grid instead of the centre crop (logits combined)
     mean: tuple[float, ...] = IMAGENET_MEAN
@@ -138,7 +140,9 @@ def _check_keys(cls: type, values: dict[str, Any], section: str) -> None:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown {section} option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"unknown {section} option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
 
 
 def _coerce(cls: type, values: dict[str, Any]) -> dict[str, Any]:

@@ -77,8 +77,10 @@ def plan_crossgen(cfg: RunConfig, out_dir: str | Path, mode: str) -> list[SubRun
     rows = list(cfg.data.train_generators or pool)
     missing = sorted((set(pool) | set(rows)) - set(found))
     if missing:
-        raise LayoutError(f"generator(s) {', '.join(missing)} not found (with train and val splits) under "
-                          f"{cfg.data.root}; available: {', '.join(found)}")
+        raise LayoutError(
+            f"generator(s) {', '.join(missing)} not found (with train and val splits) under "
+            f"{cfg.data.root}; available: {', '.join(found)}"
+        )
     if mode == "leave-one-out":
         if len(pool) < 2:
             raise ValueError("leave-one-out needs at least two generators")
@@ -93,8 +95,10 @@ def plan_crossgen(cfg: RunConfig, out_dir: str | Path, mode: str) -> list[SubRun
 
 def sub_config(cfg: RunConfig, run: SubRun) -> RunConfig:
     """The training config of one sub-run: train and validate on its training generators only."""
-    return replace(cfg, data=replace(cfg.data, train_generators=run.train_generators,
-                                     test_generators=run.train_generators))
+    return replace(
+        cfg,
+        data=replace(cfg.data, train_generators=run.train_generators, test_generators=run.train_generators),
+    )
 
 
 def _check_same_config(run_dir: Path, cfg: RunConfig) -> None:
@@ -104,8 +108,13 @@ def _check_same_config(run_dir: Path, cfg: RunConfig) -> None:
         raise FileExistsError(f"{run_dir} was trained with another config ({saved}); use another --out")
 
 
-def train_sub_run(cfg: RunConfig, run: SubRun, *, progress: bool = False,
-                  calibrate: Callable[[Path, RunConfig], Any] | None = None) -> Path:
+def train_sub_run(
+    cfg: RunConfig,
+    run: SubRun,
+    *,
+    progress: bool = False,
+    calibrate: Callable[[Path, RunConfig], Any] | None = None,
+) -> Path:
     """Train one sub-run unless finished (train_result.json), resuming an interrupted one; returns best.ckpt."""
 
     rcfg = sub_config(cfg, run)
@@ -115,9 +124,20 @@ def train_sub_run(cfg: RunConfig, run: SubRun, *, progress: bool = False,
         res = train(rcfg, run.run_dir, resume=(run.run_dir / "last.ckpt").is_file(), progress=progress)
         if calibrate is not None:
             calibrate(res.best_ckpt, rcfg)
-        atomic_write_text(done, json.dumps({"best_ckpt": str(res.best_ckpt), "best_val_auc": res.best_val_auc,
-                                            "epochs": res.epochs_run, "steps": res.global_step,
-                                            "bad_images": res.bad_images}, indent=2) + "\n")
+        atomic_write_text(
+            done,
+            json.dumps(
+                {
+                    "best_ckpt": str(res.best_ckpt),
+                    "best_val_auc": res.best_val_auc,
+                    "epochs": res.epochs_run,
+                    "steps": res.global_step,
+                    "bad_images": res.bad_images,
+                },
+                indent=2,
+            )
+            + "\n",
+        )
     return run.run_dir / "best.ckpt"
 
 
@@ -129,9 +149,17 @@ def evaluate_sub_run(cfg: RunConfig, run: SubRun, *, device: str | None = None) 
     if cache.is_file() and cache.stat().st_mtime >= ckpt.stat().st_mtime:
         return json.loads(cache.read_text())["per_generator"]
     assert cfg.data.root is not None
-    res = evaluate(ckpt, cfg.data.root, split=cfg.data.val_split, out_dir=run.eval_dir,
-                   generators=list(run.test_generators), batch_size=cfg.data.batch_size,
-                   num_workers=cfg.data.num_workers, device=device, quiet=True)
+    res = evaluate(
+        ckpt,
+        cfg.data.root,
+        split=cfg.data.val_split,
+        out_dir=run.eval_dir,
+        generators=list(run.test_generators),
+        batch_size=cfg.data.batch_size,
+        num_workers=cfg.data.num_workers,
+        device=device,
+        quiet=True,
+    )
     write_json(cache, {"metrics": res.metrics, "per_generator": res.per_generator})
     return res.per_generator
 
@@ -149,22 +177,31 @@ def _metric(rows: list[dict[str, Any]], generator: str, key: str) -> float:
     return float("nan")
 
 
-def train_one_test_all_table(per_run: dict[str, list[dict[str, Any]]], columns: Sequence[str],
-                             metric: str = "accuracy") -> list[dict[str, Any]]:
+def train_one_test_all_table(
+    per_run: dict[str, list[dict[str, Any]]], columns: Sequence[str], metric: str = "accuracy"
+) -> list[dict[str, Any]]:
     """Rows = training generator, columns = test generator, then "avg" (all columns, as GenImage averages)
     and "avg_unseen" (columns other than the training generator); a last "mean" row averages each column."""
     table = []
     for name, rows in per_run.items():
         vals = {c: _metric(rows, c, metric) for c in columns}
-        table.append({"train": name, **vals, "avg": _nanmean(list(vals.values())),
-                      "avg_unseen": _nanmean([v for c, v in vals.items() if c != name])})
+        table.append(
+            {
+                "train": name,
+                **vals,
+                "avg": _nanmean(list(vals.values())),
+                "avg_unseen": _nanmean([v for c, v in vals.items() if c != name]),
+            }
+        )
     if table:
         keys = [*columns, "avg", "avg_unseen"]
         table.append({"train": "mean", **{k: _nanmean([r[k] for r in table]) for k in keys}})
     return table
 
 
-def leave_one_out_table(per_run: dict[str, list[dict[str, Any]]], columns: Sequence[str]) -> list[dict[str, Any]]:
+def leave_one_out_table(
+    per_run: dict[str, list[dict[str, Any]]], columns: Sequence[str]
+) -> list[dict[str, Any]]:
     """One row per held-out generator: its metrics, and the mean accuracy over the generators trained on."""
     table = []
     for name, rows in per_run.items():
@@ -173,12 +210,19 @@ def leave_one_out_table(per_run: dict[str, list[dict[str, Any]]], columns: Seque
         row["seen_accuracy"] = _nanmean([_metric(rows, c, "accuracy") for c in columns if c != name])
         table.append(row)
     if table:
-        table.append({"held_out": "mean", **{k: _nanmean([r[k] for r in table]) for k in LOO_COLUMNS[1:]
-                                             if k != "support"}, "support": sum(r["support"] for r in table)})
+        table.append(
+            {
+                "held_out": "mean",
+                **{k: _nanmean([r[k] for r in table]) for k in LOO_COLUMNS[1:] if k != "support"},
+                "support": sum(r["support"] for r in table),
+            }
+        )
     return table
 
 
-def crossgen_table(mode: str, per_run: dict[str, list[dict[str, Any]]], columns: Sequence[str]) -> list[dict[str, Any]]:
+def crossgen_table(
+    mode: str, per_run: dict[str, list[dict[str, Any]]], columns: Sequence[str]
+) -> list[dict[str, Any]]:
     if mode == "train-one-test-all":
         return train_one_test_all_table(per_run, columns)
     return leave_one_out_table(per_run, columns)
@@ -187,10 +231,12 @@ def crossgen_table(mode: str, per_run: dict[str, list[dict[str, Any]]], columns:
 def crossgen_markdown(result: CrossGenResult, cfg: RunConfig | None = None) -> str:
     parts = []
     if cfg is not None:
-        parts.append(f"Cross-generator protocol `{result.mode}` on `{cfg.data.root}` (split {cfg.data.val_split}): "
-                     f"{cfg.model.backbone}, input {cfg.model.input}, weights {cfg.model.weights}, "
-                     f"{cfg.train.epochs} epoch(s), image size {cfg.data.image_size}, preprocess "
-                     f"{cfg.data.preprocess}, align {cfg.data.align or 'none'}, seed {cfg.train.seed}.\n")
+        parts.append(
+            f"Cross-generator protocol `{result.mode}` on `{cfg.data.root}` (split {cfg.data.val_split}): "
+            f"{cfg.model.backbone}, input {cfg.model.input}, weights {cfg.model.weights}, "
+            f"{cfg.train.epochs} epoch(s), image size {cfg.data.image_size}, preprocess "
+            f"{cfg.data.preprocess}, align {cfg.data.align or 'none'}, seed {cfg.train.seed}.\n"
+        )
     if result.mode == "train-one-test-all":
         cols = ["train", *result.columns, "avg", "avg_unseen"]
         parts.append("Accuracy (rows: training generator; columns: test generator):\n")
@@ -202,26 +248,47 @@ def crossgen_markdown(result: CrossGenResult, cfg: RunConfig | None = None) -> s
         parts.append("Leave one generator out (train on the others, test on the held-out one):\n")
         parts.append(table_markdown(result.table, LOO_COLUMNS))
         matrix = train_one_test_all_table(result.per_run, result.columns)
-        parts.append("\nAccuracy of each leave-one-out model on every generator (rows: held-out generator):\n")
-        parts.append(table_markdown([{**r, "held_out": r["train"]} for r in matrix[:-1]],
-                                    ["held_out", *result.columns]))
+        parts.append(
+            "\nAccuracy of each leave-one-out model on every generator (rows: held-out generator):\n"
+        )
+        parts.append(
+            table_markdown(
+                [{**r, "held_out": r["train"]} for r in matrix[:-1]], ["held_out", *result.columns]
+            )
+        )
     return "\n".join(parts)
 
 
 def write_crossgen(result: CrossGenResult, out_dir: str | Path, cfg: RunConfig | None = None) -> None:
     """crossgen.md, crossgen.csv (the main table) and crossgen.json, each written atomically."""
     out = ensure_writable_dir(out_dir)
-    cols = (["train", *result.columns, "avg", "avg_unseen"] if result.mode == "train-one-test-all" else LOO_COLUMNS)
+    cols = (
+        ["train", *result.columns, "avg", "avg_unseen"]
+        if result.mode == "train-one-test-all"
+        else LOO_COLUMNS
+    )
     atomic_write_text(out / "crossgen.csv", table_csv(result.table, cols))
     atomic_write_text(out / "crossgen.md", crossgen_markdown(result, cfg))
-    payload = {"mode": result.mode, "columns": result.columns, "table": result.table, "per_run": result.per_run,
-               "config": cfg.to_dict() if cfg is not None else None}
+    payload = {
+        "mode": result.mode,
+        "columns": result.columns,
+        "table": result.table,
+        "per_run": result.per_run,
+        "config": cfg.to_dict() if cfg is not None else None,
+    }
     write_json(out / "crossgen.json", payload)
 
 
-def run_crossgen(cfg: RunConfig, out_dir: str | Path, *, mode: str = "train-one-test-all", progress: bool = False,
-                 device: str | None = None, calibrate: Callable[[Path, RunConfig], Any] | None = None,
-                 log: Callable[[str], Any] | None = None) -> CrossGenResult:
+def run_crossgen(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    *,
+    mode: str = "train-one-test-all",
+    progress: bool = False,
+    device: str | None = None,
+    calibrate: Callable[[Path, RunConfig], Any] | None = None,
+    log: Callable[[str], Any] | None = None,
+) -> CrossGenResult:
     """Run every sub-run of `mode` (skipping finished ones) and write the table into out_dir."""
     say = log or (lambda m: print(m, file=sys.stderr))
     out = ensure_writable_dir(out_dir)
@@ -235,8 +302,10 @@ def run_crossgen(cfg: RunConfig, out_dir: str | Path, *, mode: str = "train-one-
         say(f"crossgen {mode} [{i}/{len(plan)}] {run.name}: train on {', '.join(run.train_generators)}")
         train_sub_run(cfg, run, progress=progress, calibrate=calibrate)
         per_run[run.name] = evaluate_sub_run(cfg, run, device=device)
-        say(f"crossgen {mode} [{i}/{len(plan)}] {run.name}: accuracy on "
-            + ", ".join(f"{c} {_metric(per_run[run.name], c, 'accuracy'):.3f}" for c in columns))
+        say(
+            f"crossgen {mode} [{i}/{len(plan)}] {run.name}: accuracy on "
+            + ", ".join(f"{c} {_metric(per_run[run.name], c, 'accuracy'):.3f}" for c in columns)
+        )
     result = CrossGenResult(mode, columns, per_run, crossgen_table(mode, per_run, columns), out)
     write_crossgen(result, out, cfg)
     return result

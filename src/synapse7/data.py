@@ -52,14 +52,18 @@ class Sample:
 def _class_dirs(split_dir: Path) -> dict[str, int]:
     if not split_dir.is_dir():
         return {}
-    return {d.name: CLASS_DIRS[d.name] for d in sorted(split_dir.iterdir()) if d.name in CLASS_DIRS and d.is_dir()}
+    return {
+        d.name: CLASS_DIRS[d.name] for d in sorted(split_dir.iterdir()) if d.name in CLASS_DIRS and d.is_dir()
+    }
 
 
 def find_generators(root: str | os.PathLike, split: str) -> dict[str, Path]:
     """Map generator name -> its split folder. Raises LayoutError with the expected tree if none is found."""
     r = Path(root)
     if not r.is_dir():
-        raise LayoutError(f"dataset root {printable_path(r)} is not a directory\n" + EXPECTED_TREE.format(split=split))
+        raise LayoutError(
+            f"dataset root {printable_path(r)} is not a directory\n" + EXPECTED_TREE.format(split=split)
+        )
     if _class_dirs(r / split):
         return {r.resolve().name: r / split}
     gens = {g.name: g / split for g in sorted(r.iterdir()) if g.is_dir() and _class_dirs(g / split)}
@@ -90,8 +94,10 @@ def find_generators_multi(roots: Roots, split: str) -> dict[str, Path]:
         for g, d in found.items():
             name = g if counts[g] == 1 else f"{r.resolve().name}:{g}"
             if name in merged:
-                raise LayoutError(f"generator {name} is found twice (roots {printable_path(r)} and another with the "
-                                  f"same folder name); rename one of the roots")
+                raise LayoutError(
+                    f"generator {name} is found twice (roots {printable_path(r)} and another with the "
+                    f"same folder name); rename one of the roots"
+                )
             merged[name] = d
     return merged
 
@@ -106,8 +112,10 @@ def discover_samples(root: Roots, split: str, generators: Sequence[str] | None =
     if generators:
         missing = sorted(set(generators) - set(found))
         if missing:
-            raise LayoutError(f"generator(s) {', '.join(missing)} not found under {printable_path(root)} "
-                              f"for split '{split}'; available: {', '.join(found)}")
+            raise LayoutError(
+                f"generator(s) {', '.join(missing)} not found under {printable_path(root)} "
+                f"for split '{split}'; available: {', '.join(found)}"
+            )
         found = {g: found[g] for g in generators}
     samples: list[Sample] = []
     ignored = 0
@@ -124,15 +132,21 @@ def discover_samples(root: Roots, split: str, generators: Sequence[str] | None =
             missing = CLASS_FOLDERS[0 if counts[0] == 0 else 1]
             print(f"note: generator {gen} has no {missing} images in split '{split}'", file=sys.stderr)
     if not samples:
-        raise LayoutError(f"split '{split}' under {printable_path(root)} holds no images "
-                          f"(generators: {', '.join(found)})\n" + EXPECTED_TREE.format(split=split))
+        raise LayoutError(
+            f"split '{split}' under {printable_path(root)} holds no images "
+            f"(generators: {', '.join(found)})\n" + EXPECTED_TREE.format(split=split)
+        )
     if total[0] == 0 or total[1] == 0:  # one class only: AUC, thresholds and training are all meaningless
         label = 0 if total[0] == 0 else 1
-        raise LayoutError(f"split '{split}' under {printable_path(root)} has no {CLASS_NAMES[label]} images: "
-                          f"no {CLASS_FOLDERS[label]} folder with images (generators: {', '.join(found)})\n"
-                          + EXPECTED_TREE.format(split=split))
+        raise LayoutError(
+            f"split '{split}' under {printable_path(root)} has no {CLASS_NAMES[label]} images: "
+            f"no {CLASS_FOLDERS[label]} folder with images (generators: {', '.join(found)})\n"
+            + EXPECTED_TREE.format(split=split)
+        )
     if ignored:
-        print(f"note: ignored {ignored} non-image file(s) under {printable_path(root)}/{split}", file=sys.stderr)
+        print(
+            f"note: ignored {ignored} non-image file(s) under {printable_path(root)}/{split}", file=sys.stderr
+        )
     return samples
 
 
@@ -173,11 +187,16 @@ class MultiGenDataset(Dataset):
         self.normalize = normalize
 
     @classmethod
-    def from_paths(cls, paths: Sequence[str], transform: ClassificationPreset, *, max_pixels: int,
-                   normalize: bool = True) -> MultiGenDataset:
+    def from_paths(
+        cls, paths: Sequence[str], transform: ClassificationPreset, *, max_pixels: int, normalize: bool = True
+    ) -> MultiGenDataset:
         """Unlabelled files (label -1, no generator), bad ones skipped: what prediction reads."""
-        return cls(samples=[Sample(p, -1, "") for p in paths], transform=transform, max_pixels=max_pixels,
-                   normalize=normalize)
+        return cls(
+            samples=[Sample(p, -1, "") for p in paths],
+            transform=transform,
+            max_pixels=max_pixels,
+            normalize=normalize,
+        )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -262,7 +281,11 @@ class ResumableDataLoader(DataLoader):
             yield batch
 
     def __len__(self) -> int:
-        return -(-self._rsampler.n // self.batch_size) if not self.drop_last else self._rsampler.n // self.batch_size
+        return (
+            -(-self._rsampler.n // self.batch_size)
+            if not self.drop_last
+            else self._rsampler.n // self.batch_size
+        )
 
     def state_dict(self) -> dict[str, int]:
         done = self.progress() if self.progress is not None else self._yielded
@@ -273,8 +296,15 @@ class ResumableDataLoader(DataLoader):
         self._rsampler.start = int(state["batches"]) * int(self.batch_size or 1)
 
 
-def build_loader(dataset: Dataset, *, batch_size: int, num_workers: int, shuffle: bool = False,
-                 drop_last: bool = False, seed: int | None = None) -> DataLoader:
+def build_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    num_workers: int,
+    shuffle: bool = False,
+    drop_last: bool = False,
+    seed: int | None = None,
+) -> DataLoader:
     """A DataLoader that drops bad images from batches. shuffle with a seed gives a resumable loader."""
     kwargs: dict[str, Any] = dict(
         num_workers=num_workers,
@@ -313,15 +343,27 @@ class BadImageLog:
         return buf.getvalue()
 
 
-def build_datasets(cfg: DataConfig, *, train_pre_ops: Sequence[PilOp] = ()) -> tuple[MultiGenDataset, MultiGenDataset]:
+def build_datasets(
+    cfg: DataConfig, *, train_pre_ops: Sequence[PilOp] = ()
+) -> tuple[MultiGenDataset, MultiGenDataset]:
     """Train and validation datasets for a data config. Augmentations apply to training only."""
     if cfg.root is None:
         raise LayoutError("no dataset root given (--data ROOT)")
     common = dict(on_bad_image=cfg.on_bad_image, max_pixels=cfg.max_pixels)
     # Training sees one crop per image and step (a random one with preprocess=crop); `crops` (k*k tiles whose
     # logits are combined) is how validation, evaluation and prediction look at the whole image.
-    train = MultiGenDataset(cfg.root, cfg.train_split, build_preset(replace(cfg, crops=1), pre_ops=train_pre_ops),
-                            generators=cfg.train_generators, **common)
-    val = MultiGenDataset(cfg.root, cfg.val_split, build_preset(cfg),
-                          generators=cfg.test_generators or cfg.train_generators, **common)
+    train = MultiGenDataset(
+        cfg.root,
+        cfg.train_split,
+        build_preset(replace(cfg, crops=1), pre_ops=train_pre_ops),
+        generators=cfg.train_generators,
+        **common,
+    )
+    val = MultiGenDataset(
+        cfg.root,
+        cfg.val_split,
+        build_preset(cfg),
+        generators=cfg.test_generators or cfg.train_generators,
+        **common,
+    )
     return train, val

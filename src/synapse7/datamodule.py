@@ -32,10 +32,16 @@ class GenImageDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:
             # DDP: Lightning swaps in a DistributedSampler (seeded per epoch; resumes at epoch boundaries).
-            return build_loader(self.train_set, batch_size=self.cfg.batch_size,
-                                num_workers=self.cfg.num_workers, shuffle=True)
-        loader = build_loader(self.train_set, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers,
-                              shuffle=True, seed=self.seed)
+            return build_loader(
+                self.train_set, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers, shuffle=True
+            )
+        loader = build_loader(
+            self.train_set,
+            batch_size=self.cfg.batch_size,
+            num_workers=self.cfg.num_workers,
+            shuffle=True,
+            seed=self.seed,
+        )
         if trainer is not None:
             loader.progress = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return loader

@@ -29,8 +29,22 @@ from synapse7.predict import Detector, expand_paths
 from synapse7.train import train
 
 # Bundled scikit-image photographs (no download needed); grayscale ones are used as RGB.
-SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
-                  "camera", "moon", "coins", "grass", "gravel", "brick", "retina", "motorcycle_left")
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "camera",
+    "moon",
+    "coins",
+    "grass",
+    "gravel",
+    "brick",
+    "retina",
+    "motorcycle_left",
+)
 
 
 def load_photos() -> list[np.ndarray]:
@@ -74,7 +88,7 @@ def _random_crop(rng: np.random.Generator, photo: np.ndarray, size: int) -> np.n
     side = min(min(h, w), max(size, round(size / scale)))  # the region's side in the photo
     y = rng.integers(0, h - side + 1)
     x = rng.integers(0, w - side + 1)
-    region = Image.fromarray(np.ascontiguousarray(photo[y:y + side, x:x + side]))
+    region = Image.fromarray(np.ascontiguousarray(photo[y : y + side, x : x + side]))
     if side != size:
         region = region.resize((size, size), Image.Resampling.LANCZOS)
     return np.asarray(region)
@@ -122,24 +136,34 @@ def _png_bytes(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def size_matched_pair(rng: np.random.Generator, photos: list[np.ndarray], size: int,
-                      decode: Callable[[np.ndarray, np.random.Generator], np.ndarray],
-                      candidates: int = 6) -> tuple[bytes, bytes]:
+def size_matched_pair(
+    rng: np.random.Generator,
+    photos: list[np.ndarray],
+    size: int,
+    decode: Callable[[np.ndarray, np.random.Generator], np.ndarray],
+    candidates: int = 6,
+) -> tuple[bytes, bytes]:
     """One (ai, nature) pair of PNGs whose file sizes match: the closest of `candidates` x `candidates`.
 
     Up-sampled stand-ins are smoother than photo crops, so they compress better: drawn independently, file size
     alone told the classes apart (`synapse7 audit`: 0.91 balanced accuracy). Choosing each pair among several
     draws of both classes (matched sampling) removes that shortcut without touching the pixels of either.
     """
-    ai = [_png_bytes(decode(_random_crop(rng, photos[rng.integers(len(photos))], size), rng))
-          for _ in range(candidates)]
-    nature = [_png_bytes(_random_crop(rng, photos[rng.integers(len(photos))], size)) for _ in range(candidates)]
+    ai = [
+        _png_bytes(decode(_random_crop(rng, photos[rng.integers(len(photos))], size), rng))
+        for _ in range(candidates)
+    ]
+    nature = [
+        _png_bytes(_random_crop(rng, photos[rng.integers(len(photos))], size)) for _ in range(candidates)
+    ]
     gap = np.abs(np.log([[len(a)] for a in ai]) - np.log([len(n) for n in nature]))  # (ai, nature)
     i, j = np.unravel_index(int(np.argmin(gap)), gap.shape)
     return ai[i], nature[j]
 
 
-def make_demo_dataset(root: str | Path, *, size: int = 64, n_train: int = 96, n_val: int = 32, seed: int = 0) -> Path:
+def make_demo_dataset(
+    root: str | Path, *, size: int = 64, n_train: int = 96, n_val: int = 32, seed: int = 0
+) -> Path:
     """Write ROOT/<standin generator>/{train,val}/{ai,nature}/*.png; n_* images per class and generator, in
     pairs of matching file size (`size_matched_pair`)."""
     root = Path(root)
@@ -165,9 +189,19 @@ def make_demo_dataset(root: str | Path, *, size: int = 64, n_train: int = 96, n_
     return root
 
 
-def run_demo(out_dir: str | Path = "demo_out", *, data: str | Path | None = None, image_size: int | None = None,
-             epochs: int = 3, backbone: str = "resnet34", weights: str = "none", input_mode: str = ModelConfig.input,
-             batch_size: int = 32, num_workers: int = 2, progress: bool = True) -> dict:
+def run_demo(
+    out_dir: str | Path = "demo_out",
+    *,
+    data: str | Path | None = None,
+    image_size: int | None = None,
+    epochs: int = 3,
+    backbone: str = "resnet34",
+    weights: str = "none",
+    input_mode: str = ModelConfig.input,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    progress: bool = True,
+) -> dict:
     """Build (or use) a dataset, train, evaluate and predict a few images. Returns a summary dict."""
 
     t0 = time.time()
@@ -184,8 +218,13 @@ def run_demo(out_dir: str | Path = "demo_out", *, data: str | Path | None = None
         preprocess = "resize"
     run = out / "run"
     cfg = load_config(
-        data={"root": str(data), "image_size": size, "preprocess": preprocess, "batch_size": batch_size,
-              "num_workers": num_workers},
+        data={
+            "root": str(data),
+            "image_size": size,
+            "preprocess": preprocess,
+            "batch_size": batch_size,
+            "num_workers": num_workers,
+        },
         model={"backbone": backbone, "weights": weights, "input": input_mode},
         train={"epochs": epochs, "lr": 1e-3},
     )
@@ -193,7 +232,10 @@ def run_demo(out_dir: str | Path = "demo_out", *, data: str | Path | None = None
     if (run / "best.ckpt").exists():
         print(f"[demo] reusing the finished run in {run}", file=sys.stderr)
     else:
-        print(f"[demo] training {backbone} ({input_mode}, weights={weights}) for {epochs} epoch(s)", file=sys.stderr)
+        print(
+            f"[demo] training {backbone} ({input_mode}, weights={weights}) for {epochs} epoch(s)",
+            file=sys.stderr,
+        )
         train(cfg, run, resume=resume, progress=progress)
     print("[demo] evaluating best.ckpt on the val split", file=sys.stderr)
     ev = evaluate(run / "best.ckpt", data, split="val", out_dir=out / "eval", num_workers=num_workers)
@@ -205,13 +247,20 @@ def run_demo(out_dir: str | Path = "demo_out", *, data: str | Path | None = None
     print("[demo] predictions on a few val images:", file=sys.stderr)
     for p in det.predict(files):
         print(f"{p.path}\t{p.label}\t{p.p_ai:.4f}")
-    summary = {"accuracy": ev.metrics["accuracy"], "roc_auc": ev.metrics["roc_auc"], "seconds": round(time.time() - t0, 1),
-               "reports": str(out / "eval"), "checkpoint": str(run / "best.ckpt")}
+    summary = {
+        "accuracy": ev.metrics["accuracy"],
+        "roc_auc": ev.metrics["roc_auc"],
+        "seconds": round(time.time() - t0, 1),
+        "reports": str(out / "eval"),
+        "checkpoint": str(run / "best.ckpt"),
+    }
     print(json.dumps(summary, indent=2))
     return summary
 
 
-def make_default_demo_images(root: str | Path, *, size: int = 256, seed: int = 0) -> tuple[list[str], dict[str, str]]:
+def make_default_demo_images(
+    root: str | Path, *, size: int = 256, seed: int = 0
+) -> tuple[list[str], dict[str, str]]:
     """scikit-image's photographs (a seeded size x size crop of each), and one fake of each by every up-sampling
     chain of `synapse7 synthesize`.
 
@@ -226,8 +275,12 @@ def make_default_demo_images(root: str | Path, *, size: int = 256, seed: int = 0
         if not (photos / f"{name}.png").exists():
             Image.fromarray(img).save(photos / f"{name}.png")
     # val_fraction 0: every photo in "train"; the split means nothing here, nothing is trained.
-    synthesize(photos, root / "synth", SynthConfig(methods=CHAIN_METHODS, size=size, val_fraction=0.0, seed=seed),
-               log=lambda m: None)
+    synthesize(
+        photos,
+        root / "synth",
+        SynthConfig(methods=CHAIN_METHODS, size=size, val_fraction=0.0, seed=seed),
+        log=lambda m: None,
+    )
     files: list[str] = []
     truth: dict[str, str] = {}
     reals = sorted((root / "synth" / f"{PREFIX}{CHAIN_METHODS[0]}" / "train" / "nature").iterdir())
@@ -249,8 +302,10 @@ def run_default_demo(out_dir: str | Path = "demo_out", *, num_workers: int = 0) 
     out = ensure_writable_dir(out_dir)
     info = default_model_info()  # checks the hash first: a missing or altered model fails before any work
     print(f"[demo] default model {info['manifest_version']} ({info['path']})", file=sys.stderr)
-    print(f"[demo] making images in {out / 'images'}: scikit-image photographs + synthesize's up-sampling chains",
-          file=sys.stderr)
+    print(
+        f"[demo] making images in {out / 'images'}: scikit-image photographs + synthesize's up-sampling chains",
+        file=sys.stderr,
+    )
     files, truth = make_default_demo_images(out / "images")
     det = Detector.default()
     right = {"AI": [0, 0], "REAL": [0, 0]}  # per true class: [correct, total]
@@ -261,11 +316,16 @@ def run_default_demo(out_dir: str | Path = "demo_out", *, num_workers: int = 0) 
         right[true][0] += int(p.label == true)
         print(f"{p.label:<6}  {p.p_ai:6.3f}  {truth[p.path]}  [{p.path}]")
     card = info.get("card") or {}
-    summary = {"real_correct": f"{right['REAL'][0]}/{right['REAL'][1]}",
-               "fake_correct": f"{right['AI'][0]}/{right['AI'][1]}",
-               "threshold": det.threshold, "seconds": round(time.time() - t0, 1)}
+    summary = {
+        "real_correct": f"{right['REAL'][0]}/{right['REAL'][1]}",
+        "fake_correct": f"{right['AI'][0]}/{right['AI'][1]}",
+        "threshold": det.threshold,
+        "seconds": round(time.time() - t0, 1),
+    }
     print(json.dumps(summary, indent=2))
-    print("These demo images show the model running; they are not a test set. The model card's figures (ROC-AUC "
-          "and accuracy per shared test set, robustness, failure modes) come from: "
-          + card.get("source", "(no model card recorded in the model's JSON)"))
+    print(
+        "These demo images show the model running; they are not a test set. The model card's figures (ROC-AUC "
+        "and accuracy per shared test set, robustness, failure modes) come from: "
+        + card.get("source", "(no model card recorded in the model's JSON)")
+    )
     return summary

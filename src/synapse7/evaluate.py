@@ -29,8 +29,15 @@ class Predictions:
     bad: BadImageLog
 
 
-def run_inference(detector: Detector, dataset: MultiGenDataset, *, batch_size: int = 32, num_workers: int = 2,
-                  stream_to: Path | None = None, progress: bool = False) -> Predictions:
+def run_inference(
+    detector: Detector,
+    dataset: MultiGenDataset,
+    *,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    stream_to: Path | None = None,
+    progress: bool = False,
+) -> Predictions:
     """P(AI) for every decodable image of `dataset`; rows are streamed to `stream_to` (CSV) as they come.
     progress: a bar on a terminal (`predict.progress_bar`)."""
     loader = build_loader(dataset, batch_size=batch_size, num_workers=num_workers)
@@ -79,22 +86,43 @@ class EvalResult:
     predictions: Predictions | None = None  # per-image scores (threshold calibration reuses them)
 
 
-def evaluate(checkpoint: str | Path, data_root: str | Path, *, split: str = "val", out_dir: str | Path | None = None,
-             batch_size: int | None = None, num_workers: int | None = None, generators: Sequence[str] | None = None,
-             on_bad_image: str | None = None, align: str | None = None, threshold: float | None = None,
-             pre_ops: Sequence[PilOp] = (), device: str | None = None, quiet: bool = False,
-             detector: Detector | None = None, precision: str = "auto", crops: int | None = None,
-             progress: bool = False) -> EvalResult:
+def evaluate(
+    checkpoint: str | Path,
+    data_root: str | Path,
+    *,
+    split: str = "val",
+    out_dir: str | Path | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    generators: Sequence[str] | None = None,
+    on_bad_image: str | None = None,
+    align: str | None = None,
+    threshold: float | None = None,
+    pre_ops: Sequence[PilOp] = (),
+    device: str | None = None,
+    quiet: bool = False,
+    detector: Detector | None = None,
+    precision: str = "auto",
+    crops: int | None = None,
+    progress: bool = False,
+) -> EvalResult:
     """Evaluate `checkpoint` on `data_root/<generator>/<split>`; write reports (tables, metrics, confusion
     matrix, ROC/PR curves, score histogram, reliability diagram) into out_dir when given."""
     out = ensure_writable_dir(out_dir) if out_dir is not None else None
-    det = detector or Detector.from_checkpoint(checkpoint, device=device, threshold=threshold, precision=precision,
-                                               crops=crops)
+    det = detector or Detector.from_checkpoint(
+        checkpoint, device=device, threshold=threshold, precision=precision, crops=crops
+    )
     dcfg = det.cfg.data
     if align is not None:
         dcfg = replace(dcfg, align=None if align == "none" else align)
-    ds = MultiGenDataset(data_root, split, build_preset(dcfg, pre_ops=pre_ops), generators=generators,
-                         on_bad_image=on_bad_image or dcfg.on_bad_image, max_pixels=dcfg.max_pixels)
+    ds = MultiGenDataset(
+        data_root,
+        split,
+        build_preset(dcfg, pre_ops=pre_ops),
+        generators=generators,
+        on_bad_image=on_bad_image or dcfg.on_bad_image,
+        max_pixels=dcfg.max_pixels,
+    )
     bs = batch_size or dcfg.batch_size
     nw = dcfg.num_workers if num_workers is None else num_workers
     if out is not None:
@@ -105,8 +133,13 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, *, split: str = "val
     if len(preds.labels) == 0:
         raise ValueError(f"no decodable images in split '{split}' of {data_root}")
     report = compute_eval_report(preds.labels, preds.p_ai, preds.generators, det.threshold)
-    extra = {"checkpoint": str(checkpoint), "data": str(data_root), "split": split, "bad_images": len(preds.bad),
-             "align": dcfg.align}
+    extra = {
+        "checkpoint": str(checkpoint),
+        "data": str(data_root),
+        "split": split,
+        "bad_images": len(preds.bad),
+        "align": dcfg.align,
+    }
     if out is not None:
         write_eval_report(report, out, extra)
         write_eval_plots(preds.labels, preds.p_ai, det.threshold, out)
@@ -116,6 +149,9 @@ def evaluate(checkpoint: str | Path, data_root: str | Path, *, split: str = "val
         print(report["classification_report"])
         print(table_markdown(report["per_generator"]))
         if len(preds.bad):
-            print(f"skipped {len(preds.bad)} bad image(s)" + (f"; list in {out / 'bad_images.csv'}" if out else ""),
-                  file=sys.stderr)
+            print(
+                f"skipped {len(preds.bad)} bad image(s)"
+                + (f"; list in {out / 'bad_images.csv'}" if out else ""),
+                file=sys.stderr,
+            )
     return EvalResult({**report["overall"], **extra}, report["per_generator"], out, len(preds.bad), preds)

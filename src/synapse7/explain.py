@@ -138,8 +138,9 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def occlusion_map(det: Detector, x: torch.Tensor, *, grid: int = DEFAULT_GRID,
-                  batch: int = 16) -> tuple[np.ndarray, int]:
+def occlusion_map(
+    det: Detector, x: torch.Tensor, *, grid: int = DEFAULT_GRID, batch: int = 16
+) -> tuple[np.ndarray, int]:
     """Captum occlusion on the AI logit. x: (1, 3, S, S) normalised. Returns ((S, S) map, window side).
 
     The forward goes through `det.predict_batch`, so the map is of the model exactly as served (eager, bf16,
@@ -155,8 +156,13 @@ def occlusion_map(det: Detector, x: torch.Tensor, *, grid: int = DEFAULT_GRID,
         return torch.from_numpy(_logit(det.predict_batch(batch_x)))  # (B,)
 
     blurred = TF.gaussian_blur(x, kernel_size=[9, 9], sigma=[2.0, 2.0])
-    attr = Occlusion(forward).attribute(x, sliding_window_shapes=(3, window, window), strides=(3, window, window),
-                                        baselines=blurred, perturbations_per_eval=batch)
+    attr = Occlusion(forward).attribute(
+        x,
+        sliding_window_shapes=(3, window, window),
+        strides=(3, window, window),
+        baselines=blurred,
+        perturbations_per_eval=batch,
+    )
     # Every channel of a patch is occluded together, so each channel holds the same value: keep one.
     return attr[0, 0].float().numpy(), window
 
@@ -177,7 +183,7 @@ def explain(det: Detector, image: Image.Image, *, grid: int = DEFAULT_GRID) -> E
         idx = int(np.argmax(det.predict_batch(x_all)))
     else:
         p_ai, idx = float(det.predict_batch(x_all)[0]), 0
-    x = x_all[idx:idx + 1]  # (1, 3, S, S)
+    x = x_all[idx : idx + 1]  # (1, 3, S, S)
     spectrum = log_magnitude(x)[0].mean(0).numpy()
     residual, residual_name = None, None
     found = residual_for_mode(det.cfg.model.input)
@@ -186,10 +192,19 @@ def explain(det: Detector, image: Image.Image, *, grid: int = DEFAULT_GRID) -> E
         residual = fn(x)[0].abs().mean(0).float().numpy()
     heat, window = occlusion_map(det, x, grid=grid)
     regions = analysed_regions(*image.size, preset)
-    return Explanation(p_ai=p_ai, label="AI" if p_ai >= det.threshold else "REAL", image=np.asarray(image),
-                       crop=crops[idx].permute(1, 2, 0).numpy(), region=regions[idx], spectrum=spectrum,
-                       heatmap=heat, window=window, residual=residual, residual_name=residual_name,
-                       regions=tuple(regions))
+    return Explanation(
+        p_ai=p_ai,
+        label="AI" if p_ai >= det.threshold else "REAL",
+        image=np.asarray(image),
+        crop=crops[idx].permute(1, 2, 0).numpy(),
+        region=regions[idx],
+        spectrum=spectrum,
+        heatmap=heat,
+        window=window,
+        residual=residual,
+        residual_name=residual_name,
+        regions=tuple(regions),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -232,8 +247,9 @@ def heatmap_overlay(crop: np.ndarray, heat: np.ndarray) -> np.ndarray:
     return (grey * (1 - alpha) + colour * alpha).astype(np.uint8)
 
 
-def draw_region(image: np.ndarray, region: Region, *, max_side: int = 384,
-                others: Sequence[Region] = ()) -> Image.Image:
+def draw_region(
+    image: np.ndarray, region: Region, *, max_side: int = 384, others: Sequence[Region] = ()
+) -> Image.Image:
     """The image shrunk to `max_side`, dimmed outside the analysed regions, `region` outlined in yellow and the
     `others` (the model's other crops) in white."""
     img = Image.fromarray(image)
@@ -242,6 +258,7 @@ def draw_region(image: np.ndarray, region: Region, *, max_side: int = 384,
         img = img.resize((max(1, round(img.width * f)), max(1, round(img.height * f))), Image.BILINEAR)
     img = _upscale(img, 160)
     f = img.width / image.shape[1]
+
     def box(r: Region) -> list[float]:
         return [r.x0 * f, r.y0 * f, r.x1 * f - 1, r.y1 * f - 1]
 
@@ -267,8 +284,9 @@ def preview_png(image: Image.Image, *, max_side: int = 384) -> bytes:
 def render_views(e: Explanation, *, max_side: int = 384) -> dict[str, bytes]:
     """PNG bytes per view: regions (the image with the analysed box), crop, spectrum, heatmap, residual."""
     views = {
-        "regions": _png(draw_region(e.image, e.region, max_side=max_side,
-                                    others=[r for r in e.regions if r != e.region])),
+        "regions": _png(
+            draw_region(e.image, e.region, max_side=max_side, others=[r for r in e.regions if r != e.region])
+        ),
         "crop": _png(_upscale(Image.fromarray(e.crop), 224)),
         "spectrum": _png(_upscale(Image.fromarray(_colormap("magma", _scaled(e.spectrum))), 224)),
         "heatmap": _png(_upscale(Image.fromarray(heatmap_overlay(e.crop, e.heatmap)), 224)),

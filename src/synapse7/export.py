@@ -43,8 +43,15 @@ def export_mode(net: Synapse7Net) -> Iterator[Synapse7Net]:
         net.train(training).to(device)
 
 
-def export_onnx(net: Synapse7Net, cfg: RunConfig, out: str | os.PathLike, *, threshold: float = 0.5,
-                image_size: int | None = None, opset: int | None = None) -> Path:
+def export_onnx(
+    net: Synapse7Net,
+    cfg: RunConfig,
+    out: str | os.PathLike,
+    *,
+    threshold: float = 0.5,
+    image_size: int | None = None,
+    opset: int | None = None,
+) -> Path:
     """Write `net` as an ONNX model with a dynamic batch axis and a fixed S x S input (S = image_size).
 
     image_size defaults to the config's crop size; another size is stored in the embedded config, so
@@ -59,15 +66,28 @@ def export_onnx(net: Synapse7Net, cfg: RunConfig, out: str | os.PathLike, *, thr
     with export_mode(net) as m, torch.no_grad():
         example = torch.zeros(2, 3, size, size)
         kwargs: dict[str, Any] = {"opset_version": opset} if opset else {}
-        program = torch.onnx.export(m, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False, **kwargs)
+        program = torch.onnx.export(
+            m,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            verbose=False,
+            **kwargs,
+        )
     model = program.model_proto
-    for key, value in ((META_CONFIG, json.dumps(cfg.to_dict())), (META_THRESHOLD, repr(float(threshold))),
-                       (META_FORMAT, str(EXPORT_FORMAT))):
+    for key, value in (
+        (META_CONFIG, json.dumps(cfg.to_dict())),
+        (META_THRESHOLD, repr(float(threshold))),
+        (META_FORMAT, str(EXPORT_FORMAT)),
+    ):
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     with atomic_path(out) as tmp:
-        onnx.save_model(model, str(tmp))  # one self-contained file (weights inline; < 2 GB for every backbone)
+        onnx.save_model(
+            model, str(tmp)
+        )  # one self-contained file (weights inline; < 2 GB for every backbone)
     return out
 
 
@@ -100,5 +120,7 @@ class OnnxEngine:
         self.threshold = float(meta.get(META_THRESHOLD, 0.5))
 
     def __call__(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
-        arr = x.detach().cpu().contiguous().numpy() if isinstance(x, torch.Tensor) else np.ascontiguousarray(x)
+        arr = (
+            x.detach().cpu().contiguous().numpy() if isinstance(x, torch.Tensor) else np.ascontiguousarray(x)
+        )
         return self.session.run(None, {self.input: arr.astype(np.float32, copy=False)})[0].reshape(-1)

@@ -123,11 +123,22 @@ def _select(samples: list[Sample], max_per_group: int | None, seed: int) -> list
     return out
 
 
-def compute_fingerprints(root: str | Path, *, split: str = "val", image_size: int = 256, preprocess: str = "crop",
-                         generators: Sequence[str] | None = None, max_per_group: int | None = None,
-                         batch_size: int = 32, num_workers: int = 2, device: str | torch.device | None = None,
-                         on_bad_image: str = "skip", progress: bool = True, seed: int = 0,
-                         window: str = "hann") -> FingerprintResult:
+def compute_fingerprints(
+    root: str | Path,
+    *,
+    split: str = "val",
+    image_size: int = 256,
+    preprocess: str = "crop",
+    generators: Sequence[str] | None = None,
+    max_per_group: int | None = None,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    device: str | torch.device | None = None,
+    on_bad_image: str = "skip",
+    progress: bool = True,
+    seed: int = 0,
+    window: str = "hann",
+) -> FingerprintResult:
     """Mean log-magnitude spectra (image and NPR residual) per generator and class of a split.
 
     Images are centre-cropped to image_size at native resolution (preprocess="crop": no resampling to smear
@@ -145,7 +156,9 @@ def compute_fingerprints(root: str | Path, *, split: str = "val", image_size: in
     dev = pick_device(device)
     samples = _select(discover_samples(root, split, generators), max_per_group, seed)
     preset = build_preset(DataConfig(root=str(root), image_size=image_size, preprocess=preprocess))
-    ds = MultiGenDataset(samples=samples, transform=preset, on_bad_image=on_bad_image, normalize=False)  # uint8
+    ds = MultiGenDataset(
+        samples=samples, transform=preset, on_bad_image=on_bad_image, normalize=False
+    )  # uint8
     loader = build_loader(ds, batch_size=batch_size, num_workers=num_workers)
     n_groups = 2 * len(ds.generators)  # group = generator index * 2 + label
     acc = torch.float32 if dev.type == "mps" else torch.float64  # float64 sums: no drift over large folders
@@ -188,14 +201,27 @@ def fingerprint_summary(res: FingerprintResult, *, peaks: int = 5) -> dict[str, 
 
     def stats(a: np.ndarray) -> dict[str, Any]:
         freq, prof = radial_profile(a)
-        return {"mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()), "max": float(a.max()),
-                "peaks": spectral_peaks(a, peaks), "radial_profile": [round(float(v), 4) for v in prof]}
+        return {
+            "mean": float(a.mean()),
+            "std": float(a.std()),
+            "min": float(a.min()),
+            "max": float(a.max()),
+            "peaks": spectral_peaks(a, peaks),
+            "radial_profile": [round(float(v), 4) for v in prof],
+        }
 
-    out: dict[str, Any] = {"split": res.split, "size": res.size, "window": res.window,
-                           "radial_freq": [round(float(f), 5) for f in radial_profile(res.spectrum[0])[0]],
-                           "groups": []}
-    real = {k: res.real_mean(k) for k in KINDS} if any(c == "REAL" and n for (_, c), n in
-                                                       zip(res.groups, res.counts, strict=True)) else None
+    out: dict[str, Any] = {
+        "split": res.split,
+        "size": res.size,
+        "window": res.window,
+        "radial_freq": [round(float(f), 5) for f in radial_profile(res.spectrum[0])[0]],
+        "groups": [],
+    }
+    real = (
+        {k: res.real_mean(k) for k in KINDS}
+        if any(c == "REAL" and n for (_, c), n in zip(res.groups, res.counts, strict=True))
+        else None
+    )
     for i, (gen, cls) in enumerate(res.groups):
         if not res.counts[i]:
             continue
@@ -205,8 +231,12 @@ def fingerprint_summary(res: FingerprintResult, *, peaks: int = 5) -> dict[str, 
             row[kind] = stats(arr)
             if cls == "AI" and real is not None:
                 diff = arr - real[kind]
-                row[f"{kind}_minus_real"] = {"mean_abs": float(np.abs(diff).mean()), "max": float(diff.max()),
-                                             "min": float(diff.min()), "peaks": spectral_peaks(diff, peaks)}
+                row[f"{kind}_minus_real"] = {
+                    "mean_abs": float(np.abs(diff).mean()),
+                    "max": float(diff.max()),
+                    "min": float(diff.min()),
+                    "peaks": spectral_peaks(diff, peaks),
+                }
         out["groups"].append(row)
     return out
 
@@ -247,8 +277,14 @@ def plot_fingerprint_grid(res: FingerprintResult, path: Path, *, dpi: int = 64) 
             arr = real[kind] if i is None else getattr(res, kind)[i]
             axes[r, c].imshow(arr, cmap="viridis", interpolation="antialiased")
             if i is not None:
-                axes[r, c + 2].imshow(arr - real[kind], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="antialiased")
-        n = sum(res.counts[j] for j, (_, cl) in enumerate(res.groups) if cl == "REAL") if i is None else res.counts[i]
+                axes[r, c + 2].imshow(
+                    arr - real[kind], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="antialiased"
+                )
+        n = (
+            sum(res.counts[j] for j, (_, cl) in enumerate(res.groups) if cl == "REAL")
+            if i is None
+            else res.counts[i]
+        )
         axes[r, 0].set_ylabel(f"{name}\n(n={n})", fontsize=8)
         for ax in axes[r]:
             ax.set_xticks([])
@@ -257,8 +293,10 @@ def plot_fingerprint_grid(res: FingerprintResult, path: Path, *, dpi: int = 64) 
                 ax.axis("off")
     for c, title in enumerate(cols):
         axes[0, c].set_title(title, fontsize=9)
-    fig.suptitle(f"Mean spectra, split '{res.split}', {res.size} px, window {res.window} (DC at the centre; diff scale ±{lim:.2f})",
-                 fontsize=10)
+    fig.suptitle(
+        f"Mean spectra, split '{res.split}', {res.size} px, window {res.window} (DC at the centre; diff scale ±{lim:.2f})",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the title above the columns
     _save_png(fig, path, dpi, layout=False)
 
@@ -274,7 +312,9 @@ def plot_radial_profiles(res: FingerprintResult, path: Path, *, dpi: int = 100) 
         for name, i in _rows(res):
             arr = real[kind] if i is None else getattr(res, kind)[i]
             freq, prof = radial_profile(arr)
-            ax.plot(freq, prof, lw=2.2 if i is None else 1.2, color="black" if i is None else None, label=name)
+            ax.plot(
+                freq, prof, lw=2.2 if i is None else 1.2, color="black" if i is None else None, label=name
+            )
         ax.set_xlabel("spatial frequency (cycles/pixel)")
         ax.set_ylabel("mean log-magnitude")
         ax.set_title("image" if kind == "spectrum" else "NPR residual")
@@ -283,16 +323,27 @@ def plot_radial_profiles(res: FingerprintResult, path: Path, *, dpi: int = 100) 
     _save_png(fig, path, dpi)
 
 
-def write_fingerprints(res: FingerprintResult, out_dir: str | Path, *, save_arrays: bool = False) -> dict[str, Path]:
+def write_fingerprints(
+    res: FingerprintResult, out_dir: str | Path, *, save_arrays: bool = False
+) -> dict[str, Path]:
     """fingerprint.png, radial_profile.png, fingerprint.json (and fingerprint.npz with save_arrays) in out_dir."""
     out = ensure_writable_dir(out_dir)
-    paths = {"grid": out / "fingerprint.png", "radial": out / "radial_profile.png", "json": out / "fingerprint.json"}
+    paths = {
+        "grid": out / "fingerprint.png",
+        "radial": out / "radial_profile.png",
+        "json": out / "fingerprint.json",
+    }
     atomic_write_text(paths["json"], json.dumps(fingerprint_summary(res), indent=1))
     plot_fingerprint_grid(res, paths["grid"])
     plot_radial_profiles(res, paths["radial"])
     if save_arrays:
         paths["arrays"] = out / "fingerprint.npz"
         with atomic_path(paths["arrays"]) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, spectrum=res.spectrum, residual=res.residual, counts=np.asarray(res.counts),
-                                groups=np.asarray([f"{g}/{c}" for g, c in res.groups]))
+            np.savez_compressed(
+                f,
+                spectrum=res.spectrum,
+                residual=res.residual,
+                counts=np.asarray(res.counts),
+                groups=np.asarray([f"{g}/{c}" for g, c in res.groups]),
+            )
     return paths

@@ -121,8 +121,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_image(source: str | os.PathLike | bytes | IO[bytes], *, max_pixels: int = DEFAULT_MAX_PIXELS,
-               name: str | os.PathLike | None = None, draft_size: int | None = None) -> Image.Image:
+def open_image(
+    source: str | os.PathLike | bytes | IO[bytes],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | os.PathLike | None = None,
+    draft_size: int | None = None,
+) -> Image.Image:
     """Decode `source` (a path or a binary file object) to an 8-bit RGB PIL image, fully loaded.
 
     Raises `BadImageError` (and nothing else) for zero-byte, truncated, corrupt, unreadable, non-regular or
@@ -151,12 +156,16 @@ def open_image(source: str | os.PathLike | bytes | IO[bytes], *, max_pixels: int
             with Image.open(source, formats=DECODE_FORMATS) as img:
                 w, h = img.size
                 if w * h > max_pixels:
-                    raise BadImageError(label, f"image too large: {w}x{h} = {w * h} pixels > limit {max_pixels}")
+                    raise BadImageError(
+                        label, f"image too large: {w}x{h} = {w * h} pixels > limit {max_pixels}"
+                    )
                 if w < 1 or h < 1:
                     raise BadImageError(label, f"empty image: {w}x{h}")
                 img.seek(0)  # first frame of animations
                 if img.format in ("JPEG", "MPO") and _jpeg_scans(img.fp, MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
-                    raise BadImageError(label, f"too many JPEG scans (> {MAX_JPEG_SCANS}): a decoding-time bomb")
+                    raise BadImageError(
+                        label, f"too many JPEG scans (> {MAX_JPEG_SCANS}): a decoding-time bomb"
+                    )
                 if draft_size is not None and img.format == "JPEG":
                     img.draft(img.mode, (draft_size, draft_size))
                 img.load()
@@ -181,8 +190,17 @@ def open_image(source: str | os.PathLike | bytes | IO[bytes], *, max_pixels: int
         raise BadImageError(label, "not a recognised image (unknown format or wrong magic bytes)") from e
     except MemoryError as e:
         raise BadImageError(label, "image too large: out of memory while decoding") from e
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError,
-            struct.error) as e:
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        IndexError,
+        TypeError,
+        KeyError,
+        ZeroDivisionError,
+        struct.error,
+    ) as e:
         msg = str(e) or type(e).__name__
         if "truncated" in msg.lower():
             msg = f"truncated file ({msg})"
@@ -191,9 +209,13 @@ def open_image(source: str | os.PathLike | bytes | IO[bytes], *, max_pixels: int
         raise BadImageError(label, f"corrupt image: decoder failed ({type(e).__name__}: {e})") from e
 
 
-def load_image(source: str | os.PathLike | bytes | IO[bytes] | Image.Image | np.ndarray, *,
-               max_pixels: int = DEFAULT_MAX_PIXELS, name: str | os.PathLike | None = None,
-               draft_size: int | None = None) -> Image.Image:
+def load_image(
+    source: str | os.PathLike | bytes | IO[bytes] | Image.Image | np.ndarray,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | os.PathLike | None = None,
+    draft_size: int | None = None,
+) -> Image.Image:
     """Any image input -> 8-bit RGB PIL image: the one decode path of Synapse-7.
 
     Paths and binary file objects go through `open_image`; `bytes` are encoded image data (never a path);
@@ -203,14 +225,19 @@ def load_image(source: str | os.PathLike | bytes | IO[bytes] | Image.Image | np.
     if isinstance(source, Image.Image):
         return _to_rgb(source)
     if isinstance(source, np.ndarray):
-        if source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[-1] not in (1, 3, 4)) or not source.size:
+        if (
+            source.ndim not in (2, 3)
+            or (source.ndim == 3 and source.shape[-1] not in (1, 3, 4))
+            or not source.size
+        ):
             raise BadImageError(name, f"array of shape {source.shape} is not an HxW or HxWx{{1,3,4}} image")
         arr = source if source.ndim == 3 else source[..., None]
         arr = np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr[..., :3]
         return Image.fromarray(np.ascontiguousarray(arr.astype(np.uint8)), "RGB")
     if isinstance(source, bytes):
-        return open_image(BytesIO(source), max_pixels=max_pixels, name=name or "<bytes>",
-                          draft_size=draft_size)
+        return open_image(
+            BytesIO(source), max_pixels=max_pixels, name=name or "<bytes>", draft_size=draft_size
+        )
     return open_image(source, max_pixels=max_pixels, name=name, draft_size=draft_size)
 
 
@@ -315,5 +342,7 @@ def ensure_writable_dir(path: str | os.PathLike, *, min_free_bytes: int = 50 * 2
         raise OSError(f"output directory {p} is not writable: {e.strerror or e}") from e
     free = shutil.disk_usage(p).free
     if free < min_free_bytes:
-        raise OSError(f"output directory {p} has only {free / 2**20:.1f} MiB free; need {min_free_bytes / 2**20:.0f} MiB")
+        raise OSError(
+            f"output directory {p} has only {free / 2**20:.1f} MiB free; need {min_free_bytes / 2**20:.0f} MiB"
+        )
     return p

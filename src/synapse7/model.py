@@ -104,7 +104,9 @@ def net_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
 def _load_weights_file(net: Synapse7Net, path: Path) -> None:
     if not path.is_file():
         raise WeightsUnavailableError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":  # a plain safetensors state_dict (a Synapse-7 model's keys have no prefix)
+    if (
+        path.suffix == ".safetensors"
+    ):  # a plain safetensors state_dict (a Synapse-7 model's keys have no prefix)
         from safetensors.torch import load_file
 
         try:
@@ -201,8 +203,12 @@ def build_model(cfg: ModelConfig, *, load_weights: bool = True) -> Synapse7Net:
             state[tmp_key] = base.state_dict()[tmp_key]
         missing, unexpected = net.backbone.load_state_dict(state, strict=False)
         if unexpected or [m for m in missing if not m.startswith(spec.classifier)]:
-            raise WeightsUnavailableError(f"{spec.name}: ImageNet weights do not fit (missing={missing}, unexpected={unexpected})")
-    apply_trainable(net, resolve_trainable(spec, cfg.trainable, weights), widened=net.encoder.out_channels != 3)
+            raise WeightsUnavailableError(
+                f"{spec.name}: ImageNet weights do not fit (missing={missing}, unexpected={unexpected})"
+            )
+    apply_trainable(
+        net, resolve_trainable(spec, cfg.trainable, weights), widened=net.encoder.out_channels != 3
+    )
     return net
 
 
@@ -215,7 +221,10 @@ def count_parameters(net: nn.Module) -> tuple[int, int]:
 def resolve_normalization(cfg: RunConfig) -> RunConfig:
     """Use the backbone's own pretrained normalisation when its ImageNet weights are used and the data config
     still holds the ImageNet default (e.g. EfficientNet-Lite0 was trained on mean = std = 0.5)."""
-    if cfg.model.weights != "imagenet" or (tuple(cfg.data.mean), tuple(cfg.data.std)) != (IMAGENET_MEAN, IMAGENET_STD):
+    if cfg.model.weights != "imagenet" or (tuple(cfg.data.mean), tuple(cfg.data.std)) != (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    ):
         return cfg
     spec = get_backbone_spec(cfg.model.backbone)
     return replace(cfg, data=replace(cfg.data, mean=tuple(spec.mean), std=tuple(spec.std)))

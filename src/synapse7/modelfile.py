@@ -59,8 +59,15 @@ def model_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return p, p.with_suffix(".json")
 
 
-def save_model(state: Mapping[str, torch.Tensor], config: dict[str, Any], out: str | os.PathLike, *,
-               threshold: float = 0.5, dtype: str = "fp32", extra: dict[str, Any] | None = None) -> Path:
+def save_model(
+    state: Mapping[str, torch.Tensor],
+    config: dict[str, Any],
+    out: str | os.PathLike,
+    *,
+    threshold: float = 0.5,
+    dtype: str = "fp32",
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write a Synapse7Net state_dict and its config as NAME.safetensors + NAME.json; returns the weights path.
 
     Floating-point tensors are stored in `dtype` (fp16 halves the file; loading casts them back to fp32);
@@ -76,8 +83,10 @@ def save_model(state: Mapping[str, torch.Tensor], config: dict[str, Any], out: s
     weights, meta_path = model_paths(out)
     weights.parent.mkdir(parents=True, exist_ok=True)
     # clone + contiguous: safetensors refuses tensors that share storage or are views.
-    tensors = {k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).detach().cpu().contiguous().clone()
-               for k, v in state.items()}
+    tensors = {
+        k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).detach().cpu().contiguous().clone()
+        for k, v in state.items()
+    }
     with atomic_path(weights) as tmp:
         save_file(tensors, str(tmp), metadata={"format": FORMAT})
     meta = {
@@ -102,14 +111,18 @@ def read_model_json(path: str | os.PathLike) -> dict[str, Any]:
     weights, meta_path = model_paths(path)
     for f in (weights, meta_path):
         if not f.is_file():
-            raise ModelFileError(f"model file not found: {printable_path(f)} (a safetensors model is "
-                                 "NAME.safetensors with NAME.json beside it, or a folder with model.safetensors/.json)")
+            raise ModelFileError(
+                f"model file not found: {printable_path(f)} (a safetensors model is "
+                "NAME.safetensors with NAME.json beside it, or a folder with model.safetensors/.json)"
+            )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelFileError(f"cannot read model config {printable_path(meta_path)}: {e}") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
-        raise ModelFileError(f"{printable_path(meta_path)} is not a Synapse-7 model config (format {FORMAT!r})")
+        raise ModelFileError(
+            f"{printable_path(meta_path)} is not a Synapse-7 model config (format {FORMAT!r})"
+        )
     return meta
 
 
@@ -125,8 +138,10 @@ def load_model_file(path: str | os.PathLike, *, verify: bool = True) -> dict[str
     weights, meta_path = model_paths(path)
     meta = read_model_json(path)
     if verify and meta.get("sha256") and sha256_file(weights) != meta["sha256"]:
-        raise ModelFileError(f"{printable_path(weights)} does not match the SHA-256 in {printable_path(meta_path)} "
-                             "(corrupt or replaced file)")
+        raise ModelFileError(
+            f"{printable_path(weights)} does not match the SHA-256 in {printable_path(meta_path)} "
+            "(corrupt or replaced file)"
+        )
     try:
         tensors = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
@@ -137,12 +152,21 @@ def load_model_file(path: str | os.PathLike, *, verify: bool = True) -> dict[str
     for key in ("calibration", "scaling"):  # scaling: calibrate's temperature/offset on the logit
         if meta.get(key) is not None:
             synapse7[key] = meta[key]
-    return {"state_dict": state, "hyper_parameters": {"config": meta["config"]}, "synapse7": synapse7,
-            "model_json": meta}
+    return {
+        "state_dict": state,
+        "hyper_parameters": {"config": meta["config"]},
+        "synapse7": synapse7,
+        "model_json": meta,
+    }
 
 
-def export_checkpoint(ckpt: Mapping[str, Any], out: str | os.PathLike, *, dtype: str = "fp32",
-                      extra: dict[str, Any] | None = None) -> Path:
+def export_checkpoint(
+    ckpt: Mapping[str, Any],
+    out: str | os.PathLike,
+    *,
+    dtype: str = "fp32",
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Export a loaded checkpoint dict (`predict.load_checkpoint`) as safetensors + JSON."""
     from synapse7.model import net_state_dict
 
@@ -158,8 +182,14 @@ def export_checkpoint(ckpt: Mapping[str, Any], out: str | os.PathLike, *, dtype:
     if training:
         info["training"] = training
     info.update(extra or {})
-    return save_model(net_state_dict(ckpt["state_dict"]), ckpt["hyper_parameters"]["config"], out,
-                      threshold=float(meta.get("threshold", 0.5)), dtype=dtype, extra=info)
+    return save_model(
+        net_state_dict(ckpt["state_dict"]),
+        ckpt["hyper_parameters"]["config"],
+        out,
+        threshold=float(meta.get("threshold", 0.5)),
+        dtype=dtype,
+        extra=info,
+    )
 
 
 def update_model_json(path: str | os.PathLike, out: str | os.PathLike | None = None, **fields: Any) -> Path:
@@ -207,8 +237,10 @@ def read_manifest(folder: Path) -> dict[str, dict[str, str]]:
 
 def write_manifest(folder: Path, weights: Path, version: str) -> Path:
     """Record `weights`' SHA-256 and `version` in folder/MANIFEST (written by bench/release.py)."""
-    text = ("# The shipped default model: FILE SHA256 VERSION. Written by bench/release.py; the loader checks it.\n"
-            f"{weights.name} {sha256_file(weights)} {version}\n")
+    text = (
+        "# The shipped default model: FILE SHA256 VERSION. Written by bench/release.py; the loader checks it.\n"
+        f"{weights.name} {sha256_file(weights)} {version}\n"
+    )
     atomic_write_text(folder / "MANIFEST", text)
     return folder / "MANIFEST"
 
@@ -223,7 +255,8 @@ def default_model_path(*, verify: bool = True) -> Path:
     if not weights.is_file() or not weights.with_suffix(".json").is_file():
         raise ModelFileError(
             f"the default model is missing: {printable_path(weights)} (and {DEFAULT_NAME}.json). It is built by "
-            "`python bench/release.py`; meanwhile pass --checkpoint CKPT or a .safetensors model")
+            "`python bench/release.py`; meanwhile pass --checkpoint CKPT or a .safetensors model"
+        )
     if verify:
         entry = read_manifest(folder).get(weights.name)
         if entry is None:
@@ -231,8 +264,10 @@ def default_model_path(*, verify: bool = True) -> Path:
         meta = read_model_json(weights)
         got = sha256_file(weights)
         if got != entry["sha256"] or meta.get("sha256") != entry["sha256"]:
-            raise ModelFileError(f"{printable_path(weights)}: SHA-256 {got} does not match MANIFEST "
-                                 f"({entry['sha256']}); the file is corrupt or was replaced. Reinstall synapse7")
+            raise ModelFileError(
+                f"{printable_path(weights)}: SHA-256 {got} does not match MANIFEST "
+                f"({entry['sha256']}); the file is corrupt or was replaced. Reinstall synapse7"
+            )
     return weights
 
 
@@ -267,11 +302,16 @@ def model_summary(meta: dict[str, Any]) -> str:
     if rows:
         lines += ["", f"  {'set':<40} {'n':>6} {'ROC-AUC':>8} {'acc':>6} {'real':>6} {'fake':>6}"]
         for r in rows:
-            lines.append(f"  {r['set']:<40} {r['n']:>6} {_num(r.get('roc_auc')):>8} {_num(r.get('accuracy')):>6} "
-                         f"{_num(r.get('real_accuracy')):>6} {_num(r.get('fake_accuracy')):>6}"
-                         + ("  (never trained on)" if r.get("held_out") else ""))
-    lines += ["", "Where the figures come from: " + card.get(
-        "source", "no figures are recorded for this model (no model card in its JSON)")]
+            lines.append(
+                f"  {r['set']:<40} {r['n']:>6} {_num(r.get('roc_auc')):>8} {_num(r.get('accuracy')):>6} "
+                f"{_num(r.get('real_accuracy')):>6} {_num(r.get('fake_accuracy')):>6}"
+                + ("  (never trained on)" if r.get("held_out") else "")
+            )
+    lines += [
+        "",
+        "Where the figures come from: "
+        + card.get("source", "no figures are recorded for this model (no model card in its JSON)"),
+    ]
     if card.get("misses"):
         lines += ["What it will miss: " + card["misses"]]
     return "\n".join(lines)

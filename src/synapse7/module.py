@@ -20,7 +20,9 @@ class DetectorModule(L.LightningModule):
     `threshold` (the decision cut-off on P(AI)) is stored in every checkpoint under "synapse7".
     """
 
-    def __init__(self, config: dict[str, Any], net: nn.Module | None = None, load_weights: bool = True) -> None:
+    def __init__(
+        self, config: dict[str, Any], net: nn.Module | None = None, load_weights: bool = True
+    ) -> None:
         super().__init__()
         self.save_hyperparameters({"config": config})
         self.cfg: RunConfig = config_from_dict(config)
@@ -60,8 +62,12 @@ class DetectorModule(L.LightningModule):
             return None
         logits, y, loss = out
         acc = ((logits > 0).float() == y).float().mean()
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y), sync_dist=True)
-        self.log("train_acc", acc, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y), sync_dist=True)
+        self.log(
+            "train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y), sync_dist=True
+        )
+        self.log(
+            "train_acc", acc, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y), sync_dist=True
+        )
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -23,5 +23,10 @@ def build_npr_resnet() -> nn.Module:
 
 
 NPR_STAGES: dict[str, tuple[str, ...]] = {
-    "stem": ("conv1", "bn1"), "stage1": ("layer1",), "stage2": ("layer2",), "stage3": (), "stage4": (), "head": (),
+    "stem": ("conv1", "bn1"),
+    "stage1": ("layer1",),
+    "stage2": ("layer2",),
+    "stage3": (),
+    "stage4": (),
+    "head": (),
 }

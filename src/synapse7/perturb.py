@@ -42,8 +42,14 @@ def encode_jpeg(img: Image.Image, quality: int, subsampling: str = DEFAULT_SUBSA
     """Baseline JPEG bytes of `img` (converted to RGB) at IJG quality `quality`; no metadata is written."""
     buf = io.BytesIO()
     # optimize/progressive off and no EXIF/ICC/dpi: the bytes depend on the pixels and the settings only.
-    _to_rgb(img).save(buf, format="JPEG", quality=int(quality), subsampling=SUBSAMPLING[subsampling],
-                      optimize=False, progressive=False)
+    _to_rgb(img).save(
+        buf,
+        format="JPEG",
+        quality=int(quality),
+        subsampling=SUBSAMPLING[subsampling],
+        optimize=False,
+        progressive=False,
+    )
     return buf.getvalue()
 
 
@@ -81,7 +87,11 @@ class JpegCompress:
     kind = "jpeg"
 
     def __post_init__(self) -> None:
-        if isinstance(self.quality, bool) or not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
+        if (
+            isinstance(self.quality, bool)
+            or not isinstance(self.quality, int)
+            or not 1 <= self.quality <= 100
+        ):
             raise ValueError(f"JPEG quality must be an integer in 1..100, got {self.quality!r}")
         if self.subsampling not in SUBSAMPLING:
             raise ValueError(f"subsampling must be one of {', '.join(SUBSAMPLING)}, got {self.subsampling!r}")
@@ -217,11 +227,15 @@ def parse_perturbation(spec: str) -> JpegCompress | Rescale | GaussianBlur | Ide
     raise ValueError(f"unknown perturbation {spec!r}; expected {PERTURBATION_FORMS}")
 
 
-def parse_perturbation_list(specs: str | Sequence[str]) -> list[JpegCompress | Rescale | GaussianBlur | Identity]:
+def parse_perturbation_list(
+    specs: str | Sequence[str],
+) -> list[JpegCompress | Rescale | GaussianBlur | Identity]:
     """'jpeg:95,jpeg:65,none' (or a list of specs) -> operators, in the given order."""
     items = specs.split(",") if isinstance(specs, str) else list(specs)
     if not items or any(not str(it).strip() for it in items):
-        raise ValueError(f"empty item in perturbation list {specs!r}; give a comma list of {PERTURBATION_FORMS}")
+        raise ValueError(
+            f"empty item in perturbation list {specs!r}; give a comma list of {PERTURBATION_FORMS}"
+        )
     return [parse_perturbation(it) for it in items]
 
 
@@ -302,8 +316,15 @@ class RandomAugment:
         return img
 
 
-def _check_range(name: str, r: Sequence[float], *, low: float, high: float | None = None,
-                 integer: bool = False, strict_low: bool = False) -> None:
+def _check_range(
+    name: str,
+    r: Sequence[float],
+    *,
+    low: float,
+    high: float | None = None,
+    integer: bool = False,
+    strict_low: bool = False,
+) -> None:
     if len(r) != 2 or r[0] > r[1]:
         raise ValueError(f"{name} must be a (low, high) pair with low <= high, got {r!r}")
     if integer and not all(float(v).is_integer() for v in r):
@@ -354,24 +375,36 @@ def build_train_ops(cfg: DataConfig) -> list[PilOp]:
     """Training-only PIL ops from the `aug_*` fields of a data config (empty when all probabilities are 0)."""
     ops: list[PilOp] = []
     if cfg.aug_blur_prob > 0 or cfg.aug_jpeg_prob > 0 or cfg.aug_resize_prob > 0:
-        ops.append(RandomAugment(
-            blur_prob=cfg.aug_blur_prob,
-            blur_sigma=tuple(cfg.aug_blur_sigma),
-            jpeg_prob=cfg.aug_jpeg_prob,
-            jpeg_quality=tuple(int(v) for v in cfg.aug_jpeg_quality),
-            resize_prob=cfg.aug_resize_prob,
-            resize_scale=tuple(cfg.aug_resize_scale),
-        ))
+        ops.append(
+            RandomAugment(
+                blur_prob=cfg.aug_blur_prob,
+                blur_sigma=tuple(cfg.aug_blur_sigma),
+                jpeg_prob=cfg.aug_jpeg_prob,
+                jpeg_quality=tuple(int(v) for v in cfg.aug_jpeg_quality),
+                resize_prob=cfg.aug_resize_prob,
+                resize_scale=tuple(cfg.aug_resize_scale),
+            )
+        )
     if cfg.aug_flip_prob > 0:
         ops.append(RandomHFlip(cfg.aug_flip_prob))
     # Rotation and jitter see the whole image (no rotated-in corners inside the crop when it is large enough);
     # masking hides patches of what the network will see, so it comes after the crop.
-    ops += build_safe_ops(rotation_prob=cfg.aug_rotate_prob, rotation_degrees=cfg.aug_rotate_degrees,
-                          jitter_prob=cfg.aug_jitter_prob, jitter=cfg.aug_jitter, mask_prob=0.0)
+    ops += build_safe_ops(
+        rotation_prob=cfg.aug_rotate_prob,
+        rotation_degrees=cfg.aug_rotate_degrees,
+        jitter_prob=cfg.aug_jitter_prob,
+        jitter=cfg.aug_jitter,
+        mask_prob=0.0,
+    )
     if cfg.preprocess == "crop" and cfg.train_crop == "random":
         ops.append(RandomCrop(cfg.image_size))  # the preset's centre crop then keeps it whole
-    ops += build_safe_ops(rotation_prob=0.0, jitter_prob=0.0, mask_prob=cfg.aug_mask_prob,
-                          mask_ratio=tuple(cfg.aug_mask_ratio), mask_patch=cfg.aug_mask_patch)
+    ops += build_safe_ops(
+        rotation_prob=0.0,
+        jitter_prob=0.0,
+        mask_prob=cfg.aug_mask_prob,
+        mask_ratio=tuple(cfg.aug_mask_ratio),
+        mask_patch=cfg.aug_mask_patch,
+    )
     return ops
 
 
@@ -413,15 +446,22 @@ class RandomRotation:
         if not (math.isfinite(self.degrees) and 0 <= self.degrees <= 180):
             raise ValueError(f"rotation degrees must be in [0, 180], got {self.degrees}")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"rotation interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+            raise ValueError(
+                f"rotation interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
 
     def __call__(self, img: Image.Image) -> Image.Image:
         u = float(torch.rand((), generator=self.generator))
         angle = _uniform(-self.degrees, self.degrees, self.generator)
         if u >= self.prob or angle == 0.0:
             return img
-        return TF.rotate(_to_rgb(img), angle, interpolation=INTERPOLATIONS[self.interpolation], expand=False,
-                         fill=[self.fill] * 3)
+        return TF.rotate(
+            _to_rgb(img),
+            angle,
+            interpolation=INTERPOLATIONS[self.interpolation],
+            expand=False,
+            fill=[self.fill] * 3,
+        )
 
 
 @dataclass(frozen=True)
@@ -454,8 +494,12 @@ class ColorJitter:
         if u >= self.prob:
             return img
         out = _to_rgb(img)
-        ops = (lambda im: TF.adjust_brightness(im, factors[0]), lambda im: TF.adjust_contrast(im, factors[1]),
-               lambda im: TF.adjust_saturation(im, factors[2]), lambda im: TF.adjust_hue(im, shift))
+        ops = (
+            lambda im: TF.adjust_brightness(im, factors[0]),
+            lambda im: TF.adjust_contrast(im, factors[1]),
+            lambda im: TF.adjust_saturation(im, factors[2]),
+            lambda im: TF.adjust_hue(im, shift),
+        )
         for i in order:
             if i == 3 and self.hue == 0:  # hue 0 is the identity; skipping it saves an HSV round trip
                 continue
@@ -479,7 +523,9 @@ class RandomPatchMask:
         _check_prob("mask prob", self.prob)
         lo, hi = self.ratio
         if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"mask ratio must be a (low, high) pair in [0, 1] with low <= high, got {self.ratio!r}")
+            raise ValueError(
+                f"mask ratio must be a (low, high) pair in [0, 1] with low <= high, got {self.ratio!r}"
+            )
         if self.patch < 1:
             raise ValueError(f"mask patch must be >= 1 pixel, got {self.patch}")
 
@@ -506,9 +552,17 @@ class RandomPatchMask:
         return Image.fromarray(arr, "RGB")
 
 
-def build_safe_ops(*, rotation_prob: float = 1.0, rotation_degrees: float = 180.0, jitter_prob: float = 1.0,
-                   jitter: float = 0.5, mask_prob: float = 0.5, mask_ratio: tuple[float, float] = (0.0, 0.75),
-                   mask_patch: int = 16, generator: torch.Generator | None = None) -> list[PilOp]:
+def build_safe_ops(
+    *,
+    rotation_prob: float = 1.0,
+    rotation_degrees: float = 180.0,
+    jitter_prob: float = 1.0,
+    jitter: float = 0.5,
+    mask_prob: float = 0.5,
+    mask_ratio: tuple[float, float] = (0.0, 0.75),
+    mask_patch: int = 16,
+    generator: torch.Generator | None = None,
+) -> list[PilOp]:
     """SAFE's rotation, colour jitter and masking in that order (a probability of 0 leaves an op out)."""
     ops: list[PilOp] = []
     if rotation_prob > 0:

@@ -59,10 +59,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         return load_model_file(p)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found: {p}")
-    ckpt = read_torch_file(p, weights_only=True, what="checkpoint", error=ValueError,
-                           hint=" (only tensors and plain containers are loaded: a checkpoint that needs other "
-                                "Python objects is refused, as unpickling them could run code)")
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt.get("hyper_parameters", {}):
+    ckpt = read_torch_file(
+        p,
+        weights_only=True,
+        what="checkpoint",
+        error=ValueError,
+        hint=" (only tensors and plain containers are loaded: a checkpoint that needs other "
+        "Python objects is refused, as unpickling them could run code)",
+    )
+    if (
+        not isinstance(ckpt, dict)
+        or "state_dict" not in ckpt
+        or "config" not in ckpt.get("hyper_parameters", {})
+    ):
         raise ValueError(f"{p} is not a Synapse-7 checkpoint (no state_dict / config)")
     return ckpt
 
@@ -92,8 +101,11 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[InputItem]:
             out.append(InputItem(item, URL_ERROR))
         elif p.is_dir():
             found = walk_images(p)[0]
-            out += [InputItem(f) for f in found] or [InputItem(
-                str(p), f"no image files in folder {printable_path(p)} (accepted: {extensions_text()})")]
+            out += [InputItem(f) for f in found] or [
+                InputItem(
+                    str(p), f"no image files in folder {printable_path(p)} (accepted: {extensions_text()})"
+                )
+            ]
         elif p.exists() or p.is_symlink():
             out.append(InputItem(str(p)))
         else:
@@ -134,8 +146,12 @@ def cpu_has_native_bf16() -> bool:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
         return False
-    flags = {f for line in text.splitlines() if line.lower().startswith(("flags", "features"))
-             for f in line.split(":", 1)[-1].split()}
+    flags = {
+        f
+        for line in text.splitlines()
+        if line.lower().startswith(("flags", "features"))
+        for f in line.split(":", 1)[-1].split()
+    }
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
@@ -151,10 +167,14 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        raise ValueError("--precision bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); this one has "
-                         "neither, and emulated bf16 is slower than fp32: use --precision fp32")
+        raise ValueError(
+            "--precision bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); this one has "
+            "neither, and emulated bf16 is slower than fp32: use --precision fp32"
+        )
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 runs on a CUDA GPU only; use fp32 (or bf16 on a CPU with native bf16)")
+        raise ValueError(
+            "--precision fp16 runs on a CUDA GPU only; use fp32 (or bf16 on a CPU with native bf16)"
+        )
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
@@ -172,9 +192,18 @@ class Detector:
     `engine`, in which case `net` may be None.
     """
 
-    def __init__(self, net: Synapse7Net | None, cfg: RunConfig, *, threshold: float = 0.5,
-                 device: str | torch.device | None = None, engine: Any = None, compile: bool = False,
-                 precision: str = "auto", scaling: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        net: Synapse7Net | None,
+        cfg: RunConfig,
+        *,
+        threshold: float = 0.5,
+        device: str | torch.device | None = None,
+        engine: Any = None,
+        compile: bool = False,
+        precision: str = "auto",
+        scaling: dict[str, float] | None = None,
+    ) -> None:
         if net is None and engine is None:
             raise ValueError("a Detector needs a network or an ONNX engine")
         self.cfg = cfg
@@ -194,10 +223,19 @@ class Detector:
         self.preset = build_preset(cfg.data, check_size=True)  # tiny images: an ERROR row, not a guess
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
-                        threshold: float | None = None, engine: str = "eager", onnx: str | os.PathLike | None = None,
-                        compile: bool = False, fast_decode: bool | None = None,
-                        precision: str = "auto", crops: int | None = None) -> Detector:
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str | torch.device | None = None,
+        threshold: float | None = None,
+        engine: str = "eager",
+        onnx: str | os.PathLike | None = None,
+        compile: bool = False,
+        fast_decode: bool | None = None,
+        precision: str = "auto",
+        crops: int | None = None,
+    ) -> Detector:
         """Load a Synapse-7 checkpoint (.ckpt) or safetensors model; needs no pretrained weights and no network.
 
         engine="onnx" runs the model in ONNX Runtime: from `onnx` (an export of this checkpoint; giving it implies
@@ -207,7 +245,9 @@ class Detector:
             raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
         engine = "onnx" if onnx is not None else engine
         if engine == "onnx" and check_precision(precision) in ("bf16", "fp16"):
-            raise ValueError(f"--precision {precision} applies to the eager engine; the ONNX export runs in fp32")
+            raise ValueError(
+                f"--precision {precision} applies to the eager engine; the ONNX export runs in fp32"
+            )
         resolve_precision(precision, pick_device(device))  # unknown or unsupported: fail before loading
         ckpt = load_checkpoint(path)
         cfg = config_from_dict(ckpt["hyper_parameters"]["config"])
@@ -229,8 +269,16 @@ class Detector:
                 got, want = runner.config, cfg
                 if got.model != want.model or got.data.image_size != want.data.image_size:
                     raise ValueError(f"{onnx} was exported from another model or image size than {path}")
-        return cls(net, _with_data(cfg, fast_decode=fast_decode, crops=crops), threshold=thr, device=device, engine=runner,
-                   compile=compile, precision=precision, scaling=ckpt.get("synapse7", {}).get("scaling"))
+        return cls(
+            net,
+            _with_data(cfg, fast_decode=fast_decode, crops=crops),
+            threshold=thr,
+            device=device,
+            engine=runner,
+            compile=compile,
+            precision=precision,
+            scaling=ckpt.get("synapse7", {}).get("scaling"),
+        )
 
     @classmethod
     def default(cls, **kwargs: Any) -> Detector:
@@ -246,14 +294,26 @@ class Detector:
     from_pretrained = default
 
     @classmethod
-    def from_onnx(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
-                  threshold: float | None = None, fast_decode: bool | None = None, crops: int | None = None) -> Detector:
+    def from_onnx(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str | torch.device | None = None,
+        threshold: float | None = None,
+        fast_decode: bool | None = None,
+        crops: int | None = None,
+    ) -> Detector:
         """A detector from an ONNX export alone (`synapse7 export`): config and threshold are in its metadata."""
 
         runner = OnnxEngine(path, device=str(pick_device(device)))
         thr = runner.threshold if threshold is None else threshold
-        return cls(None, _with_data(runner.config, fast_decode=fast_decode, crops=crops), threshold=thr, device=device,
-                   engine=runner)
+        return cls(
+            None,
+            _with_data(runner.config, fast_decode=fast_decode, crops=crops),
+            threshold=thr,
+            device=device,
+            engine=runner,
+        )
 
     @torch.inference_mode()
     def predict_batch(self, x: torch.Tensor) -> np.ndarray:
@@ -269,10 +329,13 @@ class Detector:
             x = x.to(self.device, non_blocking=True)
             if self.device.type == "cpu" and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
+            with torch.autocast(
+                self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+            ):
                 logits = self._forward(x)
-        return torch.sigmoid((logits.float() - self.offset) / self.temperature).cpu().numpy().astype(np.float64)
+        return (
+            torch.sigmoid((logits.float() - self.offset) / self.temperature).cpu().numpy().astype(np.float64)
+        )
 
     def _predict_uint8(self, u8: torch.Tensor) -> np.ndarray:
         """(B, 3, S, S) uint8 crops -> P(AI); normalised on the model's device (a GPU copies a quarter the bytes)."""
@@ -300,9 +363,11 @@ class Detector:
         out: list[Prediction] = []
         max_pixels = self.cfg.data.max_pixels
         for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
-            names = [printable_path(item) if isinstance(item, (str, os.PathLike)) else f"<image {start + j}>"
-                     for j, item in enumerate(chunk)]
+            chunk = images[start : start + batch_size]
+            names = [
+                printable_path(item) if isinstance(item, (str, os.PathLike)) else f"<image {start + j}>"
+                for j, item in enumerate(chunk)
+            ]
             crops: dict[int, torch.Tensor] = {}
             errors: dict[int, str] = {}
             for j, item in enumerate(chunk):
@@ -323,9 +388,13 @@ class Detector:
             return Prediction(name, "ERROR", float("nan"), error)
         return Prediction(name, self._label(p), p)
 
-    def predict_paths(self, paths: Sequence[str], *, batch_size: int = 32, num_workers: int = 2) -> Iterator[Prediction]:
+    def predict_paths(
+        self, paths: Sequence[str], *, batch_size: int = 32, num_workers: int = 2
+    ) -> Iterator[Prediction]:
         """Stream predictions for files, in order, decoding in DataLoader workers while the model runs."""
-        ds = MultiGenDataset.from_paths(paths, self.preset, max_pixels=self.cfg.data.max_pixels, normalize=False)
+        ds = MultiGenDataset.from_paths(
+            paths, self.preset, max_pixels=self.cfg.data.max_pixels, normalize=False
+        )
         loader = build_loader(ds, batch_size=batch_size, num_workers=num_workers)
         for batch in loader:
             bad = dict(batch["bad"])
@@ -335,15 +404,20 @@ class Detector:
             for i in sorted([*idx, *bad]):
                 yield self._prediction(printable_path(paths[i]), pmap.get(i), bad.get(i))
 
-
-    def predict_items(self, items: Sequence[InputItem], *, batch_size: int = 32,
-                      num_workers: int = 2) -> Iterator[Prediction]:
+    def predict_items(
+        self, items: Sequence[InputItem], *, batch_size: int = 32, num_workers: int = 2
+    ) -> Iterator[Prediction]:
         """`predict_paths` over `expand_inputs`'s items, in order; failed items give their ERROR row in place."""
         good = [it.path for it in items if it.error is None]
-        stream = self.predict_paths(good, batch_size=batch_size, num_workers=num_workers) if good else iter(())
+        stream = (
+            self.predict_paths(good, batch_size=batch_size, num_workers=num_workers) if good else iter(())
+        )
         for it in items:
-            yield next(stream) if it.error is None else Prediction(printable_path(it.path), "ERROR", float("nan"),
-                                                                   it.error)
+            yield (
+                next(stream)
+                if it.error is None
+                else Prediction(printable_path(it.path), "ERROR", float("nan"), it.error)
+            )
 
 
 def format_prediction(p: Prediction, *, as_json: bool) -> str:
@@ -391,8 +465,10 @@ class ResumableOutput:
                 try:
                     path, label = parse_prediction_line(line, as_json=as_json)
                 except (ValueError, KeyError, TypeError) as e:
-                    raise ValueError(f"{source}: cannot resume: a line is not a prediction in the "
-                                     f"{'JSON' if as_json else 'TSV'} format ({line[:80]!r})") from e
+                    raise ValueError(
+                        f"{source}: cannot resume: a line is not a prediction in the "
+                        f"{'JSON' if as_json else 'TSV'} format ({line[:80]!r})"
+                    ) from e
                 self.done[path] = label
         self._fh = open(self.partial, "w", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
         self._fh.write(kept)

@@ -25,7 +25,17 @@ from sklearn.metrics import (
 from synapse7.io import atomic_path, atomic_write_text
 
 TARGET_NAMES = ["REAL", "AI"]
-TABLE_COLUMNS = ["generator", "accuracy", "ap", "roc_auc", "real_acc", "fake_acc", "n_real", "n_fake", "support"]
+TABLE_COLUMNS = [
+    "generator",
+    "accuracy",
+    "ap",
+    "roc_auc",
+    "real_acc",
+    "fake_acc",
+    "n_real",
+    "n_fake",
+    "support",
+]
 
 
 def binary_metrics(y_true: np.ndarray, p_ai: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
@@ -108,15 +118,25 @@ def reliability_bins(y_true: Any, p_ai: Any, n_bins: int = 15) -> dict[str, np.n
 def classification_report_text(y_true: np.ndarray, p_ai: np.ndarray, threshold: float = 0.5) -> str:
     """sklearn's classification report with rows REAL and AI."""
     pred = (np.asarray(p_ai) >= threshold).astype(int)
-    return classification_report(np.asarray(y_true).astype(int), pred, labels=[0, 1], target_names=TARGET_NAMES,
-                                 digits=4, zero_division=0)
+    return classification_report(
+        np.asarray(y_true).astype(int),
+        pred,
+        labels=[0, 1],
+        target_names=TARGET_NAMES,
+        digits=4,
+        zero_division=0,
+    )
 
 
-def per_generator_metrics(y_true: np.ndarray, p_ai: np.ndarray, generators: Sequence[str],
-                          threshold: float = 0.5) -> list[dict[str, Any]]:
+def per_generator_metrics(
+    y_true: np.ndarray, p_ai: np.ndarray, generators: Sequence[str], threshold: float = 0.5
+) -> list[dict[str, Any]]:
     """One row per generator (sorted), then an "ALL" row."""
     y, p, g = np.asarray(y_true), np.asarray(p_ai), np.asarray(generators)
-    rows = [{"generator": name, **binary_metrics(y[g == name], p[g == name], threshold)} for name in sorted(set(g))]
+    rows = [
+        {"generator": name, **binary_metrics(y[g == name], p[g == name], threshold)}
+        for name in sorted(set(g))
+    ]
     rows.append({"generator": "ALL", **binary_metrics(y, p, threshold)})
     return rows
 
@@ -145,13 +165,16 @@ def table_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] = TABLE_COL
     return buf.getvalue()
 
 
-def per_generator_reports_text(y_true: np.ndarray, p_ai: np.ndarray, generators: Sequence[str],
-                               threshold: float = 0.5) -> str:
+def per_generator_reports_text(
+    y_true: np.ndarray, p_ai: np.ndarray, generators: Sequence[str], threshold: float = 0.5
+) -> str:
     y, p, g = np.asarray(y_true), np.asarray(p_ai), np.asarray(generators)
     parts = []
     for name in sorted(set(g)):
         m = g == name
-        parts.append(f"=== {name} (n={int(m.sum())}) ===\n{classification_report_text(y[m], p[m], threshold)}")
+        parts.append(
+            f"=== {name} (n={int(m.sum())}) ===\n{classification_report_text(y[m], p[m], threshold)}"
+        )
     return "\n".join(parts)
 
 
@@ -191,7 +214,9 @@ def json_safe(obj: Any) -> Any:
 def save_confusion_matrix_png(cm: np.ndarray, path: str | Path, title: str = "Confusion matrix") -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 3.8), dpi=120)
-    ConfusionMatrixDisplay(cm, display_labels=TARGET_NAMES).plot(ax=ax, cmap="Blues", colorbar=False, values_format="d")
+    ConfusionMatrixDisplay(cm, display_labels=TARGET_NAMES).plot(
+        ax=ax, cmap="Blues", colorbar=False, values_format="d"
+    )
     ax.set_title(title)
     fig.tight_layout()
     save_figure(fig, path)
@@ -206,10 +231,19 @@ def save_reliability_png(y_true: Any, scores: dict[str, Any], path: str | Path, 
     for name, p in scores.items():
         b = reliability_bins(y_true, p, n_bins)
         ok = b["count"] > 0
-        ax.plot(b["mean_p"][ok], b["frac_ai"][ok], marker="o",
-                label=f"{name} (ECE {expected_calibration_error(y_true, p, n_bins):.3f})")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean P(AI) in bin", ylabel="fraction of AI images in bin",
-           title="Reliability diagram")
+        ax.plot(
+            b["mean_p"][ok],
+            b["frac_ai"][ok],
+            marker="o",
+            label=f"{name} (ECE {expected_calibration_error(y_true, p, n_bins):.3f})",
+        )
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="mean P(AI) in bin",
+        ylabel="fraction of AI images in bin",
+        title="Reliability diagram",
+    )
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
@@ -232,23 +266,38 @@ def save_curves_png(y_true: Any, p_ai: Any, threshold: float, path: str | Path) 
         roc.plot([op_fpr], [op_tpr], "o", color="C3", label=f"threshold {threshold:.3g}")
         pr.plot([op_tpr], [tp / max(tp + fp, 1)], "o", color="C3", label=f"threshold {threshold:.3g}")
     roc.plot([0, 1], [0, 1], ls=":", color="grey", label="chance")
-    roc.set(xlabel="false positive rate (real called AI)", ylabel="true positive rate (AI called AI)",
-            title="ROC curve", xlim=(0, 1), ylim=(0, 1.01))
-    pr.set(xlabel="recall (AI)", ylabel="precision (AI)", title="Precision-recall curve", xlim=(0, 1), ylim=(0, 1.01))
+    roc.set(
+        xlabel="false positive rate (real called AI)",
+        ylabel="true positive rate (AI called AI)",
+        title="ROC curve",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
+    pr.set(
+        xlabel="recall (AI)",
+        ylabel="precision (AI)",
+        title="Precision-recall curve",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
     for ax in (roc, pr):
         ax.legend(loc="lower right" if ax is roc else "lower left", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
 
 
-def save_score_histogram_png(y_true: Any, p_ai: Any, threshold: float, path: str | Path, bins: int = 25) -> None:
+def save_score_histogram_png(
+    y_true: Any, p_ai: Any, threshold: float, path: str | Path, bins: int = 25
+) -> None:
     """Histogram of P(AI) for real and for AI images, with the threshold drawn."""
     y, p = check_scores(y_true, p_ai)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=120)
     edges = np.linspace(0.0, 1.0, bins + 1)
     for label, name, color in ((0, "REAL", "C0"), (1, "AI", "C1")):
-        ax.hist(p[y == label], bins=edges, alpha=0.6, color=color, label=f"{name} (n={int((y == label).sum())})")
+        ax.hist(
+            p[y == label], bins=edges, alpha=0.6, color=color, label=f"{name} (n={int((y == label).sum())})"
+        )
     ax.axvline(threshold, color="C3", ls="--", label=f"threshold {threshold:.3g}")
     ax.set(xlabel="P(AI)", ylabel="images", title="Scores per class", xlim=(0, 1))
     ax.legend(fontsize=8)
@@ -260,8 +309,9 @@ def read_training_logs(log_dir: str | Path) -> list[dict[str, float]]:
     """The rows of a run's Lightning CSV logs (logs/metrics.csv, then each resume_N/metrics.csv in order),
     values as floats, empty cells left out."""
     root = Path(log_dir)
-    files = [root / "metrics.csv"] + sorted(root.glob("resume_*/metrics.csv"),
-                                            key=lambda f: int(f.parent.name.split("_")[1]))
+    files = [root / "metrics.csv"] + sorted(
+        root.glob("resume_*/metrics.csv"), key=lambda f: int(f.parent.name.split("_")[1])
+    )
     rows: list[dict[str, float]] = []
     for f in files:
         if not f.is_file():
@@ -285,14 +335,20 @@ def save_training_curves_png(log_dir: str | Path, path: str | Path) -> bool:
 
     plt = pyplot()
     fig, (loss, score) = plt.subplots(1, 2, figsize=(8.4, 3.6), dpi=120)
-    for key, style, name in (("train_loss_step", "-", "train (per step)"), ("train_loss_epoch", "o-", "train (epoch mean)"),
-                             ("val_loss", "s-", "validation")):
+    for key, style, name in (
+        ("train_loss_step", "-", "train (per step)"),
+        ("train_loss_epoch", "o-", "train (epoch mean)"),
+        ("val_loss", "s-", "validation"),
+    ):
         xs, ys = series(key)
         if xs:
             loss.plot(xs, ys, style, label=name, alpha=0.5 if key.endswith("_step") else 1.0, markersize=4)
     loss.set(xlabel="optimiser step", ylabel="BCE loss", title="Loss")
-    for key, name in (("val_auc", "validation ROC-AUC"), ("val_acc", "validation accuracy"),
-                      ("train_acc_epoch", "train accuracy")):
+    for key, name in (
+        ("val_auc", "validation ROC-AUC"),
+        ("val_acc", "validation accuracy"),
+        ("train_acc_epoch", "train accuracy"),
+    ):
         xs, ys = series(key, "epoch")
         if xs:
             score.plot([x + 1 for x in xs], ys, "o-", label=name, markersize=4)
@@ -311,8 +367,9 @@ def _ece(y: np.ndarray, p_ai: np.ndarray) -> float:
     return expected_calibration_error(y, p) if len(p) and np.isfinite(p).all() else float("nan")
 
 
-def compute_eval_report(y_true: np.ndarray, p_ai: np.ndarray, generators: Sequence[str],
-                        threshold: float = 0.5) -> dict[str, Any]:
+def compute_eval_report(
+    y_true: np.ndarray, p_ai: np.ndarray, generators: Sequence[str], threshold: float = 0.5
+) -> dict[str, Any]:
     """Everything `evaluate` reports, as data."""
     y = np.asarray(y_true).astype(int)
     pred = (np.asarray(p_ai) >= threshold).astype(int)
@@ -326,15 +383,21 @@ def compute_eval_report(y_true: np.ndarray, p_ai: np.ndarray, generators: Sequen
     }
 
 
-def write_eval_report(report: dict[str, Any], out_dir: str | Path, extra: dict[str, Any] | None = None) -> None:
+def write_eval_report(
+    report: dict[str, Any], out_dir: str | Path, extra: dict[str, Any] | None = None
+) -> None:
     """Write the report files of `synapse7 evaluate` into out_dir, each atomically."""
     out = Path(out_dir)
     atomic_write_text(out / "classification_report.txt", report["classification_report"])
     atomic_write_text(out / "per_generator_reports.txt", report["per_generator_reports"])
     atomic_write_text(out / "per_generator.csv", table_csv(report["per_generator"]))
     atomic_write_text(out / "per_generator.md", table_markdown(report["per_generator"]))
-    metrics = {**report["overall"], "n_images": report["overall"]["support"],
-               "confusion_matrix": report["confusion_matrix"].tolist(), **(extra or {})}
+    metrics = {
+        **report["overall"],
+        "n_images": report["overall"]["support"],
+        "confusion_matrix": report["confusion_matrix"].tolist(),
+        **(extra or {}),
+    }
     write_json(out / "metrics.json", metrics)
     save_confusion_matrix_png(report["confusion_matrix"], out / "confusion_matrix.png")
 

@@ -50,7 +50,10 @@ _SRM_SCALE = (4.0, 12.0, 2.0)
 
 def srm_kernels(dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> torch.Tensor:
     """The three SRM filters as a conv weight (3, 1, 5, 5)."""
-    k = torch.tensor(_SRM, dtype=dtype, device=device) / torch.tensor(_SRM_SCALE, dtype=dtype, device=device)[:, None, None]
+    k = (
+        torch.tensor(_SRM, dtype=dtype, device=device)
+        / torch.tensor(_SRM_SCALE, dtype=dtype, device=device)[:, None, None]
+    )
     return k[:, None]
 
 

@@ -19,8 +19,21 @@ from synapse7.perturb import Identity, parse_perturbation_list
 from synapse7.predict import Detector
 from synapse7.reports import fmt_value, pyplot, save_figure, table_csv, table_markdown, write_json
 
-ROBUSTNESS_COLUMNS = ["perturbation", "family", "strength", "generator", "accuracy", "ap", "roc_auc", "real_acc",
-                      "fake_acc", "n_real", "n_fake", "support", "threshold"]
+ROBUSTNESS_COLUMNS = [
+    "perturbation",
+    "family",
+    "strength",
+    "generator",
+    "accuracy",
+    "ap",
+    "roc_auc",
+    "real_acc",
+    "fake_acc",
+    "n_real",
+    "n_fake",
+    "support",
+    "threshold",
+]
 IDENTITY_STRENGTH = {"resize": 1.0, "blur": 0.0}
 # Where each panel draws the unperturbed point: the identity, or the weakest end (JPEG quality 100).
 UNPERTURBED_AT = {**IDENTITY_STRENGTH, "jpeg": 100.0}
@@ -46,24 +59,48 @@ class RobustnessResult:
         raise KeyError(f"no row for perturbation {perturbation!r}, generator {generator!r}")
 
 
-def evaluate_robustness(checkpoint: str | Path, data_root: str | Path, perturbations: str | Sequence[str], *,
-                        split: str = "val", align: str | None = None, generators: Sequence[str] | None = None,
-                        batch_size: int | None = None, num_workers: int | None = None,
-                        on_bad_image: str | None = None, threshold: float | None = None, device: str | None = None,
-                        detector: Any = None, log: Any = None, precision: str = "auto") -> RobustnessResult:
+def evaluate_robustness(
+    checkpoint: str | Path,
+    data_root: str | Path,
+    perturbations: str | Sequence[str],
+    *,
+    split: str = "val",
+    align: str | None = None,
+    generators: Sequence[str] | None = None,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    on_bad_image: str | None = None,
+    threshold: float | None = None,
+    device: str | None = None,
+    detector: Any = None,
+    log: Any = None,
+    precision: str = "auto",
+) -> RobustnessResult:
     """Evaluate `checkpoint` on the split once per perturbation (e.g. "jpeg:95,jpeg:65,resize:0.5,blur:1,none").
 
     The network is loaded once and reused. `align` overrides the checkpoint's own alignment ("none" removes it).
     """
 
     ops = parse_perturbation_list(perturbations)
-    det = detector or Detector.from_checkpoint(checkpoint, device=device, threshold=threshold, precision=precision)
+    det = detector or Detector.from_checkpoint(
+        checkpoint, device=device, threshold=threshold, precision=precision
+    )
     rows: list[dict[str, Any]] = []
     used_align: str | None = None
     for op in ops:
-        res = evaluate(checkpoint, data_root, split=split, batch_size=batch_size, num_workers=num_workers,
-                       generators=generators, on_bad_image=on_bad_image, align=align,
-                       pre_ops=[] if isinstance(op, Identity) else [op], quiet=True, detector=det)
+        res = evaluate(
+            checkpoint,
+            data_root,
+            split=split,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            generators=generators,
+            on_bad_image=on_bad_image,
+            align=align,
+            pre_ops=[] if isinstance(op, Identity) else [op],
+            quiet=True,
+            detector=det,
+        )
         used_align = res.metrics.get("align")
         for r in res.per_generator:
             rows.append({"perturbation": op.spec, "family": op.kind, "strength": op.strength, **r})
@@ -75,16 +112,21 @@ def evaluate_robustness(checkpoint: str | Path, data_root: str | Path, perturbat
 
 def robustness_markdown(result: RobustnessResult) -> str:
     """A pivot of overall accuracy per perturbation, then the full per-generator table."""
-    head = [f"Robustness of `{result.info.get('checkpoint', '?')}` on `{result.info.get('data', '?')}` "
-            f"(split {result.info.get('split', '?')}, alignment {result.align or 'none'}, "
-            f"threshold {result.info.get('threshold', float('nan')):.4f}).", ""]
+    head = [
+        f"Robustness of `{result.info.get('checkpoint', '?')}` on `{result.info.get('data', '?')}` "
+        f"(split {result.info.get('split', '?')}, alignment {result.align or 'none'}, "
+        f"threshold {result.info.get('threshold', float('nan')):.4f}).",
+        "",
+    ]
     gens = [r["generator"] for r in result.rows if r["perturbation"] == result.perturbations[0]]
     lines = ["| perturbation | " + " | ".join(gens) + " |", "|---|" + "---|" * len(gens)]
     for spec in result.perturbations:
         accs = {r["generator"]: r["accuracy"] for r in result.rows if r["perturbation"] == spec}
         lines.append(f"| {spec} | " + " | ".join(fmt_value(accs.get(g)) for g in gens) + " |")
-    return "\n".join(head + ["Accuracy:", "", *lines, "", "All metrics:", "",
-                             table_markdown(result.rows, ROBUSTNESS_COLUMNS)])
+    return "\n".join(
+        head
+        + ["Accuracy:", "", *lines, "", "All metrics:", "", table_markdown(result.rows, ROBUSTNESS_COLUMNS)]
+    )
 
 
 def save_robustness_png(result: RobustnessResult, path: str | Path) -> None:
@@ -101,10 +143,23 @@ def save_robustness_png(result: RobustnessResult, path: str | Path) -> None:
         if base and fam in IDENTITY_STRENGTH:  # resize 1 and blur 0 are the unperturbed image itself: join it
             pts = sorted([*pts, (IDENTITY_STRENGTH[fam], base[0])])
         if pts and fam != "none":
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{labels.get(fam, fam)}: accuracy")
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker="o",
+                label=f"{labels.get(fam, fam)}: accuracy",
+            )
         if base:  # the unperturbed point on every panel, at the weak end of the axis (JPEG: quality 100)
-            ax.plot([UNPERTURBED_AT.get(fam, 0.0)], [base[0]], marker="*", markersize=11, color="C2", linestyle="none",
-                    label=f"unperturbed: {base[0]:.3f}", zorder=3)
+            ax.plot(
+                [UNPERTURBED_AT.get(fam, 0.0)],
+                [base[0]],
+                marker="*",
+                markersize=11,
+                color="C2",
+                linestyle="none",
+                label=f"unperturbed: {base[0]:.3f}",
+                zorder=3,
+            )
             ax.axhline(base[0], color="grey", linestyle="--", linewidth=1, label="unperturbed level")
         if fam in ("jpeg", "resize"):
             ax.invert_xaxis()  # stronger perturbation to the right, as for blur
@@ -125,7 +180,12 @@ def write_robustness(result: RobustnessResult, out_dir: str | Path) -> Path:
     out = ensure_writable_dir(out_dir)
     atomic_write_text(out / "robustness.csv", table_csv(result.rows, ROBUSTNESS_COLUMNS))
     atomic_write_text(out / "robustness.md", robustness_markdown(result))
-    payload = {"perturbations": result.perturbations, "align": result.align, **result.info, "rows": result.rows}
+    payload = {
+        "perturbations": result.perturbations,
+        "align": result.align,
+        **result.info,
+        "rows": result.rows,
+    }
     write_json(out / "robustness.json", payload)
     save_robustness_png(result, out / "robustness.png")
     return out

@@ -138,8 +138,10 @@ def parse_input_mode(mode: str) -> tuple[str, ...]:
     parts = tuple(p.strip() for p in mode.split("+"))
     bad = [p for p in parts if p not in ENCODERS]
     if not mode or bad or len(set(parts)) != len(parts):
-        raise ValueError(f"unknown input mode {mode!r}; use one of {', '.join(ENCODERS)} or several joined by "
-                         f"'+' (e.g. {', '.join(INPUT_MODES)})")
+        raise ValueError(
+            f"unknown input mode {mode!r}; use one of {', '.join(ENCODERS)} or several joined by "
+            f"'+' (e.g. {', '.join(INPUT_MODES)})"
+        )
     return parts
 
 

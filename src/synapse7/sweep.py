@@ -46,7 +46,12 @@ from synapse7.io import atomic_path, atomic_write_text, ensure_writable_dir
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 MONITOR = "val_auc"
-PRUNER_OPTIONS = ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials")  # optuna MedianPruner
+PRUNER_OPTIONS = (
+    "n_startup_trials",
+    "n_warmup_steps",
+    "interval_steps",
+    "n_min_trials",
+)  # optuna MedianPruner
 
 
 def default_space_path() -> Path:
@@ -111,8 +116,10 @@ def _param(name: str, spec: Any, source: str) -> Param:
     where = f"{source}: space.{name}"
     section, _, key = name.partition(".")
     if section not in SECTIONS or key not in {f.name for f in fields(SECTIONS[section])}:
-        raise ConfigError(f"{where}: unknown field; use section.field with a section of data/model/train and a "
-                          f"field of that config (e.g. train.lr, model.input)")
+        raise ConfigError(
+            f"{where}: unknown field; use section.field with a section of data/model/train and a "
+            f"field of that config (e.g. train.lr, model.input)"
+        )
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a mapping {{low, high}} or {{choices}}, got {spec!r}")
     unknown = set(spec) - {"choices", "low", "high", "log", "step", "type"}
@@ -139,7 +146,9 @@ def load_search_space(path: str | Path | None = None) -> SearchSpace:
     p = Path(path) if path is not None else default_space_path()
     raw = read_yaml_mapping(p, "search space file", "sections base, space, pruner")
     if not isinstance(raw.get("space"), dict) or not raw["space"]:
-        raise ConfigError(f"search space file {p} needs a non-empty 'space' mapping (and optional 'base', 'pruner')")
+        raise ConfigError(
+            f"search space file {p} needs a non-empty 'space' mapping (and optional 'base', 'pruner')"
+        )
     unknown = set(raw) - {"base", "space", "pruner"}
     if unknown:
         raise ConfigError(f"search space file {p}: unknown section(s) {', '.join(sorted(unknown))}")
@@ -151,8 +160,10 @@ def load_search_space(path: str | Path | None = None) -> SearchSpace:
     pruner = dict(raw.get("pruner") or {})
     unknown = set(pruner) - set(PRUNER_OPTIONS)
     if unknown:
-        raise ConfigError(f"search space file {p}, pruner: unknown option(s) {', '.join(sorted(unknown))}; "
-                          f"known: {', '.join(PRUNER_OPTIONS)}")
+        raise ConfigError(
+            f"search space file {p}, pruner: unknown option(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(PRUNER_OPTIONS)}"
+        )
     params = tuple(_param(str(k), v, str(p)) for k, v in raw["space"].items())
     return SearchSpace(base=base, params=params, pruner=pruner)
 
@@ -197,17 +208,29 @@ def _requeue_interrupted(study: Any) -> list[int]:
     requeued = []
     for run_dir, t in latest.items():
         if t.state == TrialState.FAIL and "error" not in t.user_attrs:
-            study.enqueue_trial(t.params, user_attrs={"resume_dir": run_dir, "resumes_trial": t.number},
-                                skip_if_exists=False)
+            study.enqueue_trial(
+                t.params, user_attrs={"resume_dir": run_dir, "resumes_trial": t.number}, skip_if_exists=False
+            )
             requeued.append(t.number)
     return requeued
 
 
-def run_sweep(data_root: str | Path, out_dir: str | Path, *, space: str | Path | SearchSpace | None = None,
-              n_trials: int = 10, timeout: float | None = None, storage: str | None = None,
-              study_name: str = "synapse7", seed: int = 0, heartbeat: int = 30, progress: bool = False,
-              keep_checkpoints: bool = False, callbacks: Callable[[Any], list] | None = None,
-              log: Callable[[str], None] | None = None) -> SweepResult:
+def run_sweep(
+    data_root: str | Path,
+    out_dir: str | Path,
+    *,
+    space: str | Path | SearchSpace | None = None,
+    n_trials: int = 10,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study_name: str = "synapse7",
+    seed: int = 0,
+    heartbeat: int = 30,
+    progress: bool = False,
+    keep_checkpoints: bool = False,
+    callbacks: Callable[[Any], list] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> SweepResult:
     """Run (or continue) a study until it holds n_trials finished trials or `timeout` seconds pass.
 
     n_trials counts the study's completed and pruned trials, in every process sharing the storage, so running
@@ -229,7 +252,10 @@ def run_sweep(data_root: str | Path, out_dir: str | Path, *, space: str | Path |
     # heartbeats, fail_stale_trials and the matplotlib plots are "experimental" in optuna; say so once, here.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = optuna.create_study(
-        study_name=study_name, storage=_storage(storage, heartbeat), load_if_exists=True, direction="maximize",
+        study_name=study_name,
+        storage=_storage(storage, heartbeat),
+        load_if_exists=True,
+        direction="maximize",
         pruner=optuna.pruners.MedianPruner(**{"n_startup_trials": 2, "n_warmup_steps": 1, **sp.pruner}),
     )
     # The sampler's random stream is not stored with the study: offset the seed by the trials already there,
@@ -239,7 +265,9 @@ def run_sweep(data_root: str | Path, out_dir: str | Path, *, space: str | Path |
         optuna.storages.fail_stale_trials(study)  # killed trials whose heartbeat stopped
     requeued = _requeue_interrupted(study)
     if requeued:
-        say(f"sweep: re-running interrupted trial(s) {', '.join(map(str, requeued))} from their last checkpoint")
+        say(
+            f"sweep: re-running interrupted trial(s) {', '.join(map(str, requeued))} from their last checkpoint"
+        )
     interrupted: list[int] = []
 
     def objective(trial: optuna.Trial) -> float:
@@ -250,9 +278,14 @@ def run_sweep(data_root: str | Path, out_dir: str | Path, *, space: str | Path |
         resume = (run_dir / "last.ckpt").is_file()
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("config", cfg.to_dict())
-        say(f"sweep: trial {trial.number}{' (resumed)' if resume else ''}: "
-            + ", ".join(f"{k}={v}" for k, v in values.items()))
-        extra = [PyTorchLightningPruningCallback(trial, monitor=MONITOR), *(callbacks(trial) if callbacks else [])]
+        say(
+            f"sweep: trial {trial.number}{' (resumed)' if resume else ''}: "
+            + ", ".join(f"{k}={v}" for k, v in values.items())
+        )
+        extra = [
+            PyTorchLightningPruningCallback(trial, monitor=MONITOR),
+            *(callbacks(trial) if callbacks else []),
+        ]
         try:
             res = train(cfg, run_dir, resume=resume, progress=progress, callbacks=extra)
         except (KeyboardInterrupt, SystemExit):
@@ -277,7 +310,9 @@ def run_sweep(data_root: str | Path, out_dir: str | Path, *, space: str | Path |
             done = [MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))]
             if not keep_checkpoints:
                 done.append(_drop_checkpoints)
-            study.optimize(objective, timeout=timeout, catch=(Exception,), gc_after_trial=True, callbacks=done)
+            study.optimize(
+                objective, timeout=timeout, catch=(Exception,), gc_after_trial=True, callbacks=done
+            )
         except (KeyboardInterrupt, SystemExit):
             # Ctrl+C (Lightning turns it into SystemExit): mark the trial failed now, so a restart re-runs it
             # at once instead of waiting for its heartbeat to go stale.
@@ -311,9 +346,11 @@ def _finish(study: Any, out: Path, seconds: float) -> SweepResult:
     best = max(complete, key=lambda t: t.value) if complete else None
     if best is not None:
         best_yaml = out / "best.yaml"
-        header = (f"# synapse7 sweep, study {study.study_name!r}: best of {len(complete)} completed trial(s) = "
-                  f"trial {best.number}, val ROC-AUC {best.value:.4f}\n"
-                  f"# use: synapse7 train --config {best_yaml.name} --data ROOT --out RUN (flags override it)\n")
+        header = (
+            f"# synapse7 sweep, study {study.study_name!r}: best of {len(complete)} completed trial(s) = "
+            f"trial {best.number}, val ROC-AUC {best.value:.4f}\n"
+            f"# use: synapse7 train --config {best_yaml.name} --data ROOT --out RUN (flags override it)\n"
+        )
         atomic_write_text(best_yaml, header + yaml.safe_dump(best.user_attrs["config"], sort_keys=False))
     write_sweep_plots(study, out)
     return SweepResult(
@@ -337,10 +374,22 @@ def trials_csv(trials: list[Any]) -> str:
     w = csv.writer(buf)
     w.writerow(["number", "state", "value", "seconds", *names, "resumes_trial", "error"])
     for t in trials:
-        secs = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else ""
-        w.writerow([t.number, t.state.name, "" if t.value is None else f"{t.value:.6f}",
-                    f"{secs:.1f}" if secs != "" else "", *(t.params.get(n, "") for n in names),
-                    t.user_attrs.get("resumes_trial", ""), t.user_attrs.get("error", "")])
+        secs = (
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            if t.datetime_complete and t.datetime_start
+            else ""
+        )
+        w.writerow(
+            [
+                t.number,
+                t.state.name,
+                "" if t.value is None else f"{t.value:.6f}",
+                f"{secs:.1f}" if secs != "" else "",
+                *(t.params.get(n, "") for n in names),
+                t.user_attrs.get("resumes_trial", ""),
+                t.user_attrs.get("error", ""),
+            ]
+        )
     return buf.getvalue()
 
 

@@ -60,8 +60,12 @@ PREFIX = "synth_"
 FORMAT_FORMS = "'png' or 'jpeg:Q' (Q integer 1-100)"
 
 # Down-scaling filters of the chains; PIL widens each kernel by the factor when reducing (antialiased).
-DOWN_FILTERS = {"box": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR,
-                "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+DOWN_FILTERS = {
+    "box": Image.Resampling.BOX,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 CHAIN_FACTORS = (2, 3, 4)  # integer factors: decoders up-sample by whole factors, so the trace is periodic
 # Range of the std of the seeded noise on the transposed convolution's tent kernel, drawn per photo: the phase
 # gains then differ by a few percent, a visible but not overwhelming checkerboard.
@@ -70,17 +74,17 @@ AE_LR = 2e-3
 
 DESCRIPTIONS = {
     "up_nearest": "down-scaled by an integer factor 2-4 (antialiased PIL box/bilinear/bicubic/lanczos, drawn per "
-                  "photo), then nearest-neighbour up-sampled back to the photo's size",
+    "photo), then nearest-neighbour up-sampled back to the photo's size",
     "up_bilinear": "down-scaled as in up_nearest, then bilinear up-sampling (torch, align_corners=False)",
     "up_bicubic": "down-scaled as in up_nearest, then bicubic up-sampling (torch, align_corners=False, clamped)",
     "up_tconv": "down-scaled as in up_nearest, then a fixed, untrained stride-f transposed convolution whose 2f x 2f "
-                "kernel is the bilinear tent plus seeded noise (std 0.01-0.04): output phases get unequal weights, "
-                "leaving an f-periodic checkerboard",
+    "kernel is the bilinear tent plus seeded noise (std 0.01-0.04): output phases get unequal weights, "
+    "leaving an f-periodic checkerboard",
     "ae_upconv": "reconstruction by a small autoencoder trained here on the train-split real photos (space-to-depth "
-                 "+ 1x1 conv encoder); decoder: nearest up-sampling x2 + 3x3 convolution per stage (GAN / "
-                 "latent-diffusion VAE style)",
+    "+ 1x1 conv encoder); decoder: nearest up-sampling x2 + 3x3 convolution per stage (GAN / "
+    "latent-diffusion VAE style)",
     "ae_tconv": "reconstruction by a small autoencoder trained here on the train-split real photos (space-to-depth "
-                "+ 1x1 conv encoder); decoder: 4x4 stride-2 transposed convolutions (DCGAN style)",
+    "+ 1x1 conv encoder); decoder: 4x4 stride-2 transposed convolutions (DCGAN style)",
 }
 
 
@@ -100,7 +104,9 @@ class SynthConfig:
     format: str = "png"
     workers: int = 1
     ae_steps: int = 1500
-    ae_max_seconds: float | None = None  # a wall-clock cap; when it stops training early, bytes are not reproducible
+    ae_max_seconds: float | None = (
+        None  # a wall-clock cap; when it stops training early, bytes are not reproducible
+    )
     ae_factor: int = 4
     ae_batch_size: int = 8
     ae_crop: int = 48  # small crops, many steps: more progress per CPU minute than large batches
@@ -108,8 +114,10 @@ class SynthConfig:
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
-            raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from "
-                             f"{', '.join(METHODS)} (with or without the '{PREFIX}' prefix)")
+            raise ValueError(
+                f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from "
+                f"{', '.join(METHODS)} (with or without the '{PREFIX}' prefix)"
+            )
         if self.size is not None and self.size < 8:
             raise ValueError(f"--size must be >= 8 pixels, got {self.size}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -123,13 +131,20 @@ class SynthConfig:
         if self.ae_steps < 1:
             raise ValueError(f"--ae-steps must be >= 1, got {self.ae_steps}")
         if self.ae_crop % self.ae_factor:
-            raise ValueError(f"the autoencoder's training crop ({self.ae_crop}) must be a multiple of its factor")
+            raise ValueError(
+                f"the autoencoder's training crop ({self.ae_crop}) must be a multiple of its factor"
+            )
         parse_format(self.format)
 
     def split_key(self) -> dict[str, Any]:
         """The settings that decide which photos there are, how they are split, cropped and encoded."""
-        return {"seed": self.seed, "val_fraction": self.val_fraction, "max_images": self.max_images,
-                "size": self.size, "format": self.format}
+        return {
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "max_images": self.max_images,
+            "size": self.size,
+            "format": self.format,
+        }
 
 
 def parse_methods(spec: str | Sequence[str]) -> tuple[str, ...]:
@@ -167,13 +182,17 @@ def encode(arr: np.ndarray, fmt: str) -> tuple[bytes, str]:
     if kind == "jpeg":
         return encode_jpeg(img, int(quality)), ".jpg"
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=6)  # lossless at any level; fixed so the bytes are reproducible
+    img.save(
+        buf, format="PNG", compress_level=6
+    )  # lossless at any level; fixed so the bytes are reproducible
     return buf.getvalue(), ".png"
 
 
 def image_seed(seed: int, tag: str, source: str) -> int:
     """A 32-bit seed for one (run seed, method or 'crop', source photo); independent of order and workers."""
-    ss = np.random.SeedSequence([seed, zlib.crc32(tag.encode()), zlib.crc32(source.encode("utf-8", "backslashreplace"))])
+    ss = np.random.SeedSequence(
+        [seed, zlib.crc32(tag.encode()), zlib.crc32(source.encode("utf-8", "backslashreplace"))]
+    )
     return int(ss.generate_state(1)[0])
 
 
@@ -202,7 +221,9 @@ def out_name(rel: str, ext: str) -> str:
     return printable_path(stem) + ext
 
 
-def crop_photo(arr: np.ndarray, size: int | None, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int] | None]:
+def crop_photo(
+    arr: np.ndarray, size: int | None, rng: np.random.Generator
+) -> tuple[np.ndarray, tuple[int, int] | None]:
     """A seeded size x size crop (or the whole photo when size is None). Raises ValueError if the photo is smaller."""
     if size is None:
         return arr, None
@@ -210,7 +231,7 @@ def crop_photo(arr: np.ndarray, size: int | None, rng: np.random.Generator) -> t
     if h < size or w < size:
         raise ValueError(f"{w}x{h} is smaller than --size {size}")
     y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-    return arr[y:y + size, x:x + size], (x, y)
+    return arr[y : y + size, x : x + size], (x, y)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -259,7 +280,7 @@ def upsample_chain(arr: np.ndarray, up: str, rng: np.random.Generator) -> tuple[
         k = checkerboard_kernel(factor, noise, rng)
         weight = k.expand(3, 1, *k.shape).contiguous()  # (3, 1, 2f, 2f): one kernel per channel
         # Output pixel o sees input o / f - 1/2 + 1/(2f) after dropping f // 2 rows: aligned within half a pixel.
-        y = F.conv_transpose2d(x, weight, stride=factor, groups=3)[..., factor // 2:, factor // 2:]
+        y = F.conv_transpose2d(x, weight, stride=factor, groups=3)[..., factor // 2 :, factor // 2 :]
         params["kernel_noise"] = round(noise, 4)
     else:
         kw = {} if up == "nearest" else {"align_corners": False}
@@ -297,8 +318,11 @@ class TinyAutoencoder(nn.Module):
             if decoder == "tconv":
                 dec += [nn.ConvTranspose2d(ch[i + 1], ch[i], 4, stride=2, padding=1), act()]
             else:
-                dec += [nn.Upsample(scale_factor=2, mode="nearest"),
-                        nn.Conv2d(ch[i + 1], ch[i], 3, padding=1, padding_mode="reflect"), act()]
+                dec += [
+                    nn.Upsample(scale_factor=2, mode="nearest"),
+                    nn.Conv2d(ch[i + 1], ch[i], 3, padding=1, padding_mode="reflect"),
+                    act(),
+                ]
             if i > 0:
                 dec += [nn.Conv2d(ch[i], ch[i], 3, padding=1, padding_mode="reflect"), act()]
         dec.append(nn.Conv2d(ch[0], 3, 3, padding=1, padding_mode="reflect"))
@@ -325,7 +349,9 @@ class AeLog:
     curve: list[tuple[int, float]] = field(default_factory=list)
 
 
-def build_crop_pool(arrays: Iterable[np.ndarray], crop: int, per_photo: int, rng: np.random.Generator) -> torch.Tensor:
+def build_crop_pool(
+    arrays: Iterable[np.ndarray], crop: int, per_photo: int, rng: np.random.Generator
+) -> torch.Tensor:
     """(N, 3, crop, crop) uint8: `per_photo` seeded random crops of each photo at least `crop` pixels a side."""
     crops = []
     for a in arrays:
@@ -334,14 +360,17 @@ def build_crop_pool(arrays: Iterable[np.ndarray], crop: int, per_photo: int, rng
             continue
         for _ in range(per_photo):
             y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
-            crops.append(a[y:y + crop, x:x + crop])
+            crops.append(a[y : y + crop, x : x + crop])
     if not crops:
-        raise ValueError(f"no train-split photo is at least {crop}x{crop}: nothing to train the autoencoders on")
+        raise ValueError(
+            f"no train-split photo is at least {crop}x{crop}: nothing to train the autoencoders on"
+        )
     return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
 
 
-def train_autoencoder(method: str, pool: torch.Tensor, cfg: SynthConfig, n_photos: int,
-                      log: Callable[[str], None] = print) -> tuple[TinyAutoencoder, AeLog]:
+def train_autoencoder(
+    method: str, pool: torch.Tensor, cfg: SynthConfig, n_photos: int, log: Callable[[str], None] = print
+) -> tuple[TinyAutoencoder, AeLog]:
     """Train one autoencoder on the crop pool with L1 loss and Adam; seeded (model init and batches)."""
     gen = torch.Generator().manual_seed(image_seed(cfg.seed, method, "model"))
     with torch.random.fork_rng(devices=[]):
@@ -366,15 +395,25 @@ def train_autoencoder(method: str, pool: torch.Tensor, cfg: SynthConfig, n_photo
         ema = val if ema is None else 0.98 * ema + 0.02 * val
         if step % 100 == 0 or step == cfg.ae_steps:
             curve.append((step, round(ema, 5)))
-            log(f"[synthesize] {PREFIX}{method}: step {step}/{cfg.ae_steps}, L1 {ema:.4f}, "
-                f"{time.monotonic() - t0:.0f} s")
+            log(
+                f"[synthesize] {PREFIX}{method}: step {step}/{cfg.ae_steps}, L1 {ema:.4f}, "
+                f"{time.monotonic() - t0:.0f} s"
+            )
         if cfg.ae_max_seconds is not None and time.monotonic() - t0 > cfg.ae_max_seconds:
             stopped = step < cfg.ae_steps
             break
     model.eval()
-    info = AeLog(method=method, steps=step, seconds=round(time.monotonic() - t0, 1), final_l1=round(ema or 0.0, 5),
-                 n_photos=n_photos, n_crops=len(pool), stopped_by_time=stopped,
-                 params=sum(p.numel() for p in model.parameters()), curve=curve)
+    info = AeLog(
+        method=method,
+        steps=step,
+        seconds=round(time.monotonic() - t0, 1),
+        final_l1=round(ema or 0.0, 5),
+        n_photos=n_photos,
+        n_crops=len(pool),
+        stopped_by_time=stopped,
+        params=sum(p.numel() for p in model.parameters()),
+        curve=curve,
+    )
     return model, info
 
 
@@ -402,7 +441,7 @@ def reconstruct(model: TinyAutoencoder, arr: np.ndarray, tile: int = 512, margin
                 a0, b0 = max(0, y0 - margin), max(0, x0 - margin)
                 a1, b1 = min(H, y1 + margin), min(W, x1 + margin)
                 out = model(x[..., a0:a1, b0:b1])
-                y[..., y0:y1, x0:x1] = out[..., y0 - a0:y1 - a0, x0 - b0:x1 - b0]
+                y[..., y0:y1, x0:x1] = out[..., y0 - a0 : y1 - a0, x0 - b0 : x1 - b0]
     return _to_uint8(y[..., :h, :w])
 
 
@@ -442,7 +481,9 @@ def process_photo(task: Task, cfg: SynthConfig, root: str) -> tuple[list[dict[st
     """Decode, crop, write the real and each method's fake. Returns manifest rows, or ([], reason) if skipped."""
     try:
         arr = np.asarray(open_image(task.path))
-        arr, crop_xy = crop_photo(arr, cfg.size, np.random.default_rng(image_seed(cfg.seed, "crop", task.source)))
+        arr, crop_xy = crop_photo(
+            arr, cfg.size, np.random.default_rng(image_seed(cfg.seed, "crop", task.source))
+        )
     except (BadImageError, ValueError) as e:
         return [], getattr(e, "reason", str(e))
     real_bytes, ext = encode(arr, cfg.format)
@@ -456,18 +497,40 @@ def process_photo(task: Task, cfg: SynthConfig, root: str) -> tuple[list[dict[st
         real_rel, fake_rel = base / "nature" / name, base / "ai" / name
         atomic_write_bytes(Path(root) / real_rel, real_bytes)
         atomic_write_bytes(Path(root) / fake_rel, fake_bytes)
-        rows.append({"method": f"{PREFIX}{method}", "split": task.split, "source": task.path,
-                     "real": real_rel.as_posix(), "fake": fake_rel.as_posix(),
-                     "width": arr.shape[1], "height": arr.shape[0],
-                     "crop_xy": "" if crop_xy is None else f"{crop_xy[0]},{crop_xy[1]}",
-                     "format": cfg.format, "params": json.dumps(params, sort_keys=True), "seed": s})
+        rows.append(
+            {
+                "method": f"{PREFIX}{method}",
+                "split": task.split,
+                "source": task.path,
+                "real": real_rel.as_posix(),
+                "fake": fake_rel.as_posix(),
+                "width": arr.shape[1],
+                "height": arr.shape[0],
+                "crop_xy": "" if crop_xy is None else f"{crop_xy[0]},{crop_xy[1]}",
+                "format": cfg.format,
+                "params": json.dumps(params, sort_keys=True),
+                "seed": s,
+            }
+        )
     return rows, None
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The command
 
-MANIFEST_FIELDS = ("method", "split", "source", "real", "fake", "width", "height", "crop_xy", "format", "params", "seed")
+MANIFEST_FIELDS = (
+    "method",
+    "split",
+    "source",
+    "real",
+    "fake",
+    "width",
+    "height",
+    "crop_xy",
+    "format",
+    "params",
+    "seed",
+)
 
 
 @dataclass
@@ -487,9 +550,11 @@ def _check_root(root: Path, cfg: SynthConfig, real_dir: Path) -> dict[str, Any]:
     if state_path.exists():
         prev = json.loads(state_path.read_text(encoding="utf-8"))
         if prev.get("split") != cfg.split_key() or prev.get("real") != state["real"]:
-            raise ValueError(f"{root} was made from {prev.get('real')} with {prev.get('split')}; this run has "
-                             f"{state['real']} with {cfg.split_key()}. Methods of one ROOT must share photos, split, "
-                             f"crop and format; use another --out")
+            raise ValueError(
+                f"{root} was made from {prev.get('real')} with {prev.get('split')}; this run has "
+                f"{state['real']} with {cfg.split_key()}. Methods of one ROOT must share photos, split, "
+                f"crop and format; use another --out"
+            )
         state = prev
     for m in cfg.methods:
         d = root / f"{PREFIX}{m}"
@@ -498,8 +563,12 @@ def _check_root(root: Path, cfg: SynthConfig, real_dir: Path) -> dict[str, Any]:
     return state
 
 
-def synthesize(real_dir: str | os.PathLike, out_root: str | os.PathLike, cfg: SynthConfig,
-               log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> SynthResult:
+def synthesize(
+    real_dir: str | os.PathLike,
+    out_root: str | os.PathLike,
+    cfg: SynthConfig,
+    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+) -> SynthResult:
     """Make ROOT/synth_<method>/{train,val}/{ai,nature}/ from the photos under `real_dir`; see the module doc."""
     t0 = time.monotonic()
     real_dir, root = Path(real_dir), Path(out_root)
@@ -509,8 +578,10 @@ def synthesize(real_dir: str | os.PathLike, out_root: str | os.PathLike, cfg: Sy
     state = _check_root(root, cfg, real_dir)
     tasks = [Task(r, str(real_dir / r), split[r]) for r in sorted(split)]
     n_val = sum(t.split == "val" for t in tasks)
-    log(f"[synthesize] {len(tasks)} of {len(rels)} photo(s) from {real_dir}: {len(tasks) - n_val} train, {n_val} val; "
-        f"methods: {', '.join(cfg.methods)}")
+    log(
+        f"[synthesize] {len(tasks)} of {len(rels)} photo(s) from {real_dir}: {len(tasks) - n_val} train, {n_val} val; "
+        f"methods: {', '.join(cfg.methods)}"
+    )
     bad: dict[str, str] = {}
 
     ae_states, ae_logs = {}, []
@@ -527,11 +598,15 @@ def synthesize(real_dir: str | os.PathLike, out_root: str | os.PathLike, cfg: Sy
                 log(f"[synthesize] skipped {e.path}: {e.reason}")
         per_photo = max(1, min(16, 20000 // max(1, len(train_arrays))))  # bounds the pool's memory (~250 MB)
         n_used = sum(min(a.shape[:2]) >= cfg.ae_crop for a in train_arrays)
-        pool = build_crop_pool(train_arrays, cfg.ae_crop, per_photo, np.random.default_rng(image_seed(cfg.seed, "pool", "")))
+        pool = build_crop_pool(
+            train_arrays, cfg.ae_crop, per_photo, np.random.default_rng(image_seed(cfg.seed, "pool", ""))
+        )
         del train_arrays
         for m in ae_methods:
-            log(f"[synthesize] training {PREFIX}{m} ({cfg.ae_steps} steps, {cfg.ae_factor}x down-sampling) on "
-                f"{len(pool)} crops of {cfg.ae_crop} px")
+            log(
+                f"[synthesize] training {PREFIX}{m} ({cfg.ae_steps} steps, {cfg.ae_factor}x down-sampling) on "
+                f"{len(pool)} crops of {cfg.ae_crop} px"
+            )
             model, info = train_autoencoder(m, pool, cfg, n_photos=n_used, log=log)
             ae_states[m] = model.state_dict()
             ae_logs.append(info)
@@ -544,9 +619,15 @@ def synthesize(real_dir: str | os.PathLike, out_root: str | os.PathLike, cfg: Sy
             _init_worker(ae_states, cfg.ae_factor)
             _collect((process_photo(t, cfg, str(root)) for t in tasks), tasks, rows, bad, log)
         else:
-            with ProcessPoolExecutor(cfg.workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                     initargs=(ae_states, cfg.ae_factor)) as ex:
-                futures = ex.map(process_photo, tasks, [cfg] * len(tasks), [str(root)] * len(tasks), chunksize=4)
+            with ProcessPoolExecutor(
+                cfg.workers,
+                mp_context=get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(ae_states, cfg.ae_factor),
+            ) as ex:
+                futures = ex.map(
+                    process_photo, tasks, [cfg] * len(tasks), [str(root)] * len(tasks), chunksize=4
+                )
                 _collect(futures, tasks, rows, bad, log)
     finally:
         torch.set_num_threads(threads)
@@ -569,8 +650,13 @@ def synthesize(real_dir: str | os.PathLike, out_root: str | os.PathLike, cfg: Sy
     return SynthResult(root, rows, bad, ae_logs, secs)
 
 
-def _collect(results: Iterable, tasks: Sequence[Task], rows: list[dict[str, Any]], bad: dict[str, str],
-             log: Callable[[str], None]) -> None:
+def _collect(
+    results: Iterable,
+    tasks: Sequence[Task],
+    rows: list[dict[str, Any]],
+    bad: dict[str, str],
+    log: Callable[[str], None],
+) -> None:
     done = 0
     for t, (r, reason) in zip(tasks, results, strict=True):
         done += 1
@@ -635,16 +721,28 @@ def readme_text(rows: Sequence[dict[str, Any]], state: dict[str, Any]) -> str:
     ]
     for method in sorted(counts):
         c = counts[method]
-        lines.append(f"| `{method}` | {DESCRIPTIONS[method.removeprefix(PREFIX)]} | {c['train']} | {c['val']} |")
+        lines.append(
+            f"| `{method}` | {DESCRIPTIONS[method.removeprefix(PREFIX)]} | {c['train']} | {c['val']} |"
+        )
     ae = {m: v for m, v in state["methods"].items() if v}
     if ae:
-        lines += ["", "Autoencoders (trained on random crops of the train-split photos only, L1 loss, Adam; the latent has",
-                  "3f^2 channels at 1/f resolution, as many numbers as pixels, so fidelity is limited by the short",
-                  "training and the decoder, whose traces are the point; val photos are never seen in training):", ""]
+        lines += [
+            "",
+            "Autoencoders (trained on random crops of the train-split photos only, L1 loss, Adam; the latent has",
+            "3f^2 channels at 1/f resolution, as many numbers as pixels, so fidelity is limited by the short",
+            "training and the decoder, whose traces are the point; val photos are never seen in training):",
+            "",
+        ]
         for m, v in sorted(ae.items()):
             early = " (stopped by the time cap: not byte-reproducible)" if v["stopped_by_time"] else ""
-            lines.append(f"- `{PREFIX}{m}`: {v['params']:,} parameters, {v['steps']} steps in {v['seconds']} s{early}, "
-                         f"final L1 {v['final_l1']} (0-1 scale), {v['n_crops']} crops of {v['n_photos']} photos")
+            lines.append(
+                f"- `{PREFIX}{m}`: {v['params']:,} parameters, {v['steps']} steps in {v['seconds']} s{early}, "
+                f"final L1 {v['final_l1']} (0-1 scale), {v['n_crops']} crops of {v['n_photos']} photos"
+            )
     n_bad = len(state.get("bad_images", {}))
-    lines += ["", f"Photos skipped (unreadable or smaller than the crop): {n_bad}; listed in `synthesize.json`.", ""]
+    lines += [
+        "",
+        f"Photos skipped (unreadable or smaller than the crop): {n_bad}; listed in `synthesize.json`.",
+        "",
+    ]
     return "\n".join(lines)

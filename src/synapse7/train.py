@@ -67,18 +67,35 @@ def _log_version(logs: Path) -> str:
     return f"resume_{n}"
 
 
-def build_trainer(cfg: RunConfig, out: Path, *, progress: bool = True, extra_callbacks: list | None = None) -> L.Trainer:
+def build_trainer(
+    cfg: RunConfig, out: Path, *, progress: bool = True, extra_callbacks: list | None = None
+) -> L.Trainer:
     """The Lightning Trainer: best-by-val_auc and last checkpoints, CSV logs, progress bar, DDP if asked."""
     # best.ckpt is for inference: weights, config and threshold, no optimizer state (a third of the size);
     # last.ckpt keeps the full state for --resume.
-    best = ModelCheckpoint(dirpath=out, filename="best", monitor="val_auc", mode="max", save_top_k=1,
-                           enable_version_counter=False, auto_insert_metric_name=False, save_weights_only=True)
+    best = ModelCheckpoint(
+        dirpath=out,
+        filename="best",
+        monitor="val_auc",
+        mode="max",
+        save_top_k=1,
+        enable_version_counter=False,
+        auto_insert_metric_name=False,
+        save_weights_only=True,
+    )
     # last.ckpt: after every epoch, and every N optimiser steps so an interrupted epoch loses at most N steps.
     # (Lightning's save_last only fires when a top-k checkpoint is written, so it is kept separate.)
-    last_epoch = ModelCheckpoint(dirpath=out, filename="last", save_top_k=1, every_n_epochs=1,
-                                 enable_version_counter=False)
-    periodic = ModelCheckpoint(dirpath=out, filename="last", every_n_train_steps=cfg.train.ckpt_every_n_steps,
-                               save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=False)
+    last_epoch = ModelCheckpoint(
+        dirpath=out, filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False
+    )
+    periodic = ModelCheckpoint(
+        dirpath=out,
+        filename="last",
+        every_n_train_steps=cfg.train.ckpt_every_n_steps,
+        save_top_k=1,
+        enable_version_counter=False,
+        save_on_train_epoch_end=False,
+    )
     callbacks = [best, last_epoch, periodic, *(extra_callbacks or [])]
     quiet_lightning()
     if progress:
@@ -102,8 +119,14 @@ def build_trainer(cfg: RunConfig, out: Path, *, progress: bool = True, extra_cal
     )
 
 
-def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
-          callbacks: list | None = None) -> TrainResult:
+def train(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    callbacks: list | None = None,
+) -> TrainResult:
     """Train a detector on cfg.data.root; writes RUN_DIR/{best,last}.ckpt, config.yaml, logs/metrics.csv and
     training_curves.png."""
     out = ensure_writable_dir(out_dir)
@@ -111,7 +134,9 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
     if resume and not last.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
     if not resume and ((out / "best.ckpt").exists() or last.exists()):
-        raise FileExistsError(f"{out} already holds a finished or interrupted run; use --resume or another --out")
+        raise FileExistsError(
+            f"{out} already holds a finished or interrupted run; use --resume or another --out"
+        )
     cfg = resolve_normalization(cfg)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     dm = GenImageDataModule(cfg.data, train_pre_ops=build_train_ops(cfg.data), seed=cfg.train.seed)
@@ -120,15 +145,24 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, progress
     module = DetectorModule(cfg.to_dict())
     trainable, total = count_parameters(module.net)
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
-        print(f"synapse7 train: {cfg.model.backbone} input={cfg.model.input} weights={cfg.model.weights} "
-              f"trainable={trainable:,}/{total:,} params; train={len(dm.train_set)} val={len(dm.val_set)} images; "
-              f"generators={', '.join(dm.train_set.generators)}", file=sys.stderr)
+        print(
+            f"synapse7 train: {cfg.model.backbone} input={cfg.model.input} weights={cfg.model.weights} "
+            f"trainable={trainable:,}/{total:,} params; train={len(dm.train_set)} val={len(dm.val_set)} images; "
+            f"generators={', '.join(dm.train_set.generators)}",
+            file=sys.stderr,
+        )
     save_config(cfg, out / "config.yaml")
     fit_data: dict = {"datamodule": dm}
     if cfg.train.feature_cache is not None:
         try:
-            cached = prepare_cached_training(cfg, module, dm.train_set, dm.val_set, train_pre_ops=dm.train_pre_ops,
-                                             log=lambda m: print(m, file=sys.stderr))
+            cached = prepare_cached_training(
+                cfg,
+                module,
+                dm.train_set,
+                dm.val_set,
+                train_pre_ops=dm.train_pre_ops,
+                log=lambda m: print(m, file=sys.stderr),
+            )
         except CacheRefused as e:
             print(f"synapse7 train: feature cache not used: {e.reason}; training on images", file=sys.stderr)
         else:

@@ -42,7 +42,7 @@ def limit_aspect(t: torch.Tensor, max_aspect: int = MAX_ASPECT) -> torch.Tensor:
 
 def grid_side(crops: int) -> int:
     """k for crops = k*k; raises ValueError otherwise."""
-    k = round(crops ** 0.5) if crops >= 1 else 0
+    k = round(crops**0.5) if crops >= 1 else 0
     if k < 1 or k * k != crops:
         raise ValueError(f"crops must be a square number (1, 4, 9, 16, ...), got {crops}")
     return k
@@ -68,7 +68,7 @@ def grid_crops(t: torch.Tensor, size: int, k: int) -> torch.Tensor:
     h, w = t.shape[-2:]
     ys = [round(i * (h - size) / (k - 1)) if k > 1 else (h - size) // 2 for i in range(k)]
     xs = [round(i * (w - size) / (k - 1)) if k > 1 else (w - size) // 2 for i in range(k)]
-    return torch.stack([t[..., y:y + size, x:x + size] for y in ys for x in xs])
+    return torch.stack([t[..., y : y + size, x : x + size] for y in ys for x in xs])
 
 
 class ClassificationPreset:
@@ -120,23 +120,36 @@ class ClassificationPreset:
             return None
         return 2 * self.resize_size
 
-    def decode(self, source: str | os.PathLike | bytes | IO[bytes] | Image.Image | np.ndarray, *,
-               max_pixels: int = DEFAULT_MAX_PIXELS, name: str | os.PathLike | None = None) -> Image.Image:
+    def decode(
+        self,
+        source: str | os.PathLike | bytes | IO[bytes] | Image.Image | np.ndarray,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        name: str | os.PathLike | None = None,
+    ) -> Image.Image:
         """`io.load_image` with this preset's decoding shortcut (reduced-scale JPEG decoding when enabled).
 
         Every image Synapse-7 reads (datasets, `Detector.predict`, the web API) is decoded here.
         """
         return load_image(source, max_pixels=max_pixels, name=name, draft_size=self.draft_size)
 
-    def load(self, source: str | os.PathLike | bytes | IO[bytes] | Image.Image | np.ndarray, *,
-             max_pixels: int = DEFAULT_MAX_PIXELS, name: str | os.PathLike | None = None) -> torch.Tensor:
+    def load(
+        self,
+        source: str | os.PathLike | bytes | IO[bytes] | Image.Image | np.ndarray,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        name: str | os.PathLike | None = None,
+    ) -> torch.Tensor:
         """decode + to_uint8: uint8 (3, crop, crop), not yet normalised. Raises BadImageError for an image
         smaller than `min_side`."""
         img = self.decode(source, max_pixels=max_pixels, name=name)
         if min(img.size) < self.min_side:
             label = name if name is not None else (source if isinstance(source, (str, os.PathLike)) else None)
-            raise BadImageError(label, f"image too small: {img.width}x{img.height}; this model needs at least "
-                                       f"{self.min_side} px on the shorter side (its input is {self.crop_size} px)")
+            raise BadImageError(
+                label,
+                f"image too small: {img.width}x{img.height}; this model needs at least "
+                f"{self.min_side} px on the shorter side (its input is {self.crop_size} px)",
+            )
         return self.to_uint8(img)
 
     def to_uint8(self, img: Image.Image) -> torch.Tensor:
@@ -176,9 +189,11 @@ class ClassificationPreset:
         return self.normalize(self.to_uint8(img))
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(crop_size={self.crop_size}, resize_size={self.resize_size}, "
-                f"preprocess={self.preprocess!r}, crops={self.crops}, fast_decode={self.fast_decode}, "
-                f"pre_ops={self.pre_ops})")
+        return (
+            f"{type(self).__name__}(crop_size={self.crop_size}, resize_size={self.resize_size}, "
+            f"preprocess={self.preprocess!r}, crops={self.crops}, fast_decode={self.fast_decode}, "
+            f"pre_ops={self.pre_ops})"
+        )
 
 
 def min_input_side(cfg: DataConfig) -> int:
@@ -191,7 +206,9 @@ def min_input_side(cfg: DataConfig) -> int:
     return max(8, -(-cfg.image_size // 4))
 
 
-def build_preset(cfg: DataConfig, *, pre_ops: Sequence[PilOp] = (), check_size: bool = False) -> ClassificationPreset:
+def build_preset(
+    cfg: DataConfig, *, pre_ops: Sequence[PilOp] = (), check_size: bool = False
+) -> ClassificationPreset:
     """The evaluation/inference preset for a data config (alignment ops first, if configured). check_size:
     refuse images under `min_input_side` (prediction does; datasets for training and evaluation do not)."""
     ops: list[PilOp] = []

@@ -85,13 +85,17 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def png_chunk(ctype: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + ctype + data + struct.pack(">I", zlib.crc32(ctype + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data)) + ctype + data + struct.pack(">I", zlib.crc32(ctype + data) & 0xFFFFFFFF)
+    )
 
 
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
 
-def png_raw(w: int, h: int, idat: bytes, *, bit_depth: int = 8, color_type: int = 0, extra: bytes = b"") -> bytes:
+def png_raw(
+    w: int, h: int, idat: bytes, *, bit_depth: int = 8, color_type: int = 0, extra: bytes = b""
+) -> bytes:
     ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bit_depth, color_type, 0, 0, 0))
     return PNG_SIG + ihdr + extra + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
@@ -201,8 +205,13 @@ def _specs() -> list[tuple[str, str, str, _Maker, dict]]:
     jpg, png = encode(img, "JPEG", quality=90), encode(img, "PNG")
     small = noise_image(40, 20, seed=1)
     gray16 = Image.fromarray(np.arange(40 * 20, dtype=np.uint16).reshape(20, 40) * 80)
-    rgb16 = png_raw(6, 4, zlib.compress(b"".join(b"\x00" + bytes(range(r * 36, r * 36 + 36)) for r in range(4))),
-                    bit_depth=16, color_type=2)
+    rgb16 = png_raw(
+        6,
+        4,
+        zlib.compress(b"".join(b"\x00" + bytes(range(r * 36, r * 36 + 36)) for r in range(4))),
+        bit_depth=16,
+        color_type=2,
+    )
     palette_trns = Image.new("P", (40, 20), 0)
     palette_trns.putpalette([255, 0, 0] * 256)
     nanf = np.array([[np.nan, np.inf, 1.0, -np.inf, 0.5]] * 3, dtype=np.float32)
@@ -226,92 +235,266 @@ def _specs() -> list[tuple[str, str, str, _Maker, dict]]:
         ("trunc_jpg_10.jpg", "truncated", BAD, _bytes(jpg[:10]), dict(reason=truncated + unknown)),
         ("trunc_jpg_300.jpg", "truncated", BAD, _bytes(jpg[:300]), dict(reason=truncated)),
         ("trunc_jpg_half.jpg", "truncated", BAD, _bytes(jpg[: n_jpg // 2]), dict(reason=truncated)),
-        ("trunc_jpg_no_eoi.jpg", "truncated", BAD, _bytes(jpg[:-2]), dict(reason=truncated,
-                                                                             note="only the EOI marker missing")),
+        (
+            "trunc_jpg_no_eoi.jpg",
+            "truncated",
+            BAD,
+            _bytes(jpg[:-2]),
+            dict(reason=truncated, note="only the EOI marker missing"),
+        ),
         ("trunc_png_10.png", "truncated", BAD, _bytes(png[:10]), dict(reason=truncated + unknown)),
         ("trunc_png_100.png", "truncated", BAD, _bytes(png[:100]), dict(reason=truncated)),
         ("trunc_png_half.png", "truncated", BAD, _bytes(png[: n_png // 2]), dict(reason=truncated)),
         ("trunc_png_no_iend.png", "truncated", OK, _bytes(png[:-12]), dict(size=S, note="all IDAT present")),
         ("trunc_png_minus2.png", "truncated", OK, _bytes(png[:-2]), dict(size=S, note="IEND CRC cut")),
-        ("comma, space.jpg", "truncated", BAD, _bytes(jpg[: n_jpg // 3]), dict(reason=truncated,
-                                                                               note="name needs CSV quoting")),
+        (
+            "comma, space.jpg",
+            "truncated",
+            BAD,
+            _bytes(jpg[: n_jpg // 3]),
+            dict(reason=truncated, note="name needs CSV quoting"),
+        ),
         # wrong magic bytes / not an image: content is sniffed, the extension does not matter
         ("png_named.jpg", "wrong_magic", OK, _bytes(png), dict(size=S)),
         ("jpeg_named.png", "wrong_magic", OK, _bytes(jpg), dict(size=S)),
         ("gif_named.webp", "wrong_magic", OK, _bytes(animation("GIF")), dict(size=(30, 16))),
         ("random.png", "wrong_magic", BAD, _bytes(random.Random(7).randbytes(4096)), dict(reason=unknown)),
-        ("random_png_magic.png", "wrong_magic", BAD, _bytes(PNG_SIG + random.Random(8).randbytes(4096)),
-         dict(reason=unknown + corrupt)),
-        ("text.jpg", "wrong_magic", BAD, _bytes(b"this is a text file, not a JPEG\n" * 20), dict(reason=unknown)),
+        (
+            "random_png_magic.png",
+            "wrong_magic",
+            BAD,
+            _bytes(PNG_SIG + random.Random(8).randbytes(4096)),
+            dict(reason=unknown + corrupt),
+        ),
+        (
+            "text.jpg",
+            "wrong_magic",
+            BAD,
+            _bytes(b"this is a text file, not a JPEG\n" * 20),
+            dict(reason=unknown),
+        ),
         ("soi_eoi.jpg", "wrong_magic", BAD, _bytes(b"\xff\xd8\xff\xd9"), dict(reason=unknown + truncated)),
-        ("html.png", "wrong_magic", BAD, _bytes(b"<!DOCTYPE html><html><body>404 Not Found</body></html>\n"),
-         dict(reason=unknown)),
+        (
+            "html.png",
+            "wrong_magic",
+            BAD,
+            _bytes(b"<!DOCTYPE html><html><body>404 Not Found</body></html>\n"),
+            dict(reason=unknown),
+        ),
         ("png_header_only.png", "corrupt", BAD, _bytes(png[:33]), dict(reason=unknown + truncated)),
-        ("png_zero_width.png", "corrupt", BAD, _bytes(png_raw(0, 5, zlib.compress(b"\0" * 5))),
-         dict(reason=unknown + ("empty image",))),
-        ("png_bad_crc.png", "corrupt", BAD, _bytes(png[:29] + bytes([png[29] ^ 0xFF]) + png[30:]),
-         dict(reason=unknown + corrupt)),
-        ("png_bad_zlib.png", "corrupt", BAD, _bytes(png_raw(5, 5, b"\x78\x9c" + b"\xff" * 20)), dict(reason=corrupt)),
-        ("png_bad_filter.png", "corrupt", BAD, _bytes(png_raw(5, 5, zlib.compress(b"\x09" + bytes(29)))),
-         dict(reason=corrupt)),
+        (
+            "png_zero_width.png",
+            "corrupt",
+            BAD,
+            _bytes(png_raw(0, 5, zlib.compress(b"\0" * 5))),
+            dict(reason=unknown + ("empty image",)),
+        ),
+        (
+            "png_bad_crc.png",
+            "corrupt",
+            BAD,
+            _bytes(png[:29] + bytes([png[29] ^ 0xFF]) + png[30:]),
+            dict(reason=unknown + corrupt),
+        ),
+        (
+            "png_bad_zlib.png",
+            "corrupt",
+            BAD,
+            _bytes(png_raw(5, 5, b"\x78\x9c" + b"\xff" * 20)),
+            dict(reason=corrupt),
+        ),
+        (
+            "png_bad_filter.png",
+            "corrupt",
+            BAD,
+            _bytes(png_raw(5, 5, zlib.compress(b"\x09" + bytes(29)))),
+            dict(reason=corrupt),
+        ),
         # documented limits: the decoder reports a clean end, so the missing area is filled in
-        ("limit_jpg_cut_with_eoi.jpg", "limits", OK, _bytes(jpg[: n_jpg // 2] + b"\xff\xd9"),
-         dict(size=S, note="libjpeg fills the rest grey")),
-        ("limit_png_short_idat.png", "limits", OK, _bytes(png_raw(5, 5, zlib.compress(bytes(12)))),
-         dict(size=(5, 5), note="zlib ends early; rows filled black")),
+        (
+            "limit_jpg_cut_with_eoi.jpg",
+            "limits",
+            OK,
+            _bytes(jpg[: n_jpg // 2] + b"\xff\xd9"),
+            dict(size=S, note="libjpeg fills the rest grey"),
+        ),
+        (
+            "limit_png_short_idat.png",
+            "limits",
+            OK,
+            _bytes(png_raw(5, 5, zlib.compress(bytes(12)))),
+            dict(size=(5, 5), note="zlib ends early; rows filled black"),
+        ),
         # extreme sizes (under the pixel limit)
-        ("tiny_1x1.png", "size", OK, _bytes(encode(Image.new("RGB", (1, 1), (7, 8, 9)), "PNG")),
-         dict(size=(1, 1), pixel=((0, 0), (7, 8, 9)))),
-        ("tiny_1x1.jpg", "size", OK, _bytes(encode(Image.new("RGB", (1, 1), (200, 100, 50)), "JPEG")),
-         dict(size=(1, 1))),
+        (
+            "tiny_1x1.png",
+            "size",
+            OK,
+            _bytes(encode(Image.new("RGB", (1, 1), (7, 8, 9)), "PNG")),
+            dict(size=(1, 1), pixel=((0, 0), (7, 8, 9))),
+        ),
+        (
+            "tiny_1x1.jpg",
+            "size",
+            OK,
+            _bytes(encode(Image.new("RGB", (1, 1), (200, 100, 50)), "JPEG")),
+            dict(size=(1, 1)),
+        ),
         ("tiny_1x1.gif", "size", OK, _bytes(encode(Image.new("P", (1, 1)), "GIF")), dict(size=(1, 1))),
         ("tall_3x70000.png", "size", OK, _bytes(tall), dict(size=(3, 70000))),
         ("wide_70000x3.png", "size", OK, _bytes(wide), dict(size=(70000, 3))),
         # decompression bombs: rejected from the header, before any pixel is decoded
-        ("bomb_png_20000x20000.png", "bomb", BAD, _bytes(png_bilevel_blank(20000, 20000)), dict(reason=too_large)),
-        ("bomb_png_10000x10000.png", "bomb", BAD, _bytes(png_bilevel_blank(10000, 10000)),
-         dict(reason=too_large, note="between PIL's warning and error thresholds")),
-        ("bomb_jpg_65500x65500.jpg", "bomb", BAD, _bytes(jpeg_with_size(65500, 65500)), dict(reason=too_large)),
-        ("bomb_gif_65535x65535.gif", "bomb", BAD, _bytes(gif_with_screen(65535, 65535)), dict(reason=too_large)),
-        ("bomb_webp_16384x16384.webp", "bomb", BAD, _bytes(webp_with_size(16384, 16384)), dict(reason=too_large)),
-        ("bomb_jpg_scans.jpg", "bomb", BAD, _bytes(jpeg_scan_bomb()),
-         dict(reason=("too many jpeg scans",), note="decoding-time bomb: 1000 copies of a 16-byte scan")),
-        ("bomb_png_ztxt.png", "bomb", BAD, _bytes(png_raw(5, 5, zlib.compress(bytes(30)), extra=ztxt_bomb)),
-         dict(reason=too_large, note="8 MiB zTXt metadata chunk")),
+        (
+            "bomb_png_20000x20000.png",
+            "bomb",
+            BAD,
+            _bytes(png_bilevel_blank(20000, 20000)),
+            dict(reason=too_large),
+        ),
+        (
+            "bomb_png_10000x10000.png",
+            "bomb",
+            BAD,
+            _bytes(png_bilevel_blank(10000, 10000)),
+            dict(reason=too_large, note="between PIL's warning and error thresholds"),
+        ),
+        (
+            "bomb_jpg_65500x65500.jpg",
+            "bomb",
+            BAD,
+            _bytes(jpeg_with_size(65500, 65500)),
+            dict(reason=too_large),
+        ),
+        (
+            "bomb_gif_65535x65535.gif",
+            "bomb",
+            BAD,
+            _bytes(gif_with_screen(65535, 65535)),
+            dict(reason=too_large),
+        ),
+        (
+            "bomb_webp_16384x16384.webp",
+            "bomb",
+            BAD,
+            _bytes(webp_with_size(16384, 16384)),
+            dict(reason=too_large),
+        ),
+        (
+            "bomb_jpg_scans.jpg",
+            "bomb",
+            BAD,
+            _bytes(jpeg_scan_bomb()),
+            dict(reason=("too many jpeg scans",), note="decoding-time bomb: 1000 copies of a 16-byte scan"),
+        ),
+        (
+            "bomb_png_ztxt.png",
+            "bomb",
+            BAD,
+            _bytes(png_raw(5, 5, zlib.compress(bytes(30)), extra=ztxt_bomb)),
+            dict(reason=too_large, note="8 MiB zTXt metadata chunk"),
+        ),
         # colour modes and bit depths
-        ("gray16.png", "mode", OK, _bytes(encode(gray16, "PNG")), dict(size=(40, 20), pixel=((0, 0), (0, 0, 0)))),
+        (
+            "gray16.png",
+            "mode",
+            OK,
+            _bytes(encode(gray16, "PNG")),
+            dict(size=(40, 20), pixel=((0, 0), (0, 0, 0))),
+        ),
         ("rgb16.png", "mode", OK, _bytes(rgb16), dict(size=(6, 4))),
         ("gray16.tif", "mode", OK, _bytes(encode(gray16, "TIFF")), dict(size=(40, 20))),
-        ("int32.tiff", "mode", OK, _bytes(encode(Image.fromarray(np.arange(40, dtype=np.int32).reshape(4, 10) * 9999),
-                                                "TIFF")), dict(size=(10, 4))),
-        ("float_nan_inf.tif", "mode", OK, _bytes(encode(Image.fromarray(nanf, "F"), "TIFF")),
-         dict(size=(5, 3), note="NaN/inf pixels")),
-        ("cmyk.jpg", "mode", OK, _bytes(encode(Image.new("CMYK", (40, 20), (0, 255, 0, 0)), "JPEG")),
-         dict(size=(40, 20), pixel=((5, 5), (255, 0, 255)))),
-        ("palette.png", "mode", OK, _bytes(encode(Image.new("RGB", (40, 20), (9, 99, 199)).convert("P"), "PNG")),
-         dict(size=(40, 20))),
-        ("palette_trns.png", "mode", OK, _bytes(encode(palette_trns, "PNG", transparency=0)),
-         dict(size=(40, 20), pixel=((3, 3), (255, 0, 0)))),
-        ("la.png", "mode", OK, _bytes(encode(Image.new("LA", (40, 20), (128, 50)), "PNG")),
-         dict(size=(40, 20), pixel=((0, 0), (128, 128, 128)))),
-        ("rgba.png", "mode", OK, _bytes(encode(Image.new("RGBA", (40, 20), (10, 20, 30, 0)), "PNG")),
-         dict(size=(40, 20), pixel=((0, 0), (10, 20, 30)))),
-        ("bilevel.png", "mode", OK, _bytes(encode(Image.new("1", (40, 20), 1), "PNG")),
-         dict(size=(40, 20), pixel=((0, 0), (255, 255, 255)))),
+        (
+            "int32.tiff",
+            "mode",
+            OK,
+            _bytes(encode(Image.fromarray(np.arange(40, dtype=np.int32).reshape(4, 10) * 9999), "TIFF")),
+            dict(size=(10, 4)),
+        ),
+        (
+            "float_nan_inf.tif",
+            "mode",
+            OK,
+            _bytes(encode(Image.fromarray(nanf, "F"), "TIFF")),
+            dict(size=(5, 3), note="NaN/inf pixels"),
+        ),
+        (
+            "cmyk.jpg",
+            "mode",
+            OK,
+            _bytes(encode(Image.new("CMYK", (40, 20), (0, 255, 0, 0)), "JPEG")),
+            dict(size=(40, 20), pixel=((5, 5), (255, 0, 255))),
+        ),
+        (
+            "palette.png",
+            "mode",
+            OK,
+            _bytes(encode(Image.new("RGB", (40, 20), (9, 99, 199)).convert("P"), "PNG")),
+            dict(size=(40, 20)),
+        ),
+        (
+            "palette_trns.png",
+            "mode",
+            OK,
+            _bytes(encode(palette_trns, "PNG", transparency=0)),
+            dict(size=(40, 20), pixel=((3, 3), (255, 0, 0))),
+        ),
+        (
+            "la.png",
+            "mode",
+            OK,
+            _bytes(encode(Image.new("LA", (40, 20), (128, 50)), "PNG")),
+            dict(size=(40, 20), pixel=((0, 0), (128, 128, 128))),
+        ),
+        (
+            "rgba.png",
+            "mode",
+            OK,
+            _bytes(encode(Image.new("RGBA", (40, 20), (10, 20, 30, 0)), "PNG")),
+            dict(size=(40, 20), pixel=((0, 0), (10, 20, 30))),
+        ),
+        (
+            "bilevel.png",
+            "mode",
+            OK,
+            _bytes(encode(Image.new("1", (40, 20), 1), "PNG")),
+            dict(size=(40, 20), pixel=((0, 0), (255, 255, 255))),
+        ),
         ("gray.jpg", "mode", OK, _bytes(encode(small.convert("L"), "JPEG")), dict(size=(40, 20))),
         ("progressive.jpg", "mode", OK, _bytes(encode(small, "JPEG", progressive=True)), dict(size=(40, 20))),
         # animations: the first frame
-        ("anim.gif", "animated", OK, _bytes(animation("GIF")), dict(size=(30, 16), pixel=((0, 0), (255, 0, 0)))),
-        ("anim.webp", "animated", OK, _bytes(animation("WEBP", lossless=True)),
-         dict(size=(30, 16), pixel=((0, 0), (255, 0, 0)))),
-        ("anim_apng.png", "animated", OK, _bytes(animation("PNG")), dict(size=(30, 16), pixel=((0, 0), (255, 0, 0)))),
+        (
+            "anim.gif",
+            "animated",
+            OK,
+            _bytes(animation("GIF")),
+            dict(size=(30, 16), pixel=((0, 0), (255, 0, 0))),
+        ),
+        (
+            "anim.webp",
+            "animated",
+            OK,
+            _bytes(animation("WEBP", lossless=True)),
+            dict(size=(30, 16), pixel=((0, 0), (255, 0, 0))),
+        ),
+        (
+            "anim_apng.png",
+            "animated",
+            OK,
+            _bytes(animation("PNG")),
+            dict(size=(30, 16), pixel=((0, 0), (255, 0, 0))),
+        ),
         # EXIF orientation is applied (6 and 8 swap width and height)
         ("exif_orient6.jpg", "exif", OK, _bytes(jpeg_exif(small, 6)), dict(size=(20, 40))),
         ("exif_orient8.jpg", "exif", OK, _bytes(jpeg_exif(small, 8)), dict(size=(20, 40))),
         ("exif_orient3.jpg", "exif", OK, _bytes(jpeg_exif(small, 3)), dict(size=(40, 20))),
         ("exif_orient9_invalid.jpg", "exif", OK, _bytes(jpeg_exif(small, 9)), dict(size=(40, 20))),
-        ("exif_junk.jpg", "exif", OK, _bytes(encode(small, "JPEG", exif=b"Exif\x00\x00" + b"\xde\xad" * 20)),
-         dict(size=(40, 20), note="unparseable EXIF is ignored")),
+        (
+            "exif_junk.jpg",
+            "exif",
+            OK,
+            _bytes(encode(small, "JPEG", exif=b"Exif\x00\x00" + b"\xde\xad" * 20)),
+            dict(size=(40, 20), note="unparseable EXIF is ignored"),
+        ),
         # extensions
         ("UPPER.JPG", "extension", OK, _bytes(jpg), dict(size=S)),
         ("UPPER.PNG", "extension", OK, _bytes(png), dict(size=S)),
@@ -319,15 +502,25 @@ def _specs() -> list[tuple[str, str, str, _Maker, dict]]:
         ("still.webp", "extension", OK, _bytes(encode(small, "WEBP")), dict(size=(40, 20))),
         ("image.bmp", "extension", OK, _bytes(encode(small, "BMP")), dict(size=(40, 20))),
         # unreadable (only where the process is not root)
-        ("unreadable.png", "unreadable", BAD, _bytes(encode(small, "PNG")),
-         dict(reason=("permission",), root_reads=True, size=(40, 20))),
+        (
+            "unreadable.png",
+            "unreadable",
+            BAD,
+            _bytes(encode(small, "PNG")),
+            dict(reason=("permission",), root_reads=True, size=(40, 20)),
+        ),
         # symlinks and special files: never followed into a loop, never opened when not a regular file
         ("self_loop.jpg", "symlink", BAD, _symlink("self_loop.jpg"), dict(reason=cant_access)),
         ("pair_a.jpg", "symlink", BAD, _symlink("pair_b.jpg"), dict(reason=cant_access)),
         ("pair_b.jpg", "symlink", BAD, _symlink("pair_a.jpg"), dict(reason=cant_access)),
         ("dangling.png", "symlink", BAD, _symlink("no_such_file.png"), dict(reason=cant_access)),
-        ("dir_link.png", "symlink", BAD, _symlink(".", target_is_directory=True),
-         dict(reason=not_file, discoverable=False, note="a directory link named like an image")),
+        (
+            "dir_link.png",
+            "symlink",
+            BAD,
+            _symlink(".", target_is_directory=True),
+            dict(reason=not_file, discoverable=False, note="a directory link named like an image"),
+        ),
         ("fifo.png", "special", BAD, _fifo, dict(reason=not_file, note="opening it would block forever")),
         # file names that are not valid UTF-8 (or not ASCII)
         (b"\xff\xfe.png", "name", OK, _bytes(png), dict(size=S)),

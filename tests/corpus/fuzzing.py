@@ -32,8 +32,15 @@ ROUTES = ("file", "bytes", "draft")  # open_image(path), open_image(BytesIO), op
 FUZZ_MAX_PIXELS = 1 << 22  # keeps each example fast; the real limit is covered by the corpus bombs
 
 SEEDS: dict[str, bytes] = seed_images()
-EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "apng": ".png", "gif": ".gif", "webp": ".webp", "bmp": ".bmp",
-              "tiff": ".tif"}
+EXTENSIONS = {
+    "jpeg": ".jpg",
+    "png": ".png",
+    "apng": ".png",
+    "gif": ".gif",
+    "webp": ".webp",
+    "bmp": ".bmp",
+    "tiff": ".tif",
+}
 MAGICS: dict[str, bytes] = {
     "none": b"",
     "png": PNG_SIG,
@@ -135,7 +142,9 @@ def random_plan(rng: random.Random) -> Plan:
     ops = []
     for _ in range(rng.choice((1, 1, 2, 3, 5, 8))):
         kind = rng.choice(OP_KINDS)
-        pos = rng.randrange(1 << 16) if rng.random() < 0.5 else rng.randrange(64)  # headers are where bugs live
+        pos = (
+            rng.randrange(1 << 16) if rng.random() < 0.5 else rng.randrange(64)
+        )  # headers are where bugs live
         if kind in ("flip", "set"):
             arg = rng.choice(INTERESTING) if kind == "set" and rng.random() < 0.5 else rng.randrange(256)
             ops.append((kind, pos, arg))
@@ -179,7 +188,9 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
         if old_delay > 0:  # put back an outer timer (pytest-timeout uses SIGALRM too), minus the time spent
-            signal.setitimer(signal.ITIMER_REAL, max(old_delay - (time.monotonic() - start), 1e-3), old_interval)
+            signal.setitimer(
+                signal.ITIMER_REAL, max(old_delay - (time.monotonic() - start), 1e-3), old_interval
+            )
 
 
 @dataclass
@@ -216,8 +227,9 @@ def _last_frame(exc: BaseException) -> str:
     return f"{Path(f.filename).name}:{f.lineno}:{f.name}"
 
 
-def build_checker(tmpdir: str | Path, *, time_bound: float = 5.0,
-                  max_pixels: int = FUZZ_MAX_PIXELS) -> Callable[[bytes, str], Result]:
+def build_checker(
+    tmpdir: str | Path, *, time_bound: float = 5.0, max_pixels: int = FUZZ_MAX_PIXELS
+) -> Callable[[bytes, str], Result]:
     """A function (data, ext) -> Result that runs the property over both routes. Imports synapse7 lazily."""
     import torch
 
@@ -240,9 +252,15 @@ def build_checker(tmpdir: str | Path, *, time_bound: float = 5.0,
             img = open_image(io.BytesIO(data), max_pixels=max_pixels, name=name)
         size = img.size
         x = preset(img)
-        if not (isinstance(x, torch.Tensor) and x.dtype == torch.float32 and tuple(x.shape) == (3, CROP, CROP)
-                and bool(torch.isfinite(x).all())):
-            raise _BadTensor(f"got {type(x).__name__} {getattr(x, 'dtype', '')} {tuple(getattr(x, 'shape', ()))}")
+        if not (
+            isinstance(x, torch.Tensor)
+            and x.dtype == torch.float32
+            and tuple(x.shape) == (3, CROP, CROP)
+            and bool(torch.isfinite(x).all())
+        ):
+            raise _BadTensor(
+                f"got {type(x).__name__} {getattr(x, 'dtype', '')} {tuple(getattr(x, 'shape', ()))}"
+            )
         return "ok", f"{size[0]}x{size[1]}"
 
     def check(data: bytes, ext: str = ".img") -> Result:

@@ -10,5 +10,10 @@ from synapse7.serve.app import (
     exposure_warning,
 )
 
-__all__ = ["DEFAULT_MAX_FILES", "DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_MAX_UPLOAD_BYTES", "create_app",
-           "exposure_warning"]
+__all__ = [
+    "DEFAULT_MAX_FILES",
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "DEFAULT_MAX_UPLOAD_BYTES",
+    "create_app",
+    "exposure_warning",
+]

@@ -81,7 +81,7 @@ NO_BROWSER_PREVIEW = ("TIFF",)  # accepted types that common browsers cannot sho
 def sniff_image_type(data: bytes) -> str | None:
     """The accepted image format named by the leading bytes of `data`, or None."""
     for name, sig, off in _MAGIC:
-        if data[off:off + len(sig)] == sig and (name != "WebP" or data[:4] == b"RIFF"):
+        if data[off : off + len(sig)] == sig and (name != "WebP" or data[:4] == b"RIFF"):
             return name
     return None
 
@@ -142,8 +142,10 @@ def exposure_warning(host: str, token: str | None) -> str | None:
         loopback = False
     if loopback:
         return None
-    return (f"listening on {host} without an API token: anyone who can reach this machine can use the model; "
-            "set --token or SYNAPSE7_TOKEN, or listen on 127.0.0.1")
+    return (
+        f"listening on {host} without an API token: anyone who can reach this machine can use the model; "
+        "set --token or SYNAPSE7_TOKEN, or listen on 127.0.0.1"
+    )
 
 
 class RateLimiter:
@@ -176,25 +178,39 @@ class RateLimiter:
                 self._buckets[client] = (tokens, now)
                 wait = (1 - tokens) / self.rate
             if len(self._buckets) > 10_000:  # forget clients whose buckets are full again
-                self._buckets = {k: (t, u) for k, (t, u) in self._buckets.items()
-                                 if t + (now - u) * self.rate < self.burst}
+                self._buckets = {
+                    k: (t, u) for k, (t, u) in self._buckets.items() if t + (now - u) * self.rate < self.burst
+                }
         return wait
 
 
 def _model_summary(det: Detector) -> dict[str, Any]:
-    return {"backbone": det.cfg.model.backbone, "input": det.cfg.model.input, "image_size": det.cfg.data.image_size}
+    return {
+        "backbone": det.cfg.model.backbone,
+        "input": det.cfg.model.input,
+        "image_size": det.cfg.data.image_size,
+    }
 
 
 def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def create_app(detector: Detector | None = None, checkpoint: str | os.PathLike | None = None, *,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_files: int = DEFAULT_MAX_FILES,
-               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, threshold: float | None = None,
-               device: str | None = None, batch_size: int = 32, token: str | None = None,
-               rate_limit: float | None = None, rate_burst: int | None = None,
-               explain_grid: int = DEFAULT_GRID) -> FastAPI:
+def create_app(
+    detector: Detector | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_files: int = DEFAULT_MAX_FILES,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    threshold: float | None = None,
+    device: str | None = None,
+    batch_size: int = 32,
+    token: str | None = None,
+    rate_limit: float | None = None,
+    rate_burst: int | None = None,
+    explain_grid: int = DEFAULT_GRID,
+) -> FastAPI:
     """Build the web app around `detector`, or a Detector loaded from `checkpoint` (loaded now, so a bad path
     fails at start-up rather than on the first request).
 
@@ -204,24 +220,44 @@ def create_app(detector: Detector | None = None, checkpoint: str | os.PathLike |
     if (detector is None) == (checkpoint is None):
         raise ValueError("create_app needs exactly one of detector= or checkpoint=")
     if min(max_upload_bytes, max_files, max_request_bytes, batch_size, explain_grid) < 1:
-        raise ValueError("max_upload_bytes, max_files, max_request_bytes, batch_size and explain_grid must be positive")
+        raise ValueError(
+            "max_upload_bytes, max_files, max_request_bytes, batch_size and explain_grid must be positive"
+        )
     if max_request_bytes < max_upload_bytes + _MULTIPART_OVERHEAD:
-        raise ValueError(f"the request cap ({_human_bytes(max_request_bytes)}) leaves no room for one file of the "
-                         f"upload limit ({_human_bytes(max_upload_bytes)}); raise it or lower the upload limit")
-    det = detector if detector is not None else Detector.from_checkpoint(checkpoint, device=device, threshold=threshold)
+        raise ValueError(
+            f"the request cap ({_human_bytes(max_request_bytes)}) leaves no room for one file of the "
+            f"upload limit ({_human_bytes(max_upload_bytes)}); raise it or lower the upload limit"
+        )
+    det = (
+        detector
+        if detector is not None
+        else Detector.from_checkpoint(checkpoint, device=device, threshold=threshold)
+    )
     page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
     limiter = anyio.CapacityLimiter(1)
     rates = RateLimiter(rate_limit, rate_burst) if rate_limit else None
     public_config = det.cfg.to_dict()
-    public_config["data"]["root"] = None  # the training data's path on the training machine says nothing useful
-    limits = {"max_upload_bytes": max_upload_bytes, "max_files": max_files, "max_request_bytes": max_request_bytes,
-              "max_pixels": det.cfg.data.max_pixels, "accepted_types": list(ACCEPTED_TYPES),
-              "rate_limit_per_minute": rate_limit}
+    public_config["data"]["root"] = (
+        None  # the training data's path on the training machine says nothing useful
+    )
+    limits = {
+        "max_upload_bytes": max_upload_bytes,
+        "max_files": max_files,
+        "max_request_bytes": max_request_bytes,
+        "max_pixels": det.cfg.data.max_pixels,
+        "accepted_types": list(ACCEPTED_TYPES),
+        "rate_limit_per_minute": rate_limit,
+    }
 
     # docs_url=None: FastAPI's own /docs loads Swagger UI from a CDN; ours (below) serves it from this process.
-    app = FastAPI(title="Synapse-7", version=__version__, docs_url=None, redoc_url=None,
-                  description="Detects AI-generated images from how they were built (global FFT spectra). "
-                              "Model endpoints may need a bearer token (Authorize).")
+    app = FastAPI(
+        title="Synapse-7",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        description="Detects AI-generated images from how they were built (global FFT spectra). "
+        "Model endpoints may need a bearer token (Authorize).",
+    )
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes)
     app.mount("/static/docs", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     app.state.detector = det
@@ -235,20 +271,27 @@ def create_app(detector: Detector | None = None, checkpoint: str | os.PathLike |
             client = request.client.host if request.client else "unknown"
             wait = rates.take(client)
             if wait > 0:
-                raise HTTPException(429, f"rate limit: at most {rate_limit:g} requests a minute per client; "
-                                         f"retry in {wait:.1f} s", headers={"Retry-After": str(math.ceil(wait))})
-        if token is not None and (creds is None or not secrets.compare_digest(creds.credentials.encode(),
-                                                                              token.encode())):
-            raise HTTPException(401, "this service needs an API token: send 'Authorization: Bearer <token>'",
-                                headers={"WWW-Authenticate": "Bearer"})
+                raise HTTPException(
+                    429,
+                    f"rate limit: at most {rate_limit:g} requests a minute per client; retry in {wait:.1f} s",
+                    headers={"Retry-After": str(math.ceil(wait))},
+                )
+        if token is not None and (
+            creds is None or not secrets.compare_digest(creds.credentials.encode(), token.encode())
+        ):
+            raise HTTPException(
+                401,
+                "this service needs an API token: send 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         headers = {
             # Inline CSS/JS only; previews come from blob: URLs or the API's data: URLs; requests go to this origin.
             "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                                       "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; "
-                                       "form-action 'none'; frame-ancestors 'none'",
+            "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; "
+            "form-action 'none'; frame-ancestors 'none'",
             "X-Content-Type-Options": "nosniff",
             "Cache-Control": "no-cache",
         }
@@ -257,10 +300,13 @@ def create_app(detector: Detector | None = None, checkpoint: str | os.PathLike |
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title="Synapse-7 API",
-                                   swagger_js_url=f"{root}/static/docs/swagger-ui-bundle.js",
-                                   swagger_css_url=f"{root}/static/docs/swagger-ui.css",
-                                   swagger_favicon_url=f"{root}/static/docs/favicon.png")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title="Synapse-7 API",
+            swagger_js_url=f"{root}/static/docs/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/static/docs/swagger-ui.css",
+            swagger_favicon_url=f"{root}/static/docs/favicon.png",
+        )
 
     @app.get("/api/health")
     async def health() -> dict[str, Any]:
@@ -269,17 +315,35 @@ def create_app(detector: Detector | None = None, checkpoint: str | os.PathLike |
     @app.get("/api/info")
     async def info() -> dict[str, Any]:
         cfg = det.cfg
-        return {"name": "synapse7", "version": __version__, "threshold": det.threshold, "model": _model_summary(det),
-                "preprocess": {"mode": cfg.data.preprocess, "resize_size": cfg.data.resolved_resize,
-                               "crop_size": cfg.data.image_size},
-                "device": str(det.device), "limits": limits, "config": public_config,
-                "auth": {"token_required": token is not None}}
+        return {
+            "name": "synapse7",
+            "version": __version__,
+            "threshold": det.threshold,
+            "model": _model_summary(det),
+            "preprocess": {
+                "mode": cfg.data.preprocess,
+                "resize_size": cfg.data.resolved_resize,
+                "crop_size": cfg.data.image_size,
+            },
+            "device": str(det.device),
+            "limits": limits,
+            "config": public_config,
+            "auth": {"token_required": token is not None},
+        }
 
     def upload_schema(field: str, many: bool) -> dict[str, Any]:
         item = {"type": "string", "format": "binary"}
         prop = {"type": "array", "items": item} if many else item
-        return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": [field], "properties": {field: prop}}}}}}
+        return {
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {"type": "object", "required": [field], "properties": {field: prop}}
+                    }
+                },
+            }
+        }
 
     @app.post(PREDICT_PATH, openapi_extra=upload_schema("files", True), dependencies=[Depends(guard)])
     async def predict(request: Request) -> dict[str, Any]:
@@ -293,7 +357,8 @@ def create_app(detector: Detector | None = None, checkpoint: str | os.PathLike |
         if pending:
             # Decode + preprocess + one batched forward pass, off the event loop; requests take turns.
             outcomes = await anyio.to_thread.run_sync(
-                partial(_predict_isolated, det, [data for _, data in pending], batch_size), limiter=limiter)
+                partial(_predict_isolated, det, [data for _, data in pending], batch_size), limiter=limiter
+            )
             for (i, _), out in zip(pending, outcomes, strict=True):
                 if isinstance(out, str):
                     results[i] |= {"label": "ERROR", "p_ai": None, "error": out}
@@ -319,8 +384,15 @@ def create_app(detector: Detector | None = None, checkpoint: str | os.PathLike |
         if pending:
             data = pending[0][1]
             out = await anyio.to_thread.run_sync(
-                partial(_explain_isolated, det, data, explain_grid, preview=sniff_image_type(data) in NO_BROWSER_PREVIEW),
-                limiter=limiter)
+                partial(
+                    _explain_isolated,
+                    det,
+                    data,
+                    explain_grid,
+                    preview=sniff_image_type(data) in NO_BROWSER_PREVIEW,
+                ),
+                limiter=limiter,
+            )
             result |= out
         return result | {"threshold": det.threshold, "model": _model_summary(det)}
 
@@ -336,8 +408,9 @@ async def _read_form(request: Request, max_files: int) -> FormData:
         return await request.form(max_files=max_files, max_fields=max_files + 16)
     except StarletteHTTPException as e:  # what Request.form raises for a malformed or over-full body
         if e.status_code == 400 and "too many files" in str(e.detail).lower():
-            raise HTTPException(413, f"too many files: at most {max_files} per request; "
-                                     "send them in smaller batches") from e
+            raise HTTPException(
+                413, f"too many files: at most {max_files} per request; send them in smaller batches"
+            ) from e
         if e.status_code == 400:
             raise HTTPException(400, f"malformed multipart body: {e.detail}") from e
         raise  # 413 from BodyLimitMiddleware while the body streamed in
@@ -366,10 +439,21 @@ def _explain_isolated(det: Detector, data: bytes, grid: int, *, preview: bool) -
         views = render_views(e) | ({"preview": preview_png(image)} if preview else {})
     except Exception as exc:  # noqa: BLE001 - report per file
         log.exception("explanation failed")
-        return {"label": "ERROR", "p_ai": None, "error": f"could not process image: {type(exc).__name__}: {exc}"}
-    return {"label": e.label, "p_ai": e.p_ai, "image_size": list(image.size), "region": e.region.to_dict(), "regions": [r.to_dict() for r in e.regions],
-            "occlusion_window": e.window, "residual": e.residual_name,
-            "views": {k: _data_uri(v) for k, v in views.items()}}
+        return {
+            "label": "ERROR",
+            "p_ai": None,
+            "error": f"could not process image: {type(exc).__name__}: {exc}",
+        }
+    return {
+        "label": e.label,
+        "p_ai": e.p_ai,
+        "image_size": list(image.size),
+        "region": e.region.to_dict(),
+        "regions": [r.to_dict() for r in e.regions],
+        "occlusion_window": e.window,
+        "residual": e.residual_name,
+        "views": {k: _data_uri(v) for k, v in views.items()},
+    }
 
 
 def _predict_isolated(det: Detector, images: list[bytes], batch_size: int) -> list[Prediction | str]:
@@ -388,7 +472,9 @@ def _predict_isolated(det: Detector, images: list[bytes], batch_size: int) -> li
     return out
 
 
-async def _read_uploads(entries: list[UploadFile], max_bytes: int) -> tuple[list[dict[str, Any]], list[tuple[int, bytes]]]:
+async def _read_uploads(
+    entries: list[UploadFile], max_bytes: int
+) -> tuple[list[dict[str, Any]], list[tuple[int, bytes]]]:
     """Per-file checks before decoding. Returns a result stub per file and the (index, bytes) still to predict;
     stubs of rejected files already hold label ERROR and the reason."""
     results: list[dict[str, Any]] = []

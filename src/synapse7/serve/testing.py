@@ -24,7 +24,9 @@ def running_server(app: FastAPI, *, startup_timeout: float = 30.0) -> Iterator[s
     """Serve `app` with uvicorn on 127.0.0.1 at a free port, in a thread; yields the base URL."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout
@@ -66,9 +68,16 @@ def headless_chromium(*, width: int = 1280, height: int = 900) -> Iterator[Any]:
     browser, driver_path = found
     opts = webdriver.ChromeOptions()
     opts.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                f"--window-size={width},{height}", "--force-device-scale-factor=1", "--hide-scrollbars",
-                "--force-prefers-reduced-motion"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        f"--window-size={width},{height}",
+        "--force-device-scale-factor=1",
+        "--hide-scrollbars",
+        "--force-prefers-reduced-motion",
+    ):
         opts.add_argument(arg)
     driver = webdriver.Chrome(options=opts, service=Service(executable_path=driver_path))
     try:
@@ -77,7 +86,9 @@ def headless_chromium(*, width: int = 1280, height: int = 900) -> Iterator[Any]:
         driver.quit()
 
 
-def upload_and_wait(driver: Any, base_url: str, paths: Sequence[str | Path], *, timeout: float = 180.0) -> None:
+def upload_and_wait(
+    driver: Any, base_url: str, paths: Sequence[str | Path], *, timeout: float = 180.0
+) -> None:
     """Open the page, pick `paths` in its file input, and wait until every verdict and explanation is in."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -86,9 +97,13 @@ def upload_and_wait(driver: Any, base_url: str, paths: Sequence[str | Path], *, 
     wait = WebDriverWait(driver, timeout)
     wait.until(lambda d: d.find_element(By.ID, "health-text").text in ("model ready", "service unavailable"))
     driver.find_element(By.ID, "file-input").send_keys("\n".join(str(Path(p).resolve()) for p in paths))
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card")) == len(paths)
-               and not d.find_elements(By.CSS_SELECTOR, ".card.pending")
-               and not d.find_elements(By.CSS_SELECTOR, ".why .status:not(.bad)"))
+    wait.until(
+        lambda d: (
+            len(d.find_elements(By.CSS_SELECTOR, ".card")) == len(paths)
+            and not d.find_elements(By.CSS_SELECTOR, ".card.pending")
+            and not d.find_elements(By.CSS_SELECTOR, ".why .status:not(.bad)")
+        )
+    )
     # Explanation images are data: URLs; let them finish decoding before anyone looks.
     wait.until(lambda d: d.execute_script("return Array.from(document.images).every(i => i.complete)"))
 
