@@ -1,6 +1,6 @@
 """Screenshots of the web page and the offline API docs, taken in a real headless Chromium.
 
-    python bench/screenshot.py --checkpoint RUN/best.ckpt [--out docs/screenshots]
+    python bench/screenshot.py [--checkpoint RUN/best.ckpt] [--out docs/screenshots]   # default: the shipped model
 
 Serves the checkpoint on 127.0.0.1 (a free port), uploads through the page a photo (scikit-image's astronaut,
 JPEG), a demo stand-in "AI" image (a photo crop through the demo's transposed-convolution decoder, PNG), a
@@ -70,7 +70,9 @@ def shrink_png(path: Path, max_kb: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", required=True, metavar="CKPT", help="the model to serve")
+    ap.add_argument(
+        "--checkpoint", metavar="CKPT", help="the model to serve (default: the shipped default model)"
+    )
     ap.add_argument(
         "--out",
         default="docs/screenshots",
@@ -84,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"screenshot: error: {found}", file=sys.stderr)
         return 1
     out = Path(args.out)
-    det = Detector.from_checkpoint(args.checkpoint, device="cpu")
+    det = (
+        Detector.default(device="cpu")
+        if args.checkpoint is None
+        else Detector.from_checkpoint(args.checkpoint, device="cpu")
+    )
     with (
         tempfile.TemporaryDirectory(prefix="synapse7-shot-") as tmp,
         running_server(create_app(det)) as base,
