@@ -77,8 +77,11 @@ def test_exit_zero_only_when_every_input_is_classified(
 
 
 def test_usage_errors_exit_2(ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["predict", "x.png"]) == 2  # neither --checkpoint nor --onnx
-    assert main(["predict", "--checkpoint", str(ckpt), "--resume", "x.png"]) == 2
+    # (no --checkpoint is not one: the shipped default model is used, tests/test_modelfile.py)
+    assert main(["predict", "--checkpoint", str(ckpt), "--resume", "x.png"]) == 2  # --resume needs --output
+    with pytest.raises(SystemExit) as e:
+        main(["predict", "--checkpoint", str(ckpt)])  # no input paths
+    assert e.value.code == 2
 
 
 # ---- 2. option validation, usage and help --------------------------------------------------------------------
