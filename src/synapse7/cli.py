@@ -1137,8 +1137,13 @@ def _add_fingerprint_parser(sub: Any) -> None:
         "fingerprint.png, radial_profile.png and fingerprint.json to --out.",
     )
     p.add_argument("root", metavar="ROOT", help="dataset root in the GenImage layout")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--split", default="val")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="writes fingerprint.png, radial_profile.png, fingerprint.json",
+    )
+    _add_split(p, "average")
     p.add_argument("--image-size", type=int, default=256, help="centre-crop size, even (default 256)")
     p.add_argument(
         "--preprocess",
@@ -1146,14 +1151,23 @@ def _add_fingerprint_parser(sub: Any) -> None:
         default="crop",
         help="crop at native resolution (default: no resampling) or resize then crop as in training",
     )
-    p.add_argument("--generators", type=_csv_list, metavar="G1,G2")
+    p.add_argument(
+        "--generators", type=_csv_list, metavar="G1,G2", help="only these generators (default: all)"
+    )
     p.add_argument(
         "--max-per-group", type=int, metavar="N", help="at most N images (seeded subset) per generator/class"
     )
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--batch-size", type=_bounded(int, 1), default=32, help="images per batch (default 32)")
+    p.add_argument(
+        "--num-workers", type=_bounded(int, 0), default=2, help="data-loading worker processes (default 2)"
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--on-bad-image", choices=["skip", "error"], default="skip")
+    p.add_argument(
+        "--on-bad-image",
+        choices=["skip", "error"],
+        default="skip",
+        help="unreadable images: skip them with a count (default) or stop",
+    )
     p.add_argument(
         "--window",
         choices=["hann", "none"],
@@ -1164,7 +1178,7 @@ def _add_fingerprint_parser(sub: Any) -> None:
     p.add_argument(
         "--save-arrays", action="store_true", help="also write the mean spectra to fingerprint.npz"
     )
-    p.add_argument("--no-progress", action="store_true")
+    _add_no_progress(p)
     p.set_defaults(func=cmd_fingerprint)
 
 
@@ -1200,7 +1214,7 @@ def _add_sweep_parser(sub: Any) -> None:
         "With --storage the same command continues an interrupted sweep.",
     )
     p.add_argument("--data", required=True, metavar="ROOT", help="dataset root in the GenImage layout")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="trials, trials.csv, the plots and best.yaml")
     p.add_argument("--space", metavar="YAML", help="search space (base / space / pruner sections)")
     p.add_argument(
         "--trials",
@@ -1215,7 +1229,9 @@ def _add_sweep_parser(sub: Any) -> None:
     p.add_argument(
         "--storage", metavar="URL", help="e.g. sqlite:///sweep.db: persistent, resumable, shareable"
     )
-    p.add_argument("--study-name", default="synapse7")
+    p.add_argument(
+        "--study-name", default="synapse7", help="the study's name in --storage (default synapse7)"
+    )
     p.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
     p.add_argument(
         "--heartbeat",
