@@ -211,19 +211,25 @@ RELEASE_ROW = Row(
 
 # Written by hand after the 2026-12-01 run; re-read it against the table when the bench is run again.
 READING = """\
-- **No recipe generalises to `wild/realorai_game`**: every row is within noise of chance there (ROC-AUC
-  0.49-0.52 on 150 images; one image is 0.7 points of accuracy), against the issue's target of 0.80. Those images
-  are recent photorealistic renders that the site resized and re-encoded exactly like its photos, which erases
-  the up-sampling and decoder traces these models learn.
+- **Nothing reaches the issue's target on `wild/realorai_game`** (ROC-AUC 0.80). The NPR models and the
+  genimage-trained EfficientNet are at chance there (0.49-0.52 on 150 images). The only row above chance is
+  `mix_lite0_probe`, frozen ImageNet features with a trained head on *every* training set (self-made fakes,
+  genimage-mini and CIFAKE): **0.623** (about 2.5 standard errors above 0.5 at this size), accuracy 0.633 at
+  its own threshold. The `wild` images are recent photorealistic renders that the site resized and re-encoded
+  exactly like its photos, which erases the up-sampling and decoder traces the NPR models learn; broad,
+  content-level features trained on varied data hold up better.
 - **Self-made fakes alone do transfer to older generators**: `synth_npr` never saw a generated image, yet
   separates the six 2022 genimage-mini generators at ROC-AUC 0.816 (both classes re-encoded as JPEG q96),
   close to the EfficientNet-Lite0 model trained on those very generators (0.859, *seen*). Its threshold, chosen on
   self-made fakes, does not transfer: fake accuracy 0.245 there at 0.962 real accuracy.
 - **CIFAKE is inverted for the NPR models** (0.32-0.36): 32 px CIFAR photos and Stable Diffusion thumbnails,
-  padded to the 64 px crop, are outside what they learned; the ImageNet-feature model reaches 0.643.
-- Thresholds chosen on a row's own validation data are far from right on other sets (real accuracy 0.63-1.00,
-  fake accuracy 0.00-0.35 on unseen columns): a score from an unseen source should be read as a ranking, not
-  a calibrated probability.
+  padded to the 64 px crop, are outside what they learned.
+- Thresholds chosen on a row's own validation data are far from right on other sets (real accuracy 0.55-1.00,
+  fake accuracy 0.00-0.72 on unseen columns): a score from an unseen source is a ranking, not a calibrated
+  probability.
+- The shipped model (`release`) was chosen before this table existed, on principle (NPR on self-made fakes plus
+  genimage-mini); the table says the next release should rather start from `mix_lite0_probe`'s recipe. Choosing
+  it from this table would be choosing on the `wild` column, which is why it was not swapped in afterwards.
 """
 
 
