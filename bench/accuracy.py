@@ -635,14 +635,23 @@ def _details(out: Path, args: argparse.Namespace) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+def bench_parser(description: str, out: str, out_help: str) -> argparse.ArgumentParser:
+    """The parser every step-running bench starts from: --data (../shared/data) and --out (outside the repo)."""
+    ap = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument(
-        "--out",
-        type=Path,
-        default=Path("/tmp/synapse7_bench_accuracy"),
-        help="results, checkpoints and logs (not in the repository: checkpoints are large)",
+        "--data", type=Path, default=REPO.parent / "shared" / "data", help="the shared data folder"
+    )
+    ap.add_argument("--out", type=Path, default=Path(out), help=out_help)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = bench_parser(
+        __doc__,
+        "/tmp/synapse7_bench_accuracy",
+        "results, checkpoints and logs (not in the repository: checkpoints are large)",
     )
     ap.add_argument("--only", default=",".join(PROTOCOLS), help=f"comma list of {', '.join(PROTOCOLS)}")
     ap.add_argument("--results", type=Path, default=REPO / "docs" / "results.md")

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from accuracy import REPO, Ledger, Step, record_invocation, rel, run_steps  # noqa: E402 (bench helpers)
+from accuracy import REPO, Ledger, Step, bench_parser, record_invocation, rel, run_steps  # noqa: E402 (bench helpers)
 from common import machine_text  # noqa: E402
 from synapse7.io import atomic_write_text  # noqa: E402
 
@@ -280,13 +280,10 @@ def render(out: Path, rows: list[Row], steps: list[Step], ledger: Ledger, releas
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument(
-        "--out",
-        type=Path,
-        default=Path("/tmp/synapse7_bench_generalization"),
-        help="results, checkpoints, self-made fakes and logs (not in the repository)",
+    ap = bench_parser(
+        __doc__,
+        "/tmp/synapse7_bench_generalization",
+        "results, checkpoints, self-made fakes and logs (not in the repository)",
     )
     ap.add_argument("--only", help=f"comma list of rows ({', '.join(r.name for r in ROWS)}); default all")
     ap.add_argument("--results", type=Path, default=REPO / "docs" / "generalization.md")

@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from accuracy import REPO, Ledger, Step, record_invocation, rel, run_steps  # noqa: E402 (bench helpers)
+from accuracy import REPO, Ledger, Step, bench_parser, record_invocation, rel, run_steps  # noqa: E402 (bench helpers)
 from common import machine_text  # noqa: E402
 from synapse7.io import atomic_write_text  # noqa: E402
 
@@ -528,13 +528,10 @@ def make_smoke_data(root: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument(
-        "--out",
-        type=Path,
-        default=Path("/tmp/synapse7_release"),
-        help="results, checkpoints, self-made fakes and logs (not in the repository)",
+    ap = bench_parser(
+        __doc__,
+        "/tmp/synapse7_release",
+        "results, checkpoints, self-made fakes and logs (not in the repository)",
     )
     ap.add_argument("--num-workers", type=int, default=1)
     ap.add_argument(

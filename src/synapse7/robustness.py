@@ -17,23 +17,17 @@ from synapse7.evaluate import evaluate
 from synapse7.io import atomic_write_text, ensure_writable_dir
 from synapse7.perturb import Identity, parse_perturbation_list
 from synapse7.predict import Detector
-from synapse7.reports import fmt_value, pyplot, save_figure, table_csv, table_markdown, write_json
+from synapse7.reports import (
+    TABLE_COLUMNS,
+    fmt_value,
+    pyplot,
+    save_figure,
+    table_csv,
+    table_markdown,
+    write_json,
+)
 
-ROBUSTNESS_COLUMNS = [
-    "perturbation",
-    "family",
-    "strength",
-    "generator",
-    "accuracy",
-    "ap",
-    "roc_auc",
-    "real_acc",
-    "fake_acc",
-    "n_real",
-    "n_fake",
-    "support",
-    "threshold",
-]
+ROBUSTNESS_COLUMNS = ["perturbation", "family", "strength", *TABLE_COLUMNS, "threshold"]
 IDENTITY_STRENGTH = {"resize": 1.0, "blur": 0.0}
 # Where each panel draws the unperturbed point: the identity, or the weakest end (JPEG quality 100).
 UNPERTURBED_AT = {**IDENTITY_STRENGTH, "jpeg": 100.0}
