@@ -293,6 +293,23 @@ def efficientnet_lite0_spec() -> BackboneSpec:
     )
 
 
+def _resnet_spec(depth: int, width: int) -> BackboneSpec:
+    """torchvision's ResNet-`depth` (its last stage has `width` channels)."""
+    name = f"resnet{depth}"
+    return _torchvision_spec(
+        name,
+        name,
+        f"ResNet{depth}_Weights",
+        _resnet_stages(),
+        width,
+        "conv1",
+        "fc",
+        _RESNET_FEATURES,
+        _resnet_pool,
+        ("avgpool",),
+    )
+
+
 def _no_imagenet(name: str) -> Callable[[nn.Module], None]:
     def load(model: nn.Module) -> None:
         raise WeightsUnavailableError(
@@ -309,7 +326,7 @@ def npr_resnet_spec() -> BackboneSpec:
         weights="none (trained from scratch)",
         load_imagenet=_no_imagenet("npr_resnet"),
         stages=NPR_STAGES,
-        features=("conv1", "bn1", "relu", "maxpool", "layer1", "layer2"),
+        features=_RESNET_FEATURES[: _RESNET_FEATURES.index("layer2") + 1],  # the ResNet trunk up to layer2
         pool=_resnet_pool,
         pool_modules=("avgpool",),
         feature_width=512,
@@ -320,42 +337,9 @@ def npr_resnet_spec() -> BackboneSpec:
 
 
 _REGISTRY: dict[str, Callable[[], BackboneSpec]] = {
-    "resnet18": lambda: _torchvision_spec(
-        "resnet18",
-        "resnet18",
-        "ResNet18_Weights",
-        _resnet_stages(),
-        512,
-        "conv1",
-        "fc",
-        _RESNET_FEATURES,
-        _resnet_pool,
-        ("avgpool",),
-    ),
-    "resnet34": lambda: _torchvision_spec(
-        "resnet34",
-        "resnet34",
-        "ResNet34_Weights",
-        _resnet_stages(),
-        512,
-        "conv1",
-        "fc",
-        _RESNET_FEATURES,
-        _resnet_pool,
-        ("avgpool",),
-    ),
-    "resnet50": lambda: _torchvision_spec(
-        "resnet50",
-        "resnet50",
-        "ResNet50_Weights",
-        _resnet_stages(),
-        2048,
-        "conv1",
-        "fc",
-        _RESNET_FEATURES,
-        _resnet_pool,
-        ("avgpool",),
-    ),
+    "resnet18": lambda: _resnet_spec(18, 512),
+    "resnet34": lambda: _resnet_spec(34, 512),
+    "resnet50": lambda: _resnet_spec(50, 2048),
     "convnext_tiny": lambda: _torchvision_spec(
         "convnext_tiny",
         "convnext_tiny",
