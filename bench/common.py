@@ -117,6 +117,40 @@ def make_checkpoint(cfg: Any, path: str | os.PathLike, *, seed: int = 0) -> Path
 # Measurement
 
 
+def make_view(
+    key: str, root: Path, view: Path, *, fraction: float, seed: int, held: str = "calib", rest: str = "fit"
+) -> dict[str, int]:
+    """VIEW/KEY/<generator>/{rest,held}/{ai,nature}/: symlinks to ROOT's train split (nothing copied), a seeded
+    `fraction` of each generator's files in `held` (chosen by file name, so a paired real and fake go to the
+    same side), the others in `rest`. Returns the number of files on each side."""
+    from synapse7.data import find_generators
+
+    counts = {rest: 0, held: 0}
+    gens = find_generators(root, "train")
+    # One name set for every generator folder: a photo of the self-made set is held out for every method.
+    names = sorted(
+        {
+            f.name
+            for d in gens.values()
+            for cls in ("ai", "nature")
+            if (d / cls).is_dir()
+            for f in (d / cls).iterdir()
+        }
+    )
+    rng = np.random.default_rng(seed)
+    chosen = set(np.array(names)[rng.random(len(names)) < fraction].tolist()) if names else set()
+    for gen, split_dir in gens.items():
+        for cls in ("ai", "nature"):
+            for f in sorted((split_dir / cls).iterdir()) if (split_dir / cls).is_dir() else []:
+                side = held if f.name in chosen else rest
+                dst = view / key / gen / side / cls / f.name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if not dst.is_symlink():
+                    dst.symlink_to(f.resolve())
+                counts[side] += 1
+    return counts
+
+
 def _proc_kib(pid: int, file: str, field: str) -> int:
     """A `Field:   N kB` value from /proc/PID/status or /proc/PID/smaps_rollup (0 if the process is gone)."""
     try:

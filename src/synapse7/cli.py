@@ -170,6 +170,12 @@ def _add_crops(p: argparse.ArgumentParser) -> None:
         help="evaluation/prediction: score N = k*k crops on a grid covering the image and combine their "
         "logits, instead of the one centre crop (default: the model's setting, 1)",
     )
+    p.add_argument(
+        "--tta",
+        choices=["none", "flip"],
+        help="test-time augmentation: flip scores each image and its mirror image and averages the logits "
+        "(twice the compute; default: the model's setting, none)",
+    )
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -205,7 +211,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--backbone",
-        help="resnet34 (default), resnet18, resnet50, convnext_tiny, swin_t, efficientnet_lite0, npr_resnet",
+        help="resnet34 (default), resnet18, resnet50, convnext_tiny, swin_t, efficientnet_lite0/1/2, npr_resnet",
     )
     p.add_argument(
         "--weights",
@@ -228,8 +234,28 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         choices=["frozen-early", "linear-probe", "full"],
         help="freezing strategy, a named --trainable (for the multi-GPU strategy see --dist-strategy)",
     )
-    p.add_argument("--lr", type=_bounded(float, 0), help="AdamW learning rate (default 1e-4)")
-    p.add_argument("--weight-decay", type=_bounded(float, 0), help="AdamW weight decay (default 1e-4)")
+    p.add_argument("--lr", type=_bounded(float, 0), help=f"AdamW learning rate (default {TrainConfig.lr:g})")
+    p.add_argument("--weight-decay", type=_bounded(float, 0), help=f"AdamW weight decay (default {TrainConfig.weight_decay:g})")
+    p.add_argument(
+        "--label-smoothing",
+        type=_bounded(float, 0, 0.5),
+        metavar="E",
+        help="train against targets E/2 and 1 - E/2 instead of 0 and 1 (default 0)",
+    )
+    p.add_argument(
+        "--warmup-epochs",
+        type=_bounded(float, 0),
+        metavar="N",
+        help="raise the learning rate linearly over N epochs, then a cosine to 0, per step (default 0: a "
+        "cosine over epochs, per epoch)",
+    )
+    p.add_argument(
+        "--ema-decay",
+        type=_bounded(float, 0, 0.99999),
+        metavar="D",
+        help="keep an exponential moving average of the weights (decay D per step, e.g. 0.995); validation "
+        "and checkpoints use it (default 0: off)",
+    )
     p.add_argument("--seed", type=int, help="random seed of data order, augmentation and initialisation")
     p.add_argument(
         "--train-generators", type=_csv_list, metavar="G1,G2", help="train only on these generators"
@@ -334,6 +360,7 @@ def config_from_args(args: argparse.Namespace):
             "input": args.input,
             "trainable": args.strategy or args.trainable,
             "crop_vote": args.crop_vote,
+            "tta": args.tta,
         },
         train={
             "epochs": args.epochs,
@@ -346,6 +373,9 @@ def config_from_args(args: argparse.Namespace):
             "dist_strategy": args.dist_strategy,
             "precision": args.precision,
             "limit_train_batches": limit,
+            "label_smoothing": args.label_smoothing,
+            "warmup_epochs": args.warmup_epochs,
+            "ema_decay": args.ema_decay,
             "feature_cache": getattr(args, "feature_cache", None),
         },
     )
@@ -419,6 +449,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         crops=args.crops,
+        tta=args.tta,
         progress=not args.no_progress,
     )
     print(f"reports written to {args.out}", file=sys.stderr)
@@ -523,10 +554,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
             fast_decode=fast,
             precision=args.precision,
             crops=args.crops,
+            tta=args.tta,
         )
     elif args.checkpoint is None:
         det = Detector.from_onnx(
-            args.onnx, device=args.device, threshold=args.threshold, fast_decode=fast, crops=args.crops
+            args.onnx,
+            device=args.device,
+            threshold=args.threshold,
+            fast_decode=fast,
+            crops=args.crops,
+            tta=args.tta,
         )
     else:
         engine = "onnx" if args.onnx is not None else args.engine
@@ -540,6 +577,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             fast_decode=fast,
             precision=args.precision,
             crops=args.crops,
+            tta=args.tta,
         )
     if args.resume and not args.output:
         print("synapse7 predict: error: --resume needs --output FILE", file=sys.stderr)

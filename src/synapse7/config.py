@@ -89,6 +89,8 @@ class ModelConfig:
     input: str = "rgb+fft"  # fft | rgb | rgb+fft; default justified in README ("Input modes")
     trainable: str | None = None  # None: policy default; or "all" or a comma list (stage4,head / layer4,fc)
     crop_vote: str = "mean"  # how the logits of several crops of one image are combined: mean | max
+    # Test-time augmentation at evaluation/prediction: none | flip (the mean logit of the image and its mirror).
+    tta: str = "none"
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,14 @@ class TrainConfig:
     precision: str = "fp32"  # one of PRECISIONS
     ckpt_every_n_steps: int = 50  # last.ckpt is refreshed this often so --resume loses little
     limit_train_batches: float | int | None = None
+    # Regularisers and schedule (issue 16). label_smoothing e: BCE targets 0/1 become e/2 and 1 - e/2.
+    label_smoothing: float = 0.0
+    # > 0: the learning rate rises linearly over this many epochs, then follows a cosine to 0, updated every
+    # step; 0: a cosine over epochs, updated once per epoch (the schedule of every run before it existed).
+    warmup_epochs: float = 0.0
+    # > 0: an exponential moving average of the weights (Lightning's EMAWeightAveraging) with this decay per
+    # step; validation and the saved checkpoints use the averaged weights (last.ckpt keeps the raw ones too).
+    ema_decay: float = 0.0
     # Frozen-trunk feature cache folder (synapse7.cache): the frozen stages run once, later epochs read disk.
     feature_cache: str | None = None
 

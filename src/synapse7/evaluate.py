@@ -104,13 +104,14 @@ def evaluate(
     detector: Detector | None = None,
     precision: str = "auto",
     crops: int | None = None,
+    tta: str | None = None,
     progress: bool = False,
 ) -> EvalResult:
     """Evaluate `checkpoint` on `data_root/<generator>/<split>`; write reports (tables, metrics, confusion
     matrix, ROC/PR curves, score histogram, reliability diagram) into out_dir when given."""
     out = ensure_writable_dir(out_dir) if out_dir is not None else None
     det = detector or Detector.from_checkpoint(
-        checkpoint, device=device, threshold=threshold, precision=precision, crops=crops
+        checkpoint, device=device, threshold=threshold, precision=precision, crops=crops, tta=tta
     )
     dcfg = det.cfg.data
     if align is not None:

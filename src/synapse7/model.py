@@ -96,6 +96,9 @@ class Synapse7Net(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+TTA_MODES = ("none", "flip")
+
+
 def net_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
     """The Synapse7Net part of a DetectorModule state_dict: keys under `net.`, without that prefix."""
     return {k[4:]: v for k, v in state.items() if k.startswith("net.")}
@@ -186,6 +189,8 @@ def build_model(cfg: ModelConfig, *, load_weights: bool = True) -> Synapse7Net:
     spec = get_backbone_spec(cfg.backbone)
     if cfg.crop_vote not in ("mean", "max"):
         raise ValueError(f"crop_vote must be 'mean' or 'max', got {cfg.crop_vote!r}")
+    if cfg.tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {cfg.tta!r}")
     net = Synapse7Net(spec, cfg.input)
     net.crop_vote = cfg.crop_vote
     weights = cfg.weights

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import WeightAveraging
 from torch import nn
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryAveragePrecision
 
@@ -49,7 +51,9 @@ class DetectorModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         y = batch["label"].float()
         logits = self.step_logits(x)
-        return logits, y, F.binary_cross_entropy_with_logits(logits, y)
+        eps = self.cfg.train.label_smoothing if self.training else 0.0
+        target = y * (1.0 - eps) + 0.5 * eps
+        return logits, y, F.binary_cross_entropy_with_logits(logits, target)
 
     def step_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B,) for a batch's inputs; CachedDetectorModule runs its tail on cached features here."""
@@ -92,14 +96,36 @@ class DetectorModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         params = [p for p in self.net.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.cfg.train.lr, weight_decay=self.cfg.train.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.cfg.train.epochs))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        tc = self.cfg.train
+        if tc.warmup_epochs <= 0:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, tc.epochs))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warm = min(total - 1, max(1, round(total * tc.warmup_epochs / tc.epochs)))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, warm, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["synapse7"] = {"threshold": float(self.threshold), "format": 1}
+        trainer = self._trainer
+        if trainer is not None and "optimizer_states" not in checkpoint:
+            # A weights-only save (best.ckpt): Lightning does not ask callbacks, so a weight-averaging callback
+            # has not put its averaged weights in; do it here, without the raw copy it keeps for resuming.
+            for cb in trainer.callbacks:
+                if isinstance(cb, WeightAveraging):
+                    cb.on_save_checkpoint(trainer, self, checkpoint)
+                    checkpoint.pop("current_model_state", None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.threshold = float(checkpoint.get("synapse7", {}).get("threshold", 0.5))
+
+
+def warmup_cosine(step: int, warm: int, total: int) -> float:
+    """Learning-rate factor at optimiser step `step`: linear from 1/warm up to 1 over `warm` steps, then a
+    cosine down to 0 at `total`."""
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
 
 class CachedDetectorModule(DetectorModule):

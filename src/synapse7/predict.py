@@ -22,7 +22,7 @@ from synapse7.config import RunConfig, check_precision, config_from_dict
 from synapse7.data import MultiGenDataset, build_loader
 from synapse7.export import OnnxEngine, export_onnx
 from synapse7.io import BadImageError, ensure_writable_dir, extensions_text, printable_path, walk_images
-from synapse7.model import Synapse7Net, build_model, net_state_dict
+from synapse7.model import TTA_MODES, Synapse7Net, build_model, net_state_dict
 from synapse7.transforms import build_preset
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | bytes
@@ -178,10 +178,16 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def _with_data(cfg: RunConfig, **overrides: Any) -> RunConfig:
-    """cfg with the data fields in `overrides` replaced (None values keep the stored setting)."""
+def _with_data(cfg: RunConfig, tta: str | None = None, **overrides: Any) -> RunConfig:
+    """cfg with the data fields in `overrides` and the model's `tta` replaced (None keeps the stored setting)."""
     clean = {k: v for k, v in overrides.items() if v is not None}
-    return replace(cfg, data=replace(cfg.data, **clean)) if clean else cfg
+    if clean:
+        cfg = replace(cfg, data=replace(cfg.data, **clean))
+    if tta is not None:
+        if tta not in TTA_MODES:
+            raise ValueError(f"unknown test-time augmentation {tta!r}; choose from {', '.join(TTA_MODES)}")
+        cfg = replace(cfg, model=replace(cfg.model, tta=tta))
+    return cfg
 
 
 class Detector:
@@ -235,6 +241,7 @@ class Detector:
         fast_decode: bool | None = None,
         precision: str = "auto",
         crops: int | None = None,
+        tta: str | None = None,
     ) -> Detector:
         """Load a Synapse-7 checkpoint (.ckpt) or safetensors model; needs no pretrained weights and no network.
 
@@ -271,7 +278,7 @@ class Detector:
                     raise ValueError(f"{onnx} was exported from another model or image size than {path}")
         return cls(
             net,
-            _with_data(cfg, fast_decode=fast_decode, crops=crops),
+            _with_data(cfg, tta=tta, fast_decode=fast_decode, crops=crops),
             threshold=thr,
             device=device,
             engine=runner,
@@ -302,6 +309,7 @@ class Detector:
         threshold: float | None = None,
         fast_decode: bool | None = None,
         crops: int | None = None,
+        tta: str | None = None,
     ) -> Detector:
         """A detector from an ONNX export alone (`synapse7 export`): config and threshold are in its metadata."""
 
@@ -309,7 +317,7 @@ class Detector:
         thr = runner.threshold if threshold is None else threshold
         return cls(
             None,
-            _with_data(runner.config, fast_decode=fast_decode, crops=crops),
+            _with_data(runner.config, tta=tta, fast_decode=fast_decode, crops=crops),
             threshold=thr,
             device=device,
             engine=runner,
@@ -317,7 +325,17 @@ class Detector:
 
     @torch.inference_mode()
     def predict_batch(self, x: torch.Tensor) -> np.ndarray:
-        """(B, 3, S, S) normalised -> P(AI) as float64 array (B,); (B, K, 3, S, S) crops are combined per image."""
+        """(B, 3, S, S) normalised -> P(AI) as float64 array (B,); (B, K, 3, S, S) crops are combined per image.
+
+        With the model's `tta` "flip", the logit is the mean of the image's and its mirror image's."""
+        logits = self._logits(x)
+        if self.cfg.model.tta == "flip":
+            logits = 0.5 * (logits.float() + self._logits(x.flip(-1)).float())
+        return (
+            torch.sigmoid((logits.float() - self.offset) / self.temperature).cpu().numpy().astype(np.float64)
+        )
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.engine is not None:
             if x.dim() == 5:  # the exported graph takes single crops: run them flat, combine the logits here
                 b, k = x.shape[:2]
@@ -333,9 +351,7 @@ class Detector:
                 self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
             ):
                 logits = self._forward(x)
-        return (
-            torch.sigmoid((logits.float() - self.offset) / self.temperature).cpu().numpy().astype(np.float64)
-        )
+        return logits
 
     def _predict_uint8(self, u8: torch.Tensor) -> np.ndarray:
         """(B, 3, S, S) uint8 crops -> P(AI); normalised on the model's device (a GPU copies a quarter the bytes)."""

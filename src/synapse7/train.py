@@ -11,7 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from synapse7.cache import CacheRefused, prepare_cached_training
@@ -97,6 +97,8 @@ def build_trainer(
         save_on_train_epoch_end=False,
     )
     callbacks = [best, last_epoch, periodic, *(extra_callbacks or [])]
+    if cfg.train.ema_decay > 0:
+        callbacks.append(EMAWeightAveraging(decay=cfg.train.ema_decay))
     quiet_lightning()
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, 20 if not sys.stderr.isatty() else 1)))
