@@ -653,7 +653,12 @@ def main(argv: list[str] | None = None) -> int:
         "/tmp/synapse7_bench_accuracy",
         "results, checkpoints and logs (not in the repository: checkpoints are large)",
     )
-    ap.add_argument("--only", default=",".join(PROTOCOLS), help=f"comma list of {', '.join(PROTOCOLS)}")
+    ap.add_argument(
+        "--only",
+        default=",".join(PROTOCOLS),
+        help=f"comma list of {', '.join(PROTOCOLS)}, or cifake-recipe (issue 16: bench/cifake_recipe.py, "
+        "written to docs/results_cifake.md)",
+    )
     ap.add_argument("--results", type=Path, default=REPO / "docs" / "results.md")
     ap.add_argument("--num-workers", type=int, default=1)
     ap.add_argument(
@@ -687,6 +692,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.argv_shown = [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]
     only = [p.strip() for p in args.only.split(",") if p.strip()]
+    if "cifake-recipe" in only:  # issue 16's protocol: its own bench and write-up (docs/results_cifake.md)
+        import cifake_recipe
+
+        rc = cifake_recipe.main(["--data", str(args.data), "--out", str(args.out)])
+        only.remove("cifake-recipe")
+        if rc or not only:
+            return rc
     unknown = sorted(set(only) - set(PROTOCOLS))
     if unknown:
         ap.error(f"unknown protocol(s) {', '.join(unknown)}; choose from {', '.join(PROTOCOLS)}")

@@ -235,7 +235,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         help="freezing strategy, a named --trainable (for the multi-GPU strategy see --dist-strategy)",
     )
     p.add_argument("--lr", type=_bounded(float, 0), help=f"AdamW learning rate (default {TrainConfig.lr:g})")
-    p.add_argument("--weight-decay", type=_bounded(float, 0), help=f"AdamW weight decay (default {TrainConfig.weight_decay:g})")
+    p.add_argument(
+        "--weight-decay",
+        type=_bounded(float, 0),
+        help=f"AdamW weight decay (default {TrainConfig.weight_decay:g})",
+    )
     p.add_argument(
         "--label-smoothing",
         type=_bounded(float, 0, 0.5),
