@@ -169,6 +169,8 @@ def _run_one(step: Step, ledger: Ledger, log_dir: Path, threads: int) -> bool:
             "resumed": resume,
             "torch_threads": threads,
         }
+        if resume and prev.get("note"):  # e.g. a training started by hand, then resumed here
+            rec["note"] = prev["note"] + "; interrupted and resumed by the bench"
         if rc == 0 and step.resume_if is not None:
             atomic_write_text(step.done, json.dumps(rec, indent=2) + "\n")
         ledger.put(step.name, rec)
@@ -347,6 +349,8 @@ def render(plan: Plan, ledger: Ledger, steps: list[Step], chosen: tuple[str, str
     for s in steps:
         r = ledger.records.get(s.name)
         status = "not run" if r is None else ("ok" if r["rc"] == 0 else f"failed (rc {r['rc']})")
+        if r and r.get("note"):
+            status += f" ({r['note']})"
         t = f"{r['seconds']:.0f} s" if r else ""
         th = f" ({r.get('torch_threads', 2)} torch thread(s))" if r else ""
         loads = f"{r['load_start']} / {r['load_end']}" if r else ""
