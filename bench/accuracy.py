@@ -580,6 +580,10 @@ def render(out: Path, steps: list[Step], ledger: Ledger, args: argparse.Namespac
         "so the calibrated-threshold row chooses its threshold on the very data it reports on and is an upper "
         "bound, not a test figure.",
         "",
+        "The CIFAKE epoch count below was chosen after looking at val. Issue 16's protocol, where every choice "
+        "is made on a holdout cut from train and val is reported once for three seeds, has its own page: "
+        "[results_cifake.md](results_cifake.md) (`bench/accuracy.py --only cifake-recipe`).",
+        "",
         "## Summary",
         "",
         "| protocol | figure | value | target | met | steps (wall-clock time) |",

@@ -17,8 +17,10 @@ we have never seen), genimage-mini val (jpeg:96), cifake val, synth val. A row's
 Thresholds: every row is trained with `--calibrate accuracy`, which picks the threshold on the row's own
 validation split (its training data's val split, never a test column).
 
-Every step is skipped when its result exists under --out (a training killed half-way resumes), and the write-up
-is regenerated from whatever results exist, so the bench can be stopped and restarted.
+Every step is skipped when its result exists under --out (a training killed half-way resumes), so the bench
+can be stopped and restarted. Every cell measured is also kept in docs/generalization.json (committed) with the
+machine, date and run time behind it, and the write-up is rendered from that store: running only some rows
+(`--only`) on another machine, whose --out lacks the other rows, replaces those rows' cells and keeps the rest.
 """
 
 from __future__ import annotations
@@ -187,6 +189,46 @@ def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+CELL_KEYS = ("roc_auc", "accuracy", "real_acc", "fake_acc", "n")
+
+
+def update_store(
+    store: dict, out: Path, rows: list[Row], steps: list[Step], ledger: Ledger, release: Path | None
+) -> dict:
+    """Fold the results under `out` into `store` ({"rows": {name: {cells, steps, machine, date}}, "steps": {}}).
+
+    A row's cells, run times and machine are replaced only where `out` holds a result for it that differs from
+    the stored one, so re-rendering elsewhere, or after /tmp was cleared, keeps what was measured before.
+    """
+    rows_store = store.setdefault("rows", {})
+    for row, where in _row_dirs(out, rows, release):
+        fresh = {}
+        for col in COLUMNS:
+            m = _load(where / f"eval_{col}" / "metrics.json")
+            if m is not None:
+                fresh[col] = {k: m.get(k) for k in CELL_KEYS}
+        entry = rows_store.get(row.name, {})
+        if not fresh or all(entry.get("cells", {}).get(c) == v for c, v in fresh.items()):
+            continue
+        entry = rows_store.setdefault(row.name, {"cells": {}, "steps": {}})
+        entry["cells"].update(fresh)
+        entry["machine"] = machine_text()
+        entry["date"] = time.strftime("%Y-%m-%d")
+        for s in steps:
+            if s.protocol == row.name and s.name in ledger.records:
+                entry["steps"][s.name] = ledger.records[s.name]
+    if "synthesize" in ledger.records:
+        store.setdefault("steps", {})["synthesize"] = ledger.records["synthesize"]
+    return store
+
+
+def _row_dirs(out: Path, rows: list[Row], release: Path | None) -> list[tuple[Row, Path]]:
+    dirs = [(row, out / row.name) for row in rows]
+    if release is not None:
+        dirs.append((RELEASE_ROW, release))
+    return dirs
+
+
 def _cell(m: dict | None) -> str:
     if m is None:
         return "not run"
@@ -233,7 +275,7 @@ READING = """\
 """
 
 
-def render(out: Path, rows: list[Row], steps: list[Step], ledger: Ledger, release: Path | None = None) -> str:
+def render(rows: list[Row], steps: list[Step], store: dict) -> str:
     lines = [
         "# Generalisation: trained on some data, tested on every set",
         "",
@@ -242,23 +284,23 @@ def render(out: Path, rows: list[Row], steps: list[Step], ledger: Ledger, releas
         "training data's val split (`--calibrate accuracy`); `wild/realorai_game` is never trained on and no "
         "choice is made on it. *seen* marks a column whose generators were in the row's training data.",
         "",
-        f"Machine: {machine_text()}; other jobs may share the CPU (load averages per step below).",
+        "Machines: each row's machine and date are under *Rows*; other jobs may share the CPU (load averages "
+        "per step below).",
         "",
     ]
     head = "| row | trained on | " + " | ".join(COLUMN_TITLES[c] for c in COLUMNS) + " |"
     lines += [head, "|" + "---|" * (2 + len(COLUMNS))]
-    dirs = [(row, out / row.name) for row in rows]
-    if release is not None and (release / "eval_wild" / "metrics.json").is_file():
-        dirs.append((RELEASE_ROW, release))
-    for row, where in dirs:
-        cells = []
-        for col in COLUMNS:
-            c = _cell(_load(where / f"eval_{col}" / "metrics.json"))
-            cells.append(c + (" *seen*" if col in row.data else ""))
+    stored = store.get("rows", {})
+    shown = [r for r in rows if r.name in stored or r.name != RELEASE_ROW.name]
+    for row in shown:
+        got = stored.get(row.name, {}).get("cells", {})
+        cells = [_cell(got.get(col)) + (" *seen*" if col in row.data else "") for col in COLUMNS]
         lines.append(f"| `{row.name}` | {'+'.join(row.data)} | " + " | ".join(cells) + " |")
     lines += ["", "## Rows", ""]
-    for row, _ in dirs:
-        lines.append(f"- `{row.name}`: {row.note}.")
+    for row in shown:
+        e = stored.get(row.name)
+        where = f" Measured {e['date']} on {e['machine']}." if e else " Not run yet."
+        lines.append(f"- `{row.name}`: {row.note}.{where}")
     lines += ["", "## Reading", "", READING]
     lines += [
         "",
@@ -266,13 +308,16 @@ def render(out: Path, rows: list[Row], steps: list[Step], ledger: Ledger, releas
         "",
         "Each command runs from the repository root as `PYTHONPATH=src .venv/bin/python -m synapse7.cli ...`; "
         "the bench runs them in this order. Wall-clock seconds and the load average at start/end are from "
-        "`ledger.json`.",
+        "`ledger.json`, kept in `docs/generalization.json` with the cells they made.",
         "",
         "| step | seconds | load start -> end | command |",
         "|---|---|---|---|",
     ]
+    records = dict(store.get("steps", {}))
+    for e in stored.values():
+        records.update(e.get("steps", {}))
     for s in steps:
-        r = ledger.records.get(s.name)
+        r = records.get(s.name)
         t = f"{r['seconds']:.0f}" if r else "not run"
         load = f"{r['load_start']} -> {r['load_end']}" if r else ""
         lines.append(f"| {s.name} | {t} | {load} | `{s.command()}` |")
@@ -323,8 +368,11 @@ def main(argv: list[str] | None = None) -> int:
             out / "logs",
         )
         print(f"bench/generalization.py: steps took {time.perf_counter() - t0:.0f} s")
-    atomic_write_text(args.results, render(out, ROWS, all_steps, ledger, args.release_out))
-    print(f"wrote {rel(args.results)}")
+    store_path = args.results.with_suffix(".json")
+    store = update_store(_load(store_path) or {}, out, ROWS, all_steps, ledger, args.release_out)
+    atomic_write_text(store_path, json.dumps(store, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(args.results, render([*ROWS, RELEASE_ROW], all_steps, store))
+    print(f"wrote {rel(args.results)} and {rel(store_path)}")
     return 0
 
 

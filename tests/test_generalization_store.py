@@ -1,0 +1,58 @@
+"""bench/generalization.py: the committed store keeps every row measured before when only some rows are re-run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gen():  # noqa: ANN201 - the bench module
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import generalization as mod
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    return mod
+
+
+def _metrics(path: Path, auc: float) -> None:
+    path.mkdir(parents=True)
+    m = {"roc_auc": auc, "accuracy": 0.5, "real_acc": 0.25, "fake_acc": 0.75, "n": 10, "other": 1}
+    (path / "metrics.json").write_text(json.dumps(m))
+
+
+def test_partial_rerun_replaces_its_rows_and_keeps_the_others(gen, tmp_path: Path) -> None:  # noqa: ANN001
+    rows = gen.ROWS[:2]
+    old = {"machine": "old box", "date": "2026-01-01", "steps": {}}
+    store = {
+        "rows": {
+            rows[0].name: {**old, "cells": {"wild": {"roc_auc": 0.61, "accuracy": 0.6}}},
+            rows[1].name: {**old, "cells": {"wild": {"roc_auc": 0.52, "accuracy": 0.5}}},
+        }
+    }
+    out = tmp_path / "out"
+    _metrics(out / rows[1].name / "eval_wild", 0.7)  # only the second row was re-run here
+    ledger = gen.Ledger(tmp_path / "ledger.json")
+    ledger.put(f"train {rows[1].name}", {"seconds": 12.0, "load_start": "1", "load_end": "2", "rc": 0})
+    steps = gen.build_steps(tmp_path / "data", out, rows, type("A", (), {"num_workers": 0})())
+    store = gen.update_store(store, out, rows, steps, ledger, None)
+
+    kept, fresh = store["rows"][rows[0].name], store["rows"][rows[1].name]
+    assert kept == {**old, "cells": {"wild": {"roc_auc": 0.61, "accuracy": 0.6}}}
+    assert fresh["cells"]["wild"]["roc_auc"] == 0.7 and "other" not in fresh["cells"]["wild"]
+    assert fresh["machine"] != "old box" and fresh["steps"][f"train {rows[1].name}"]["seconds"] == 12.0
+
+    text = gen.render([*rows, gen.RELEASE_ROW], steps, store)
+    assert "**0.610**" in text and "**0.700**" in text and "old box" in text
+    assert f"| train {rows[1].name} | 12 |" in text and f"| train {rows[0].name} | not run |" in text
+    assert gen.RELEASE_ROW.name not in text  # shown only once it was measured
+
+    # Rendering again with the same results changes nothing (the machine of an unchanged row stays).
+    again = gen.update_store(json.loads(json.dumps(store)), out, rows, steps, ledger, None)
+    assert again == store
