@@ -103,6 +103,22 @@ class Ledger:
         atomic_write_text(self.path, json.dumps(self.records, indent=2) + "\n")
 
 
+def ledger_rows(steps: list[Step], ledger: Ledger, *, threads: bool = False) -> list[str]:
+    """One `| step | command | time | load at start / end | result |` row per step, from its ledger record."""
+    rows = []
+    for s in steps:
+        r = ledger.records.get(s.name)
+        status = "not run" if r is None else ("ok" if r["rc"] == 0 else f"failed (rc {r['rc']})")
+        if r and r.get("note"):
+            status += f" ({r['note']})"
+        t = f"{r['seconds']:.0f} s" if r else ""
+        if r and threads:
+            t += f" ({r.get('torch_threads', 2)} torch thread(s))"
+        loads = f"{r['load_start']} / {r['load_end']}" if r else ""
+        rows.append(f"| {s.name} | `{s.command()}` | {t} | {loads} | {status} |")
+    return rows
+
+
 def _input_of(flags: str) -> str:
     words = shlex.split(flags)
     from synapse7.config import ModelConfig
@@ -601,12 +617,7 @@ def render(out: Path, steps: list[Step], ledger: Ledger, args: argparse.Namespac
         "| step | command | time | load at start / end | result |",
         "|---|---|---|---|---|",
     ]
-    for s in steps:
-        r = ledger.records.get(s.name)
-        status = "not run" if r is None else ("ok" if r["rc"] == 0 else f"failed (rc {r['rc']})")
-        t = f"{r['seconds']:.0f} s" if r else ""
-        loads = f"{r['load_start']} / {r['load_end']}" if r else ""
-        lines.append(f"| {s.name} | `{s.command()}` | {t} | {loads} | {status} |")
+    lines += ledger_rows(steps, ledger)
     lines += _details(out, args)
     return "\n".join(lines) + "\n"
 

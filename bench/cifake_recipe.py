@@ -39,7 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from accuracy import Ledger, Step, bench_parser, rel  # noqa: E402
+from accuracy import Ledger, Step, bench_parser, ledger_rows, rel  # noqa: E402
 from common import load_average, machine_text, make_view  # noqa: E402
 from synapse7.io import atomic_write_text  # noqa: E402
 
@@ -346,15 +346,7 @@ def render(plan: Plan, ledger: Ledger, steps: list[Step], chosen: tuple[str, str
         "| step | command | time | load at start / end | result |",
         "|---|---|---|---|---|",
     ]
-    for s in steps:
-        r = ledger.records.get(s.name)
-        status = "not run" if r is None else ("ok" if r["rc"] == 0 else f"failed (rc {r['rc']})")
-        if r and r.get("note"):
-            status += f" ({r['note']})"
-        t = f"{r['seconds']:.0f} s" if r else ""
-        th = f" ({r.get('torch_threads', 2)} torch thread(s))" if r else ""
-        loads = f"{r['load_start']} / {r['load_end']}" if r else ""
-        L.append(f"| {s.name} | `{s.command()}` | {t}{th} | {loads} | {status} |")
+    L += ledger_rows(steps, ledger, threads=True)
     L.append(
         "\n`raw.ckpt` is made by the bench from `last.ckpt` (`current_model_state`: the weights before averaging)."
     )

@@ -10,6 +10,35 @@ import pytest
 from PIL import Image
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def import_bench(name: str):  # noqa: ANN201 - a bench script as a module
+    """Import bench/NAME.py (the bench folder is on sys.path only while it imports)."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def train_tiny(base: Path, *, n: int, input: str, **train: object) -> Path:  # noqa: A002 - the config's name
+    """Train resnet18 on a tiny made-up dataset under BASE (32 px, batch 8); returns BASE/run."""
+    from synapse7.config import load_config
+    from synapse7.train import train as run_training
+
+    data = make_dataset(base / "data", n=n)
+    cfg = load_config(
+        data={"root": str(data), "image_size": 32, "batch_size": 8, "num_workers": 0},
+        model={"backbone": "resnet18", "weights": "none", "input": input},
+        train=train,
+    )
+    run_training(cfg, base / "run", progress=False)
+    return base / "run"
+
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests never touch a GPU
 
@@ -75,17 +104,8 @@ def tiny_data(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny trained run (resnet18, fft, 32 px, 2 epochs): RUN_DIR with best.ckpt / last.ckpt."""
-    from synapse7.config import load_config
-    from synapse7.train import train
-
     base = tmp_path_factory.mktemp("run")
-    data = make_dataset(base / "data", n=12)
-    cfg = load_config(
-        data={"root": str(data), "image_size": 32, "batch_size": 8, "num_workers": 0},
-        model={"backbone": "resnet18", "weights": "none", "input": "fft"},
-        train={"epochs": 2, "lr": 1e-3, "ckpt_every_n_steps": 2},
-    )
-    train(cfg, base / "run", progress=False)
+    train_tiny(base, n=12, input="fft", epochs=2, lr=1e-3, ckpt_every_n_steps=2)
     return base
 
 

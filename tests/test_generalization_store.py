@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import import_bench
 
 
 @pytest.fixture(scope="module")
 def gen():  # noqa: ANN201 - the bench module
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        import generalization as mod
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-    return mod
+    return import_bench("generalization")
 
 
 def _metrics(path: Path, auc: float) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_dataset, save_untrained_checkpoint
+from conftest import make_dataset, save_untrained_checkpoint, train_tiny
 from synapse7 import backbones
 from synapse7.config import ConfigError, ModelConfig, load_config
 from synapse7.module import DetectorModule, warmup_cosine
@@ -72,17 +72,16 @@ def test_levers_out_of_range_are_refused() -> None:
 
 @pytest.fixture(scope="module")
 def ema_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from synapse7.train import train
-
-    base = tmp_path_factory.mktemp("ema")
-    data = make_dataset(base / "data", n=8)
-    cfg = load_config(
-        data={"root": str(data), "image_size": 32, "batch_size": 8, "num_workers": 0},
-        model={"backbone": "resnet18", "weights": "none", "input": "rgb"},
-        train={"epochs": 2, "lr": 1e-2, "warmup_epochs": 1, "ema_decay": 0.5, "label_smoothing": 0.1},
+    return train_tiny(
+        tmp_path_factory.mktemp("ema"),
+        n=8,
+        input="rgb",
+        epochs=2,
+        lr=1e-2,
+        warmup_epochs=1,
+        ema_decay=0.5,
+        label_smoothing=0.1,
     )
-    train(cfg, base / "run", progress=False)
-    return base / "run"
 
 
 def test_ema_checkpoints_hold_the_averaged_weights(ema_run: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_dataset
+from conftest import import_bench, make_dataset
 from synapse7.modelfile import DEFAULT_DIR_ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,12 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def release():  # noqa: ANN201 - the bench module
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        import release as mod
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-    return mod
+    return import_bench("release")
 
 
 def test_calib_view_is_disjoint_from_fit_keeps_pairs_and_leaves_val_out(release, tmp_path: Path) -> None:  # noqa: ANN001
