@@ -17,7 +17,7 @@ def gen():  # noqa: ANN201 - the bench module
 
 def _metrics(path: Path, auc: float) -> None:
     path.mkdir(parents=True)
-    m = {"roc_auc": auc, "accuracy": 0.5, "real_acc": 0.25, "fake_acc": 0.75, "n": 10, "other": 1}
+    m = {"roc_auc": auc, "accuracy": 0.5, "real_acc": 0.25, "fake_acc": 0.75, "n_images": 10, "other": 1}
     (path / "metrics.json").write_text(json.dumps(m))
 
 
