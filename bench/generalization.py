@@ -281,7 +281,7 @@ READING = """\
   bench, rotation, colour jitter and patch masking (`synth_gm_npr_safe`) give genimage-mini 0.739 (-0.026),
   `wild` 0.469 (-0.060, about one standard error) and self-made 0.984 (-0.014); adding a random down-scale and
   JPEG q60-100 to both classes (`synth_gm_npr_safe_pp`) gives 0.753 / 0.507 / 0.976. SAFE trains for far longer;
-  at a CPU budget the harder task costs more than it teaches.
+  whether these augmentations pay off with a longer budget is not tested here.
 - **CIFAKE is inverted for every NPR model** (0.32-0.39): 32 px CIFAR photos and Stable Diffusion thumbnails,
   padded to the 64 px crop, are outside what they learned.
 - Thresholds chosen on a row's own validation data are far from right on other sets (real accuracy 0.14-1.00,
