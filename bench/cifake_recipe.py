@@ -413,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.render_only:
             run_all(more, plan, ledger)
             run_all([plan.train(cand, s) for s in SEEDS] + final, plan, ledger)
+    if not ledger.records:  # a fresh --out (e.g. a new machine's /tmp): nothing measured, keep the page
+        print(f"bench/cifake_recipe.py: no results under {rel(plan.out)}; {rel(args.results)} left as it is")
+        return 0
     atomic_write_text(args.results, render(plan, ledger, steps, chosen))
     print(f"wrote {rel(args.results)}")
     return 0
