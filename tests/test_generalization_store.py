@@ -27,7 +27,7 @@ def test_partial_rerun_replaces_its_rows_and_keeps_the_others(gen, tmp_path: Pat
     store = {
         "rows": {
             rows[0].name: {**old, "cells": {"wild": {"roc_auc": 0.61, "accuracy": 0.6}}},
-            rows[1].name: {**old, "cells": {"wild": {"roc_auc": 0.52, "accuracy": 0.5}}},
+            rows[1].name: {**old, "cells": {"wild": {"roc_auc": 0.52}, "gm": {"roc_auc": 0.8}}},
         }
     }
     out = tmp_path / "out"
@@ -40,6 +40,7 @@ def test_partial_rerun_replaces_its_rows_and_keeps_the_others(gen, tmp_path: Pat
     kept, fresh = store["rows"][rows[0].name], store["rows"][rows[1].name]
     assert kept == {**old, "cells": {"wild": {"roc_auc": 0.61, "accuracy": 0.6}}}
     assert fresh["cells"]["wild"]["roc_auc"] == 0.7 and "other" not in fresh["cells"]["wild"]
+    assert fresh["cells"]["gm"] == {"roc_auc": 0.8}  # a column not re-run keeps its stored cell
     assert fresh["machine"] != "old box" and fresh["steps"][f"train {rows[1].name}"]["seconds"] == 12.0
 
     text = gen.render([*rows, gen.RELEASE_ROW], steps, store)
@@ -47,6 +48,9 @@ def test_partial_rerun_replaces_its_rows_and_keeps_the_others(gen, tmp_path: Pat
     assert f"| train {rows[1].name} | 12 |" in text and f"| train {rows[0].name} | not run |" in text
     assert gen.RELEASE_ROW.name not in text  # shown only once it was measured
 
-    # Rendering again with the same results changes nothing (the machine of an unchanged row stays).
-    again = gen.update_store(json.loads(json.dumps(store)), out, rows, steps, ledger, None)
-    assert again == store
+    # Rendering again with the same results changes nothing: an unchanged row keeps its stored machine and date,
+    # even where the re-render runs on another machine on another day.
+    stored = json.loads(json.dumps(store))
+    stored["rows"][rows[1].name].update(machine="elsewhere", date="2026-02-02")
+    again = gen.update_store(json.loads(json.dumps(stored)), out, rows, steps, ledger, None)
+    assert again == stored
