@@ -211,7 +211,8 @@ def update_store(
     the stored one, so re-rendering elsewhere, or after /tmp was cleared, keeps what was measured before.
     """
     rows_store = store.setdefault("rows", {})
-    for row, where in _row_dirs(out, rows, release):
+    dirs = [(row, out / row.name) for row in rows] + ([(RELEASE_ROW, release)] if release is not None else [])
+    for row, where in dirs:
         fresh = {}
         for col in COLUMNS:
             m = _load(where / f"eval_{col}" / "metrics.json")
@@ -230,13 +231,6 @@ def update_store(
     if "synthesize" in ledger.records:
         store.setdefault("steps", {})["synthesize"] = ledger.records["synthesize"]
     return store
-
-
-def _row_dirs(out: Path, rows: list[Row], release: Path | None) -> list[tuple[Row, Path]]:
-    dirs = [(row, out / row.name) for row in rows]
-    if release is not None:
-        dirs.append((RELEASE_ROW, release))
-    return dirs
 
 
 def _cell(m: dict | None) -> str:
