@@ -1,4 +1,5 @@
-"""Training levers of issue 16: label smoothing, warm-up + cosine, EMA weights, flip TTA, Lite1/Lite2 weights."""
+"""Training levers of issue 16: label smoothing, warm-up + cosine, EMA weights, flip TTA, Lite1/Lite2 weights,
+the resize kernel."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import importlib.util
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from conftest import make_dataset, save_untrained_checkpoint, train_tiny
@@ -15,6 +18,7 @@ from synapse7 import backbones
 from synapse7.config import ConfigError, ModelConfig, load_config
 from synapse7.module import DetectorModule, warmup_cosine
 from synapse7.predict import Detector
+from synapse7.transforms import ClassificationPreset, build_preset
 
 
 class _FixedLogits(nn.Module):
@@ -68,6 +72,31 @@ def test_levers_out_of_range_are_refused() -> None:
             parser.parse_args(["train", "--data", "d", "--out", "o", *argv])
     with pytest.raises(ConfigError, match="unknown train option"):
         load_config(train={"ema": 0.9})
+
+
+def test_nearest_resize_repeats_each_pixel() -> None:
+    """A 2x2 image enlarged to 6 px: nearest gives 3x3 blocks of the exact source values; the default
+    (antialiased bilinear) blends neighbours, so the option must reach the resize."""
+    src = np.array([[[250, 0, 0], [0, 200, 0]], [[0, 0, 150], [100, 100, 100]]], dtype=np.uint8)
+    img = Image.fromarray(src)
+    near = ClassificationPreset(crop_size=6, resize_size=6, interpolation="nearest").to_uint8(img)
+    want = np.repeat(np.repeat(src, 3, axis=0), 3, axis=1).transpose(2, 0, 1)
+    assert np.array_equal(near.numpy(), want)
+    bilinear = ClassificationPreset(crop_size=6, resize_size=6).to_uint8(img)
+    assert not np.array_equal(bilinear.numpy(), want)
+    cfg = load_config(data={"image_size": 6, "resize_size": 6, "resize_interpolation": "nearest"})
+    assert np.array_equal(build_preset(cfg.data).to_uint8(img).numpy(), want)
+
+
+def test_unknown_resize_interpolation_is_refused() -> None:
+    from synapse7.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--data", "d", "--out", "o", "--resize-interpolation", "lanczos"])
+    with pytest.raises(ConfigError, match="resize_interpolation must be one of bilinear, bicubic, nearest"):
+        load_config(data={"resize_interpolation": "lanczos"})
+    with pytest.raises(ValueError, match="got 'area'"):
+        ClassificationPreset(interpolation="area")
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from synapse7 import __version__
 from synapse7.backbones import WeightsUnavailableError
 from synapse7.config import (
     PRECISIONS,
+    RESIZE_KERNELS,
     ConfigError,
     DataConfig,
     ModelConfig,
@@ -194,6 +195,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--resize-size", type=_bounded(int, 8), help="override the resize size")
     p.add_argument(
+        "--resize-interpolation",
+        choices=RESIZE_KERNELS,
+        help="resize kernel (default bilinear, antialiased); nearest repeats pixels exactly when up-sampling",
+    )
+    p.add_argument(
         "--preprocess",
         choices=["resize", "crop"],
         help="resize then crop (reference), or crop at native resolution (keeps high frequencies)",
@@ -346,6 +352,7 @@ def config_from_args(args: argparse.Namespace):
             "root": _roots(args.data),
             "image_size": args.image_size,
             "resize_size": args.resize_size,
+            "resize_interpolation": getattr(args, "resize_interpolation", None),
             "preprocess": args.preprocess,
             "train_crop": args.train_crop,
             "crops": args.crops,

@@ -22,6 +22,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # a GPU, fp32 on the CPU (where bf16 moves P(AI) and is opt-in; see README). Training runs bf16/fp16 as
 # Lightning's mixed precision; inference as autocast.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RESIZE_KERNELS = ("bilinear", "bicubic", "nearest")  # DataConfig.resize_interpolation; transforms maps them
 # Lightning's spellings, which `train --precision` took before; still accepted (old configs and checkpoints).
 LEGACY_PRECISIONS = {"32-true": "fp32", "32": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}
 
@@ -35,6 +36,10 @@ class DataConfig:
     root: str | tuple[str, ...] | None = None  # one dataset root, or several whose generators are merged
     image_size: int = 224  # centre-crop size
     resize_size: int | None = None  # None: scaled with image_size as 256/224, as in the reference
+    # The resize kernel (RESIZE_KERNELS): bilinear (antialiased, the reference) | bicubic |
+    # nearest. Nearest up-sampling copies each source pixel exactly (32 px CIFAKE images to 96), so the
+    # network sees the pixel values an image was built with rather than a smoothed interpolation of them.
+    resize_interpolation: str = "bilinear"
     preprocess: str = (
         "resize"  # resize: resize then centre-crop; crop: native resolution (random crops in training)
     )
@@ -198,6 +203,11 @@ def load_config(path: str | Path | None = None, **sections: dict[str, Any]) -> R
     cfg = base.override(**_upgrade(sections))
     if cfg.train.epochs < 1:  # 0 epochs would "succeed" and name checkpoints that were never written
         raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}")
+    if cfg.data.resize_interpolation not in RESIZE_KERNELS:
+        raise ConfigError(
+            f"data.resize_interpolation must be one of {', '.join(RESIZE_KERNELS)}, "
+            f"got {cfg.data.resize_interpolation!r}"
+        )
     return cfg
 
 

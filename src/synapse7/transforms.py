@@ -16,6 +16,7 @@ from typing import IO
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from synapse7.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
@@ -23,6 +24,11 @@ from synapse7.io import DEFAULT_MAX_PIXELS, BadImageError, load_image
 from synapse7.perturb import PilOp, build_align
 
 MAX_ASPECT = 8  # longer side kept before resizing, in multiples of the shorter side
+RESIZE_INTERPOLATIONS = {  # config.RESIZE_KERNELS
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "nearest": InterpolationMode.NEAREST_EXACT,  # pixel centres, so a 3x enlargement repeats each pixel 3x3
+}
 
 
 def limit_aspect(t: torch.Tensor, max_aspect: int = MAX_ASPECT) -> torch.Tensor:
@@ -95,9 +101,15 @@ class ClassificationPreset:
         fast_decode: bool = False,
         crops: int = 1,
         min_side: int = 0,
+        interpolation: str = "bilinear",
     ) -> None:
         if preprocess not in ("resize", "crop"):
             raise ValueError(f"preprocess must be 'resize' or 'crop', got {preprocess!r}")
+        if interpolation not in RESIZE_INTERPOLATIONS:
+            raise ValueError(
+                f"resize interpolation must be one of {', '.join(RESIZE_INTERPOLATIONS)}, got {interpolation!r}"
+            )
+        self.interpolation = interpolation
         grid_side(crops)  # validates
         self.crop_size = crop_size
         self.resize_size = resize_size if resize_size is not None else crop_size
@@ -159,7 +171,8 @@ class ClassificationPreset:
         t = F.pil_to_tensor(img)  # (3, H, W) uint8
         if self.preprocess == "resize":
             size = self._full_size_target(img.info.get("full_size")) if not self.pre_ops else None
-            t = F.resize(limit_aspect(t), size or [self.resize_size], antialias=True)
+            mode = RESIZE_INTERPOLATIONS[self.interpolation]
+            t = F.resize(limit_aspect(t), size or [self.resize_size], interpolation=mode, antialias=True)
         else:
             t = pad_to(t, self.crop_size)
         if self.crops > 1:
@@ -191,7 +204,8 @@ class ClassificationPreset:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(crop_size={self.crop_size}, resize_size={self.resize_size}, "
-            f"preprocess={self.preprocess!r}, crops={self.crops}, fast_decode={self.fast_decode}, "
+            f"preprocess={self.preprocess!r}, interpolation={self.interpolation!r}, crops={self.crops}, "
+            f"fast_decode={self.fast_decode}, "
             f"pre_ops={self.pre_ops})"
         )
 
@@ -225,4 +239,5 @@ def build_preset(
         fast_decode=cfg.fast_decode,
         crops=cfg.crops,
         min_side=min_input_side(cfg) if check_size else 0,
+        interpolation=cfg.resize_interpolation,
     )
