@@ -111,10 +111,11 @@ def ledger_rows(steps: list[Step], ledger: Ledger, *, threads: bool = False) -> 
         status = "not run" if r is None else ("ok" if r["rc"] == 0 else f"failed (rc {r['rc']})")
         if r and r.get("note"):
             status += f" ({r['note']})"
-        t = f"{r['seconds']:.0f} s" if r else ""
-        if r and threads:
+        timed = r is not None and r.get("seconds") is not None  # a record made from files found has no time
+        t = f"{r['seconds']:.0f} s" if timed else ""
+        if timed and threads:
             t += f" ({r.get('torch_threads', 2)} torch thread(s))"
-        loads = f"{r['load_start']} / {r['load_end']}" if r else ""
+        loads = f"{r.get('load_start', '')} / {r.get('load_end', '')}" if timed else ""
         rows.append(f"| {s.name} | `{s.command()}` | {t} | {loads} | {status} |")
     return rows
 

@@ -5,18 +5,26 @@
 
 Protocol:
   1. A seeded fifth of cifake/sd14's train images becomes `holdout` (symlinks under --out, nothing copied); the
-     rest is `fit`. Every model trains on `fit` only; `holdout` picks everything (recipe, TTA, EMA or raw
+     rest is `fit`. Every candidate trains on `fit` only; `holdout` picks everything (recipe, TTA, EMA or raw
      weights); the val split is not read until step 4.
   2. Candidates (CANDIDATES below), seed 0, each evaluated on holdout with and without flip TTA; runs with
      weight averaging also with their raw (non-averaged) weights, from the same checkpoint. That measures each
      lever in the same run or against the same baseline run.
   3. The rule, fixed before any result: the candidate and TTA setting with the highest holdout accuracy (ties:
-     ROC-AUC, then the cheaper). It is trained with two more seeds; the two-seed ensemble is measured on holdout.
-  4. Once: the chosen recipe's three seeds on val (mean, spread), and the ensembles, in docs/results_cifake.md.
+     ROC-AUC, then the cheaper).
+  4. Once: the chosen recipe, trained on all of train (fit + holdout; nothing is chosen after this point) with
+     three seeds, on val (mean, spread), and the two- and three-seed ensembles, in docs/results_cifake.md.
 
-Steps are skipped when their result exists under --out, so an interrupted run continues where it stopped.
-`--jobs 2` runs two steps at once, each with one torch thread (OMP_NUM_THREADS=1) and one data worker, which on
-a 2-core machine finishes two trainings sooner than one after the other with two threads each.
+Rounds. Round 1 (2026-12-01) had candidates base, lev, lev128, and its step 4 trained the chosen `lev` on `fit`
+only: val 0.9725 +- 0.0009, short of the target. Round 2 (2026-12-02) added lev16 and levnn, the levers the
+issue lists that round 1 had not measured, and changed step 4 to train on all of train, both decided before
+any round-2 result. Val had been read once by then (round 1's step 4); no round-2 choice reads it.
+
+Results are kept in a store (docs/results_cifake.json: each step's record, machine and metrics), so that the
+page is rendered from every measurement, a later run adds to it, and a step whose result is stored is not run
+again. Steps are also skipped when their result exists under --out, so an interrupted run continues where it
+stopped. `--jobs 2` (or 3) runs two (three) trainings at once, each with one torch thread and one data worker,
+which on a 2-core machine finishes two trainings sooner than one after the other with two threads each.
 """
 
 from __future__ import annotations
@@ -54,18 +62,48 @@ BASE = (
 # Training levers, set once beforehand (not tuned): one epoch of warm-up then a per-step cosine, targets
 # smoothed by 0.1, and an EMA of the weights whose horizon (1 / (1 - 0.995) = 200 steps) is two epochs of `fit`.
 LEVERS = "--warmup-epochs 1 --label-smoothing 0.1 --ema-decay 0.995"
-CANDIDATES: dict[str, tuple[str, str]] = {  # name: (flags, what it is)
-    "base": (BASE, "the issue-3 recipe (10 epochs)"),
-    "lev": (f"{BASE} {LEVERS}", "+ warm-up/cosine, label smoothing, EMA"),
+CANDIDATES: dict[str, tuple[str, str, int]] = {  # name: (flags, what it is, round)
+    "base": (BASE, "the issue-3 recipe (10 epochs)", 1),
+    "lev": (f"{BASE} {LEVERS}", "+ warm-up/cosine, label smoothing, EMA", 1),
     "lev128": (
         f"{BASE} {LEVERS} --image-size 128 --resize-size 128",
         "+ the levers, 128 px input instead of 96",
+        1,
+    ),
+    "lev16": (
+        f"{BASE.replace('--epochs 10', '--epochs 16')} {LEVERS}",
+        "+ the levers, 16 epochs instead of 10 (a longer warm-up/cosine schedule)",
+        2,
+    ),
+    "levnn": (
+        f"{BASE} {LEVERS} --resize-interpolation nearest",
+        "+ the levers, nearest up-sampling to 96 px (each pixel repeated 3x3) instead of bilinear",
+        2,
     ),
 }
-COST = {"base": 1.0, "lev": 1.0, "lev128": 1.8}  # relative training cost (pixels per image), for ties
+COST = {
+    "base": 1.0,
+    "lev": 1.0,
+    "lev128": 1.8,
+    "lev16": 1.6,
+    "levnn": 1.0,
+}  # relative training cost, for ties
 TTAS = ("none", "flip")
 CONFIG = "data:\n  mean: [0.5, 0.5, 0.5]\n  std: [0.5, 0.5, 0.5]\n  train_split: fit\n  val_split: holdout\n"
+# Step 4: all of train. Lightning still validates each epoch; on holdout (a part of the training images), a
+# progress figure only: the models are taken after their last epoch.
+CONFIG_ALL = CONFIG.replace("train_split: fit", "train_split: train")
 TARGETS = {"accuracy": 0.980, "roc_auc": 0.997}
+METRIC_KEYS = ("accuracy", "roc_auc", "ap", "support")
+
+
+class Store(Ledger):
+    """docs/results_cifake.json: every step's ledger record, with the machine it ran on and, for evaluations,
+    its metrics; ensembles too. Rewritten atomically after each step, so runs on several machines add up."""
+
+    def ok(self, name: str, *, metrics: bool) -> bool:
+        r = self.records.get(name)
+        return r is not None and r.get("rc") == 0 and (not metrics or "metrics" in r)
 
 
 @dataclass
@@ -73,17 +111,23 @@ class Plan:
     out: Path
     data: Path
     jobs: int
+    store: Store
 
     @property
     def view(self) -> Path:
         return self.out / "view" / "cifake"
 
-    def run(self, cand: str, seed: int) -> Path:
-        return self.out / f"c16_{cand}_s{seed}"
+    def run(self, cand: str, seed: int, where: str = "fit") -> Path:
+        return self.out / (f"c16_{cand}_s{seed}" if where == "fit" else f"c16_{cand}_{where}_s{seed}")
 
-    def train(self, cand: str, seed: int) -> Step:
-        run = self.run(cand, seed)
-        argv = ["train", "--data", rel(self.view), "--out", rel(run), "--config", rel(self.out / "c16.yaml")]
+    @staticmethod
+    def tag(cand: str, seed: int, where: str = "fit") -> str:
+        return f"{cand} s{seed}" if where == "fit" else f"{cand} {where} s{seed}"
+
+    def train(self, cand: str, seed: int, where: str = "fit") -> Step:
+        run = self.run(cand, seed, where)
+        config = self.out / ("c16.yaml" if where == "fit" else "c16_all.yaml")
+        argv = ["train", "--data", rel(self.view), "--out", rel(run), "--config", rel(config)]
         argv += [
             *shlex.split(CANDIDATES[cand][0]),
             "--seed",
@@ -93,11 +137,17 @@ class Plan:
             "--no-progress",
         ]
         return Step(
-            f"train {cand} s{seed}", "cifake16", argv, run / "train_done.json", resume_if=run / "last.ckpt"
+            f"train {self.tag(cand, seed, where)}",
+            "cifake16",
+            argv,
+            run / "train_done.json",
+            resume_if=run / "last.ckpt",
         )
 
-    def evaluate(self, cand: str, seed: int, split: str, tta: str, weights: str = "last") -> Step:
-        run = self.run(cand, seed)
+    def evaluate(
+        self, cand: str, seed: int, split: str, tta: str, weights: str = "last", where: str = "fit"
+    ) -> Step:
+        run = self.run(cand, seed, where)
         dest = run / f"eval_{split}_{weights}_{tta}"
         root = self.view if split == "holdout" else self.data / "cifake"
         argv = [
@@ -111,12 +161,18 @@ class Plan:
         ]
         argv += ["--out", rel(dest), "--tta", tta, "--num-workers", "1"]
         return Step(
-            f"evaluate {cand} s{seed} {weights} on {split} tta {tta}",
+            f"evaluate {self.tag(cand, seed, where)} {weights} on {split} tta {tta}",
             "cifake16",
             argv,
             dest / "metrics.json",
-            needs=[f"train {cand} s{seed}"],
+            needs=[f"train {self.tag(cand, seed, where)}"],
         )
+
+    def metrics(
+        self, cand: str, seed: int, split: str, tta: str, weights: str = "last", where: str = "fit"
+    ) -> dict[str, Any] | None:
+        r = self.store.records.get(f"evaluate {self.tag(cand, seed, where)} {weights} on {split} tta {tta}")
+        return None if r is None or r.get("rc") != 0 else r.get("metrics")
 
 
 def write_raw_checkpoint(run: Path) -> bool:
@@ -140,11 +196,25 @@ def write_raw_checkpoint(run: Path) -> bool:
 _LOCK = threading.Lock()
 
 
-def _run_one(step: Step, ledger: Ledger, log_dir: Path, threads: int) -> bool:
-    if step.done.exists():
-        print(f"[skip] {step.name}: {rel(step.done)} exists", flush=True)
+def _run_one(step: Step, store: Store, log_dir: Path, threads: int) -> bool:
+    if store.ok(step.name, metrics=step.resume_if is None):
+        print(f"[skip] {step.name}: stored in {rel(store.path)}", flush=True)
         return True
     resume = step.resume_if is not None and step.resume_if.exists()
+    if step.done.exists():
+        print(f"[skip] {step.name}: {rel(step.done)} exists", flush=True)
+    else:
+        _execute(step, store, log_dir, threads, resume)
+    rec = store.records.get(step.name)
+    if step.resume_if is None and step.done.is_file() and (rec is None or "metrics" not in rec):
+        m = json.loads(step.done.read_text())
+        rec = rec or {"command": step.command(), "rc": 0, "note": f"found under {rel(step.done.parent)}"}
+        with _LOCK:
+            store.put(step.name, {**rec, "metrics": {k: m[k] for k in METRIC_KEYS}})
+    return store.ok(step.name, metrics=False) or step.done.exists()
+
+
+def _execute(step: Step, store: Store, log_dir: Path, threads: int, resume: bool) -> None:
     cmd = step.command(resume)
     log = log_dir / (step.name.replace(" ", "_") + ".log")
     print(f"[run ] {step.name}: {cmd}", flush=True)
@@ -157,7 +227,7 @@ def _run_one(step: Step, ledger: Ledger, log_dir: Path, threads: int) -> bool:
         rc = subprocess.run(argv, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
     seconds = time.perf_counter() - t0
     with _LOCK:
-        prev = ledger.records.get(step.name, {})
+        prev = store.records.get(step.name, {})
         total = seconds + (prev.get("seconds", 0.0) if resume and prev.get("rc") is None else 0.0)
         rec = {
             "command": step.command(False),
@@ -168,18 +238,19 @@ def _run_one(step: Step, ledger: Ledger, log_dir: Path, threads: int) -> bool:
             "rc": rc,
             "resumed": resume,
             "torch_threads": threads,
+            "machine": machine_text(),
         }
         if resume and prev.get("note"):  # e.g. a training started by hand, then resumed here
             rec["note"] = prev["note"] + "; interrupted and resumed by the bench"
         if rc == 0 and step.resume_if is not None:
             atomic_write_text(step.done, json.dumps(rec, indent=2) + "\n")
-        ledger.put(step.name, rec)
+        store.put(step.name, rec)
     print(f"[{'done' if rc == 0 else 'FAIL'}] {step.name}: rc={rc} in {seconds:.0f} s", flush=True)
-    return rc == 0
 
 
-def run_all(steps: list[Step], plan: Plan, ledger: Ledger) -> None:
-    """Trainings `plan.jobs` at a time; each evaluation as soon as its training is done."""
+def run_all(steps: list[Step], plan: Plan) -> None:
+    """Trainings `plan.jobs` at a time; each evaluation as soon as its training is done. A training whose
+    evaluations are all stored is not run again (its checkpoints may be on another machine)."""
     threads = 2 if plan.jobs == 1 else 1
     log_dir = plan.out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -187,13 +258,21 @@ def run_all(steps: list[Step], plan: Plan, ledger: Ledger) -> None:
     evals = [s for s in steps if s.resume_if is None]
 
     def chain(t: Step) -> None:
-        if not _run_one(t, ledger, log_dir, threads):
+        mine = [e for e in evals if t.name in e.needs]
+        if all(plan.store.ok(e.name, metrics=True) for e in mine) and plan.store.ok(t.name, metrics=False):
+            print(f"[skip] {t.name} and its evaluations: stored in {rel(plan.store.path)}", flush=True)
+            return
+        if t.done.exists() or plan.store.ok(t.name, metrics=False):  # stored, but an evaluation is missing
+            if not t.resume_if.exists():
+                print(f"[FAIL] {t.name}: stored, but {rel(t.resume_if)} is not here to evaluate", flush=True)
+                return
+        elif not _run_one(t, plan.store, log_dir, threads):
             return
         write_raw_checkpoint(t.done.parent)
-        for e in evals:
+        for e in mine:
             ckpt = e.argv[e.argv.index("--checkpoint") + 1]
-            if t.name in e.needs and (ckpt.endswith("last.ckpt") or (t.done.parent / "raw.ckpt").is_file()):
-                _run_one(e, ledger, log_dir, threads)
+            if ckpt.endswith("last.ckpt") or (t.done.parent / "raw.ckpt").is_file():
+                _run_one(e, plan.store, log_dir, threads)
 
     with ThreadPoolExecutor(max_workers=plan.jobs) as pool:
         list(pool.map(chain, trains))
@@ -208,9 +287,22 @@ def candidate_steps(plan: Plan, cand: str, seed: int) -> list[Step]:
     return steps
 
 
-def metrics(run: Path, split: str, tta: str, weights: str = "last") -> dict[str, Any] | None:
-    p = run / f"eval_{split}_{weights}_{tta}" / "metrics.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+def final_steps(plan: Plan, cand: str, tta: str) -> list[Step]:
+    """Step 4: the chosen recipe on all of train, three seeds, each evaluated once on val."""
+    out: list[Step] = []
+    for seed in SEEDS:
+        out += [plan.train(cand, seed, "all"), plan.evaluate(cand, seed, "val", tta, where="all")]
+    return out
+
+
+# Round 1's step 4 (the chosen `lev` trained on `fit` only; kept from the store, not run again).
+ROUND1_FINAL = ("lev", "flip")
+
+
+def round1_steps(plan: Plan) -> list[Step]:
+    cand, tta = ROUND1_FINAL
+    steps = [s for seed in SEEDS[1:] for s in candidate_steps(plan, cand, seed)]
+    return steps + [plan.evaluate(cand, seed, "val", tta) for seed in SEEDS]
 
 
 def choose(plan: Plan) -> tuple[str, str] | None:
@@ -218,7 +310,7 @@ def choose(plan: Plan) -> tuple[str, str] | None:
     scored = []
     for cand in CANDIDATES:
         for tta in TTAS:
-            m = metrics(plan.run(cand, 0), "holdout", tta)
+            m = plan.metrics(cand, 0, "holdout", tta)
             if m is None:
                 return None
             scored.append((-m["accuracy"], -m["roc_auc"], COST[cand], tta == "flip", cand, tta))
@@ -226,17 +318,20 @@ def choose(plan: Plan) -> tuple[str, str] | None:
     return best[4], best[5]
 
 
-def ensemble(runs: list[Path], split: str, tta: str) -> dict[str, float] | None:
-    """Accuracy (mean logit >= 0) and ROC-AUC of the runs' mean logit, from their predictions.csv files."""
+def ensemble(plan: Plan, cand: str, seeds: tuple[int, ...], split: str, tta: str, where: str) -> dict | None:
+    """Accuracy (mean logit >= 0) and ROC-AUC of the runs' mean logit, from their predictions.csv files; kept
+    in the store, which answers when the files are not here."""
     import csv
 
     from sklearn.metrics import roc_auc_score
 
+    name = f"ensemble {cand} {where} seeds {','.join(map(str, seeds))} on {split} tta {tta}"
     tables = []
-    for r in runs:
-        p = r / f"eval_{split}_last_{tta}" / "predictions.csv"
+    for seed in seeds:
+        p = plan.run(cand, seed, where) / f"eval_{split}_last_{tta}" / "predictions.csv"
         if not p.is_file():
-            return None
+            r = plan.store.records.get(name)
+            return r["metrics"] if r else None
         with open(p, newline="", encoding="utf-8") as fh:
             tables.append(
                 {row["path"]: (int(row["label"]), float(row["p_ai"])) for row in csv.DictReader(fh)}
@@ -245,11 +340,14 @@ def ensemble(runs: list[Path], split: str, tta: str) -> dict[str, float] | None:
     y = np.array([tables[0][p][0] for p in paths])
     q = np.clip(np.array([[t[p][1] for p in paths] for t in tables]), 1e-6, 1 - 1e-6)
     z = np.log(q / (1 - q)).mean(axis=0)
-    return {
+    m = {
         "n": len(paths),
         "accuracy": float(((z >= 0) == (y == 1)).mean()),
         "roc_auc": float(roc_auc_score(y, z)),
     }
+    if plan.store.records.get(name, {}).get("metrics") != m:
+        plan.store.put(name, {"rc": 0, "machine": machine_text(), "metrics": m})
+    return m
 
 
 def _f(v: float | None, spec: str = ".4f") -> str:
@@ -279,18 +377,23 @@ Lite2 was not measured.
 """
 
 
-def render(plan: Plan, ledger: Ledger, steps: list[Step], chosen: tuple[str, str] | None) -> str:
+def render(plan: Plan, steps: list[Step], chosen: tuple[str, str] | None) -> str:
+    store = plan.store
+    machines = sorted({r["machine"] for r in store.records.values() if r.get("machine")})
     L = [
         "# CIFAKE with a margin (issue 16)",
         "",
-        "Written by `bench/cifake_recipe.py` (protocol in its docstring); every figure was measured by the "
-        "commands listed below, on this machine:",
+        "Written by `bench/cifake_recipe.py` (protocol and rounds in its docstring) from its store "
+        "`docs/results_cifake.json`; every figure was measured by the commands listed below, each row naming "
+        "its machine in the store. Machines:",
         "",
-        f"- **machine:** {machine_text()}",
+        *[f"- {m}" for m in machines],
+        "",
         f"- **written:** {datetime.now().isoformat(timespec='seconds')}",
         f"- **data:** `../shared/data/cifake/sd14`; train split cut into `fit` ({100 - HOLDOUT_FRACTION * 100:.0f}%) "
         f"and `holdout` ({HOLDOUT_FRACTION * 100:.0f}%, seed {VIEW_SEED}, by file name) under `{rel(plan.view)}`; "
-        "config `c16.yaml`: mean = std = 0.5 (the weights' normalisation), train on fit, validate on holdout",
+        "config `c16.yaml`: mean = std = 0.5 (the weights' normalisation), train on fit, validate on holdout; "
+        "`c16_all.yaml` (step 4): train on all of train",
         "- **thresholds:** P(AI) >= 0.5 everywhere (none chosen); models as after their last epoch (`last.ckpt`)",
         "",
         "Holdout: 1,668 images, so one standard error of an accuracy near 0.975 is about 0.004 "
@@ -298,24 +401,21 @@ def render(plan: Plan, ledger: Ledger, steps: list[Step], chosen: tuple[str, str
         "",
         "## 1. Candidates on holdout (seed 0)",
         "",
-        "| candidate | what | TTA | weights | holdout accuracy | holdout ROC-AUC | training time |",
-        "|---|---|---|---|---|---|---|",
+        "| candidate | round | what | TTA | weights | holdout accuracy | holdout ROC-AUC | training time |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for cand, (_, what) in CANDIDATES.items():
-        run = plan.run(cand, 0)
-        rec = ledger.records.get(f"train {cand} s0")
-        t = f"{rec['seconds']:.0f} s" if rec else "not run"
+    for cand, (flags, what, rnd) in CANDIDATES.items():
+        rec = store.records.get(f"train {cand} s0")
+        t = f"{rec['seconds']:.0f} s" if rec and rec.get("rc") == 0 else "not run"
         for tta in TTAS:
             for w in ("last", "raw"):
-                m = metrics(run, "holdout", tta, w)
+                m = plan.metrics(cand, 0, "holdout", tta, w)
                 if m is None and w == "raw":
                     continue
-                label = {
-                    "last": "EMA" if "--ema-decay" in CANDIDATES[cand][0] else "final",
-                    "raw": "raw (no EMA)",
-                }[w]
+                label = {"last": "EMA" if "--ema-decay" in flags else "final", "raw": "raw (no EMA)"}[w]
                 L.append(
-                    f"| {cand} | {what} | {tta} | {label} | {_f(m and m['accuracy'])} | {_f(m and m['roc_auc'])} | {t} |"
+                    f"| {cand} | {rnd} | {what} | {tta} | {label} | {_f(m and m['accuracy'])} "
+                    f"| {_f(m and m['roc_auc'])} | {t} |"
                 )
     L += ["", "## 2. What each lever added (holdout accuracy, same seed)", ""]
     L += lever_lines(plan)
@@ -329,39 +429,17 @@ def render(plan: Plan, ledger: Ledger, steps: list[Step], chosen: tuple[str, str
             f"({CANDIDATES[cand][1]}) with TTA **{tta}**: `synapse7 train {CANDIDATES[cand][0]} --seed S`, "
             f"evaluated with `--tta {tta}`."
         )
-        ens = ensemble([plan.run(cand, s) for s in SEEDS[:2]], "holdout", tta)
-        if ens:
-            L.append(
-                f"\nTwo-seed ensemble (seeds 0, 1; mean logit) on holdout: accuracy {_f(ens['accuracy'])}, "
-                f"ROC-AUC {_f(ens['roc_auc'])}."
-            )
-        L += ["", "## 4. Val, once (the chosen recipe, three seeds)", ""]
-        L += ["| seed | val accuracy | val ROC-AUC | val AP |", "|---|---|---|---|"]
-        accs, aucs = [], []
-        for s in SEEDS:
-            m = metrics(plan.run(cand, s), "val", tta)
-            if m:
-                accs.append(m["accuracy"])
-                aucs.append(m["roc_auc"])
-            L.append(f"| {s} | {_f(m and m['accuracy'])} | {_f(m and m['roc_auc'])} | {_f(m and m['ap'])} |")
-        if len(accs) == len(SEEDS):
-            a, u = np.array(accs), np.array(aucs)
-            L.append(
-                f"| mean ± sd (min-max) | {a.mean():.4f} ± {a.std(ddof=1):.4f} ({a.min():.4f}-{a.max():.4f}) "
-                f"| {u.mean():.4f} ± {u.std(ddof=1):.4f} ({u.min():.4f}-{u.max():.4f}) | |"
-            )
-            ok = a.min() >= TARGETS["accuracy"] and u.min() >= TARGETS["roc_auc"]
-            L.append(
-                f"\nTargets (every seed): accuracy >= {TARGETS['accuracy']}, ROC-AUC >= {TARGETS['roc_auc']}: "
-                f"**{'met' if ok else 'not met'}**."
-            )
-        for k in (2, 3):
-            ens = ensemble([plan.run(cand, s) for s in SEEDS[:k]], "val", tta)
-            if ens:
-                L.append(
-                    f"\nEnsemble of seeds {', '.join(map(str, SEEDS[:k]))} on val (mean logit; reported, not "
-                    f"chosen on val): accuracy {_f(ens['accuracy'])}, ROC-AUC {_f(ens['roc_auc'])}."
-                )
+        L += ["", "## 4. Val, once (the chosen recipe trained on all of train, three seeds)", ""]
+        L += val_lines(plan, cand, tta, "all")
+    cand, tta = ROUND1_FINAL
+    L += ["", f"## Round 1's step 4 ({cand} with TTA {tta}, trained on `fit` only)", ""]
+    ens = ensemble(plan, cand, SEEDS[:2], "holdout", tta, "fit")
+    if ens:
+        L.append(
+            f"Two-seed ensemble (seeds 0, 1; mean logit) on holdout: accuracy {_f(ens['accuracy'])}, "
+            f"ROC-AUC {_f(ens['roc_auc'])}.\n"
+        )
+    L += val_lines(plan, cand, tta, "fit")
     L += [
         "",
         "## Commands",
@@ -369,7 +447,7 @@ def render(plan: Plan, ledger: Ledger, steps: list[Step], chosen: tuple[str, str
         "| step | command | time | load at start / end | result |",
         "|---|---|---|---|---|",
     ]
-    L += ledger_rows(steps, ledger, threads=True)
+    L += ledger_rows(steps, store, threads=True)
     L.append(
         "\n`raw.ckpt` is made by the bench from `last.ckpt` (`current_model_state`: the weights before averaging)."
     )
@@ -377,9 +455,39 @@ def render(plan: Plan, ledger: Ledger, steps: list[Step], chosen: tuple[str, str
     return "\n".join(L)
 
 
+def val_lines(plan: Plan, cand: str, tta: str, where: str) -> list[str]:
+    L = ["| seed | val accuracy | val ROC-AUC | val AP |", "|---|---|---|---|"]
+    accs, aucs = [], []
+    for s in SEEDS:
+        m = plan.metrics(cand, s, "val", tta, where=where)
+        if m:
+            accs.append(m["accuracy"])
+            aucs.append(m["roc_auc"])
+        L.append(f"| {s} | {_f(m and m['accuracy'])} | {_f(m and m['roc_auc'])} | {_f(m and m['ap'])} |")
+    if len(accs) == len(SEEDS):
+        a, u = np.array(accs), np.array(aucs)
+        L.append(
+            f"| mean ± sd (min-max) | {a.mean():.4f} ± {a.std(ddof=1):.4f} ({a.min():.4f}-{a.max():.4f}) "
+            f"| {u.mean():.4f} ± {u.std(ddof=1):.4f} ({u.min():.4f}-{u.max():.4f}) | |"
+        )
+        ok = a.min() >= TARGETS["accuracy"] and u.min() >= TARGETS["roc_auc"]
+        L.append(
+            f"\nTargets (every seed): accuracy >= {TARGETS['accuracy']}, ROC-AUC >= {TARGETS['roc_auc']}: "
+            f"**{'met' if ok else 'not met'}**."
+        )
+    for k in (2, 3):
+        ens = ensemble(plan, cand, SEEDS[:k], "val", tta, where)
+        if ens:
+            L.append(
+                f"\nEnsemble of seeds {', '.join(map(str, SEEDS[:k]))} on val (mean logit; reported, not "
+                f"chosen on val): accuracy {_f(ens['accuracy'])}, ROC-AUC {_f(ens['roc_auc'])}."
+            )
+    return L
+
+
 def lever_lines(plan: Plan) -> list[str]:
     def acc(cand: str, tta: str, w: str = "last") -> float | None:
-        m = metrics(plan.run(cand, 0), "holdout", tta, w)
+        m = plan.metrics(cand, 0, "holdout", tta, w)
         return None if m is None else m["accuracy"]
 
     rows = [
@@ -393,6 +501,10 @@ def lever_lines(plan: Plan) -> list[str]:
         ),
         ("all three levers (lev vs base)", acc("lev", "none"), acc("base", "none")),
         ("128 px instead of 96 (lev128 vs lev)", acc("lev128", "none"), acc("lev", "none")),
+        ("16 epochs instead of 10 (lev16 vs lev)", acc("lev16", "none"), acc("lev", "none")),
+        ("16 epochs instead of 10, with flip TTA", acc("lev16", "flip"), acc("lev", "flip")),
+        ("nearest up-sampling instead of bilinear (levnn vs lev)", acc("levnn", "none"), acc("lev", "none")),
+        ("nearest up-sampling, with flip TTA", acc("levnn", "flip"), acc("lev", "flip")),
     ]
     out = ["| lever | with | without | difference |", "|---|---|---|---|"]
     for name, a, b in rows:
@@ -401,18 +513,33 @@ def lever_lines(plan: Plan) -> list[str]:
     return out
 
 
+def link_all(view: Path) -> None:
+    """VIEW/<generator>/train/{ai,nature}: every file of fit and holdout (symlinks to the same targets)."""
+    for gen in sorted(d for d in view.iterdir() if d.is_dir()):
+        for side in ("fit", "holdout"):
+            for f in sorted((gen / side).glob("*/*")):
+                dst = gen / "train" / f.parent.name / f.name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if not dst.is_symlink():
+                    dst.symlink_to(f.resolve())
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = bench_parser(__doc__, "/tmp/synapse7_bench_accuracy", "results, checkpoints and logs")
+    ap = bench_parser(__doc__, "/tmp/synapse7_bench_accuracy", "checkpoints and logs")
     ap.add_argument("--results", type=Path, default=REPO / "docs" / "results_cifake.md")
-    ap.add_argument("--jobs", type=int, choices=(1, 2), default=2, help="trainings at once (default 2)")
+    ap.add_argument(
+        "--store", type=Path, default=REPO / "docs" / "results_cifake.json", help="the results store (JSON)"
+    )
+    ap.add_argument("--jobs", type=int, choices=(1, 2, 3), default=2, help="trainings at once (default 2)")
     ap.add_argument("--render-only", action="store_true", help="only rewrite the results file")
     args = ap.parse_args(argv)
     if not (args.data / "cifake").is_dir():
         print(f"bench/cifake_recipe.py: {args.data / 'cifake'} is absent; nothing to run", file=sys.stderr)
         return 1
-    plan = Plan(args.out.resolve(), args.data.resolve(), args.jobs)
+    plan = Plan(args.out.resolve(), args.data.resolve(), args.jobs, Store(args.store))
     plan.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(plan.out / "c16.yaml", CONFIG)
+    atomic_write_text(plan.out / "c16_all.yaml", CONFIG_ALL)
     counts = make_view(
         "cifake",
         plan.data / "cifake",
@@ -421,26 +548,24 @@ def main(argv: list[str] | None = None) -> int:
         seed=VIEW_SEED,
         held="holdout",
     )
+    link_all(plan.view)
     print(f"[view] cifake: {counts['fit']} fit, {counts['holdout']} holdout images", flush=True)
-    ledger = Ledger(plan.out / "ledger_cifake16.json")
     steps = [s for cand in CANDIDATES for s in candidate_steps(plan, cand, 0)]
     if not args.render_only:
-        run_all(steps, plan, ledger)
+        run_all(steps, plan)
     chosen = choose(plan)
     if chosen is not None:
-        cand, tta = chosen
-        more = [s for seed in SEEDS[1:] for s in candidate_steps(plan, cand, seed)]
-        final = [plan.evaluate(cand, seed, "val", tta) for seed in SEEDS]
-        for st, seed in zip(final, SEEDS, strict=True):
-            st.needs = [f"train {cand} s{seed}"]
-        steps += more + final
+        final = final_steps(plan, *chosen)
         if not args.render_only:
-            run_all(more, plan, ledger)
-            run_all([plan.train(cand, s) for s in SEEDS] + final, plan, ledger)
-    if not ledger.records:  # a fresh --out (e.g. a new machine's /tmp): nothing measured, keep the page
-        print(f"bench/cifake_recipe.py: no results under {rel(plan.out)}; {rel(args.results)} left as it is")
+            run_all(final, plan)
+        steps += final
+    steps += round1_steps(plan)
+    if not plan.store.records:  # nothing measured yet: keep the page
+        print(
+            f"bench/cifake_recipe.py: {rel(args.store)} holds no results; {rel(args.results)} left as it is"
+        )
         return 0
-    atomic_write_text(args.results, render(plan, ledger, steps, chosen))
+    atomic_write_text(args.results, render(plan, steps, chosen))
     print(f"wrote {rel(args.results)}")
     return 0
 
