@@ -354,12 +354,13 @@ def _f(v: float | None, spec: str = ".4f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
-# A lever measured by hand after the choice was made (not one of CANDIDATES, so not eligible); kept verbatim.
+# A lever measured by hand after round 1's choice (not one of CANDIDATES, so not eligible); kept verbatim.
 AFTER_THE_CHOICE = """\
-## After the choice: EfficientNet-Lite1 (measured by hand, 2026-12-02)
+## After round 1's choice: EfficientNet-Lite1 (measured by hand, 2026-12-02)
 
-Outside the rule above (the choice had been made): the chosen `lev` recipe with `--backbone efficientnet_lite1`,
-seed 0, on the same fit/holdout view, to measure the Lite1 lever the issue lists. Command (from the repository
+Outside the rule above (round 1's choice had been made; Lite1 is not a candidate): round 1's chosen `lev` recipe
+with `--backbone efficientnet_lite1`, seed 0, on the same fit/holdout view, to measure the Lite1 lever the issue
+lists. Command (from the repository
 root, `VIEW` and `c16.yaml` as made by this bench): `PYTHONPATH=src .venv/bin/python -m synapse7.cli train --data
 VIEW/cifake --out RUN --config c16.yaml --backbone efficientnet_lite1 --weights imagenet --input rgb --strategy
 full --image-size 96 --resize-size 96 --aug-flip-prob 0.5 --epochs 10 --batch-size 64 --lr 1e-3 --warmup-epochs

@@ -121,6 +121,7 @@ def test_health_and_info(client: TestClient) -> None:
     assert info["model"] == {"backbone": "resnet18", "input": "fft", "image_size": 32}
     assert info["limits"]["max_upload_bytes"] == MAX_UPLOAD and info["limits"]["max_files"] == MAX_FILES
     assert info["config"]["model"]["backbone"] == "resnet18"
+    assert info["preprocess"]["resize_interpolation"] == "bilinear"
 
 
 def test_predict_good_images_match_detector(client: TestClient, detector: Detector) -> None:

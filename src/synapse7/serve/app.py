@@ -323,6 +323,7 @@ def create_app(
             "preprocess": {
                 "mode": cfg.data.preprocess,
                 "resize_size": cfg.data.resolved_resize,
+                "resize_interpolation": cfg.data.resize_interpolation,
                 "crop_size": cfg.data.image_size,
             },
             "device": str(det.device),
