@@ -431,6 +431,12 @@ def render(plan: Plan, steps: list[Step], chosen: tuple[str, str] | None) -> str
             f"evaluated with `--tta {tta}`."
         )
         L += ["", "## 4. Val, once (the chosen recipe trained on all of train, three seeds)", ""]
+        L += [
+            "Trained on fit + holdout (a quarter more images than any candidate saw), so the difference from "
+            "round 1's step 4 below (trained on fit only) mixes the chosen recipe's gain with the added data; "
+            "holdout cannot separate them, as these models have trained on it.",
+            "",
+        ]
         L += val_lines(plan, cand, tta, "all")
     cand, tta = ROUND1_FINAL
     L += ["", f"## Round 1's step 4 ({cand} with TTA {tta}, trained on `fit` only)", ""]
