@@ -22,7 +22,7 @@ any round-2 result. Val had been read once by then (round 1's step 4); no round-
 
 Results are kept in a store (docs/results_cifake.json: each step's record, machine and metrics), so that the
 page is rendered from every measurement, a later run adds to it, and a step whose result is stored is not run
-again. Steps are also skipped when their result exists under --out, so an interrupted run continues where it
+again (to measure everything afresh, give a new `--store FILE` and `--results FILE`). Steps are also skipped when their result exists under --out, so an interrupted run continues where it
 stopped. `--jobs 2` (or 3) runs two (three) trainings at once, each with one torch thread and one data worker,
 which on a 2-core machine finishes two trainings sooner than one after the other with two threads each.
 """
