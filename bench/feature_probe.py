@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             got = extract(feats, items, jpeg, rigid)
             took = time.perf_counter() - t
             np.savez(cache, **got, seconds=np.array(took), threads=np.array(feats.torch.get_num_threads()))
-            print(f"{name}: {len(items)} images, {time.perf_counter() - t:.0f} s", flush=True)
+            print(f"{name}: {len(items)} images, {took:.0f} s", flush=True)
         with np.load(cache) as z:
             sets[name] = {k: z[k] for k in z.files}
     t1 = time.perf_counter()
