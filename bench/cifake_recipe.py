@@ -18,7 +18,14 @@ Protocol:
 Rounds. Round 1 (2026-12-01) had candidates base, lev, lev128, and its step 4 trained the chosen `lev` on `fit`
 only: val 0.9725 +- 0.0009, short of the target. Round 2 (2026-12-02) added lev16 and levnn, the levers the
 issue lists that round 1 had not measured, and changed step 4 to train on all of train, both decided before
-any round-2 result. Val had been read once by then (round 1's step 4); no round-2 choice reads it.
+any round-2 result. Val had been read once by then (round 1's step 4); no round-2 choice reads it. Round 3
+(2026-12-02, later) adds the last lever the issue lists, a two-seed ensemble, as a candidate: `lev16x2`, round
+2's choice trained with seeds 0 and 1 on `fit`, scored as one model (`synapse7 evaluate --checkpoint A
+--checkpoint B`: the mean of the two logits), with and without flip TTA. Its step 4, if the rule picks it: three
+ensembles of the recipe trained on all of train, seeds paired (0, 1), (2, 3), (4, 5), each evaluated once on
+val. Decided before any round-3 result, but after round 2's val results, which had shown a two-seed ensemble of
+seeds 0 and 1 (0.9800 / 0.9978): that pair's val figure was known when round 3 was designed, the other two were
+not. The rule is unchanged and runs over every candidate, single or ensemble.
 
 Results are kept in a store (docs/results_cifake.json: each step's record, machine and metrics), so that the
 page is rendered from every measurement, a later run adds to it, and a step whose result is stored is not run
@@ -81,13 +88,20 @@ CANDIDATES: dict[str, tuple[str, str, int]] = {  # name: (flags, what it is, rou
         2,
     ),
 }
+# Ensemble candidates: name -> (single candidate, its seeds, what it is, round); scored as one model.
+ENSEMBLES: dict[str, tuple[str, tuple[int, ...], str, int]] = {
+    "lev16x2": ("lev16", (0, 1), "two seeds of lev16 (0 and 1), the mean of their logits", 3),
+}
 COST = {
     "base": 1.0,
     "lev": 1.0,
     "lev128": 1.8,
     "lev16": 1.6,
     "levnn": 1.0,
+    "lev16x2": 3.2,
 }  # relative training cost, for ties
+# Step 4 of an ensemble candidate: three ensembles, from seeds paired as fixed here before round 3's results.
+ENSEMBLE_SEEDS = ((0, 1), (2, 3), (4, 5))
 TTAS = ("none", "flip")
 CONFIG = "data:\n  mean: [0.5, 0.5, 0.5]\n  std: [0.5, 0.5, 0.5]\n  train_split: fit\n  val_split: holdout\n"
 # Step 4: all of train. Lightning still validates each epoch; on holdout (a part of the training images), a
@@ -171,8 +185,39 @@ class Plan:
     def metrics(
         self, cand: str, seed: int, split: str, tta: str, weights: str = "last", where: str = "fit"
     ) -> dict[str, Any] | None:
-        r = self.store.records.get(f"evaluate {self.tag(cand, seed, where)} {weights} on {split} tta {tta}")
+        return self.result(f"evaluate {self.tag(cand, seed, where)} {weights} on {split} tta {tta}")
+
+    def result(self, name: str) -> dict[str, Any] | None:
+        r = self.store.records.get(name)
         return None if r is None or r.get("rc") != 0 else r.get("metrics")
+
+    @staticmethod
+    def ens_tag(ens: str, seeds: tuple[int, ...], where: str = "fit") -> str:
+        s = "+".join(map(str, seeds))
+        return f"{ens} s{s}" if where == "fit" else f"{ens} {where} s{s}"
+
+    def evaluate_ensemble(
+        self, ens: str, seeds: tuple[int, ...], split: str, tta: str, where: str = "fit"
+    ) -> Step:
+        """The members' last.ckpt through `synapse7 evaluate` as one model (several --checkpoint)."""
+        cand = ENSEMBLES[ens][0]
+        tag = self.ens_tag(ens, seeds, where)
+        dest = self.out / ("c16_" + tag.replace(" ", "_").replace("+", "-")) / f"eval_{split}_{tta}"
+        root = self.view if split == "holdout" else self.data / "cifake"
+        argv = ["evaluate", "--data", rel(root), "--split", split]
+        for seed in seeds:
+            argv += ["--checkpoint", rel(self.run(cand, seed, where) / "last.ckpt")]
+        argv += ["--out", rel(dest), "--tta", tta, "--num-workers", "1"]
+        needs = [f"train {self.tag(cand, seed, where)}" for seed in seeds]
+        return Step(
+            f"evaluate {tag} on {split} tta {tta}", "cifake16", argv, dest / "metrics.json", needs=needs
+        )
+
+    def scored(self, cand: str, split: str, tta: str, where: str = "fit") -> dict[str, Any] | None:
+        """Seed 0 of a single candidate, or an ensemble candidate's own seeds."""
+        if cand in ENSEMBLES:
+            return self.result(self.evaluate_ensemble(cand, ENSEMBLES[cand][1], split, tta, where).name)
+        return self.metrics(cand, 0, split, tta, where=where)
 
 
 def write_raw_checkpoint(run: Path) -> bool:
@@ -249,13 +294,31 @@ def _execute(step: Step, store: Store, log_dir: Path, threads: int, resume: bool
 
 
 def run_all(steps: list[Step], plan: Plan) -> None:
-    """Trainings `plan.jobs` at a time; each evaluation as soon as its training is done. A training whose
-    evaluations are all stored is not run again (its checkpoints may be on another machine)."""
+    """Trainings `plan.jobs` at a time; each evaluation as soon as its trainings are done (an ensemble's: all of
+    them). A training whose evaluations are all stored is not run again (its checkpoints may be on another
+    machine)."""
     threads = 2 if plan.jobs == 1 else 1
     log_dir = plan.out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    steps = list({s.name: s for s in steps}.values())  # a training shared by two candidates runs once
     trains = [s for s in steps if s.resume_if is not None]
     evals = [s for s in steps if s.resume_if is None]
+    by_name = {t.name: t for t in trains}
+    claimed: set[str] = set()
+
+    def claim(e: Step) -> bool:
+        """True once, for an evaluation whose trainings are all finished here, checkpoints present."""
+        done = [
+            n in by_name
+            and (by_name[n].done.exists() or plan.store.ok(n, metrics=False))
+            and by_name[n].resume_if.exists()
+            for n in e.needs
+        ]
+        with _LOCK:
+            if not all(done) or e.name in claimed:
+                return False
+            claimed.add(e.name)
+            return True
 
     def chain(t: Step) -> None:
         mine = [e for e in evals if t.name in e.needs]
@@ -271,11 +334,14 @@ def run_all(steps: list[Step], plan: Plan) -> None:
         write_raw_checkpoint(t.done.parent)
         for e in mine:
             ckpt = e.argv[e.argv.index("--checkpoint") + 1]
-            if ckpt.endswith("last.ckpt") or (t.done.parent / "raw.ckpt").is_file():
+            if (ckpt.endswith("last.ckpt") or (t.done.parent / "raw.ckpt").is_file()) and claim(e):
                 _run_one(e, plan.store, log_dir, threads)
 
     with ThreadPoolExecutor(max_workers=plan.jobs) as pool:
         list(pool.map(chain, trains))
+    for e in evals:  # an ensemble whose trainings were all stored before this run
+        if not plan.store.ok(e.name, metrics=True) and claim(e):
+            _run_one(e, plan.store, log_dir, 2)
 
 
 def candidate_steps(plan: Plan, cand: str, seed: int) -> list[Step]:
@@ -287,16 +353,32 @@ def candidate_steps(plan: Plan, cand: str, seed: int) -> list[Step]:
     return steps
 
 
+def ensemble_steps(plan: Plan, ens: str) -> list[Step]:
+    """An ensemble candidate: its members' trainings on fit, the ensemble on holdout with each TTA."""
+    cand, seeds = ENSEMBLES[ens][:2]
+    steps = [plan.train(cand, seed) for seed in seeds]
+    return steps + [plan.evaluate_ensemble(ens, seeds, "holdout", tta) for tta in TTAS]
+
+
 def final_steps(plan: Plan, cand: str, tta: str) -> list[Step]:
-    """Step 4: the chosen recipe on all of train, three seeds, each evaluated once on val."""
+    """Step 4: the chosen recipe on all of train, three seeds (an ensemble: three ensembles, ENSEMBLE_SEEDS),
+    each evaluated once on val."""
     out: list[Step] = []
+    if cand in ENSEMBLES:
+        single = ENSEMBLES[cand][0]
+        for seeds in ENSEMBLE_SEEDS:
+            out += [plan.train(single, seed, "all") for seed in seeds]
+            out.append(plan.evaluate_ensemble(cand, seeds, "val", tta, "all"))
+        return out
     for seed in SEEDS:
         out += [plan.train(cand, seed, "all"), plan.evaluate(cand, seed, "val", tta, where="all")]
     return out
 
 
-# Round 1's step 4 (the chosen `lev` trained on `fit` only; kept from the store, not run again).
+# Round 1's step 4 (the chosen `lev` trained on `fit` only; kept from the store, not run again), and round 2's
+# (`lev16` on all of train, three seeds).
 ROUND1_FINAL = ("lev", "flip")
+ROUND2_FINAL = ("lev16", "flip")
 
 
 def round1_steps(plan: Plan) -> list[Step]:
@@ -308,9 +390,9 @@ def round1_steps(plan: Plan) -> list[Step]:
 def choose(plan: Plan) -> tuple[str, str] | None:
     """The rule of step 3, on holdout only: (candidate, tta) or None until every candidate is evaluated."""
     scored = []
-    for cand in CANDIDATES:
+    for cand in [*CANDIDATES, *ENSEMBLES]:
         for tta in TTAS:
-            m = plan.metrics(cand, 0, "holdout", tta)
+            m = plan.scored(cand, "holdout", tta)
             if m is None:
                 return None
             scored.append((-m["accuracy"], -m["roc_auc"], COST[cand], tta == "flip", cand, tta))
@@ -418,6 +500,16 @@ def render(plan: Plan, steps: list[Step], chosen: tuple[str, str] | None) -> str
                     f"| {cand} | {rnd} | {what} | {tta} | {label} | {_f(m and m['accuracy'])} "
                     f"| {_f(m and m['roc_auc'])} | {t} |"
                 )
+    for ens, (single, seeds, what, rnd) in ENSEMBLES.items():
+        recs = [store.records.get(f"train {single} s{seed}") for seed in seeds]
+        ok = all(r and r.get("rc") == 0 for r in recs)
+        t = " + ".join(f"{r['seconds']:.0f} s" for r in recs) if ok else "not run"
+        for tta in TTAS:
+            m = plan.scored(ens, "holdout", tta)
+            L.append(
+                f"| {ens} | {rnd} | {what} | {tta} | EMA | {_f(m and m['accuracy'])} "
+                f"| {_f(m and m['roc_auc'])} | {t} |"
+            )
     L += ["", "## 2. What each lever added (holdout accuracy, same seed)", ""]
     L += lever_lines(plan)
     L += ["", "## 3. Choice", ""]
@@ -425,19 +517,34 @@ def render(plan: Plan, steps: list[Step], chosen: tuple[str, str] | None) -> str
         L.append("Not made yet: some candidate has no holdout result.")
     else:
         cand, tta = chosen
-        L.append(
-            f"By the rule (highest holdout accuracy, then ROC-AUC, then the cheaper): **{cand}** "
-            f"({CANDIDATES[cand][1]}) with TTA **{tta}**: `synapse7 train {CANDIDATES[cand][0]} --seed S`, "
-            f"evaluated with `--tta {tta}`."
-        )
-        L += ["", "## 4. Val, once (the chosen recipe trained on all of train, three seeds)", ""]
-        L += [
-            "Trained on fit + holdout (a quarter more images than any candidate saw), so the difference from "
-            "round 1's step 4 below (trained on fit only) mixes the chosen recipe's gain with the added data; "
-            "holdout cannot separate them, as these models have trained on it.",
-            "",
-        ]
-        L += val_lines(plan, cand, tta, "all")
+        if cand in ENSEMBLES:
+            single = ENSEMBLES[cand][0]
+            L.append(
+                f"By the rule (highest holdout accuracy, then ROC-AUC, then the cheaper): **{cand}** "
+                f"({ENSEMBLES[cand][2]}) with TTA **{tta}**: two trainings `synapse7 train "
+                f"{CANDIDATES[single][0]} --seed S` (S = A and B), scored together by `synapse7 evaluate "
+                f"--checkpoint A/last.ckpt --checkpoint B/last.ckpt --tta {tta}` (or `synapse7 predict` with "
+                "the same flags)."
+            )
+            L += ["", "## 4. Val, once (the chosen recipe trained on all of train: three ensembles)", ""]
+            L += ensemble_val_lines(plan, cand, tta)
+        else:
+            L.append(
+                f"By the rule (highest holdout accuracy, then ROC-AUC, then the cheaper): **{cand}** "
+                f"({CANDIDATES[cand][1]}) with TTA **{tta}**: `synapse7 train {CANDIDATES[cand][0]} --seed S`, "
+                f"evaluated with `--tta {tta}`."
+            )
+            L += ["", "## 4. Val, once (the chosen recipe trained on all of train, three seeds)", ""]
+            L += [
+                "Trained on fit + holdout (a quarter more images than any candidate saw), so the difference "
+                "from round 1's step 4 below (trained on fit only) mixes the chosen recipe's gain with the "
+                "added data; holdout cannot separate them, as these models have trained on it.",
+                "",
+            ]
+            L += val_lines(plan, cand, tta, "all")
+    if chosen != ROUND2_FINAL:
+        L += ["", f"## Round 2's step 4 ({ROUND2_FINAL[0]} with TTA {ROUND2_FINAL[1]}, all of train)", ""]
+        L += val_lines(plan, *ROUND2_FINAL, "all")
     cand, tta = ROUND1_FINAL
     L += ["", f"## Round 1's step 4 ({cand} with TTA {tta}, trained on `fit` only)", ""]
     ens = ensemble(plan, cand, SEEDS[:2], "holdout", tta, "fit")
@@ -471,17 +578,7 @@ def val_lines(plan: Plan, cand: str, tta: str, where: str) -> list[str]:
             accs.append(m["accuracy"])
             aucs.append(m["roc_auc"])
         L.append(f"| {s} | {_f(m and m['accuracy'])} | {_f(m and m['roc_auc'])} | {_f(m and m['ap'])} |")
-    if len(accs) == len(SEEDS):
-        a, u = np.array(accs), np.array(aucs)
-        L.append(
-            f"| mean ± sd (min-max) | {a.mean():.4f} ± {a.std(ddof=1):.4f} ({a.min():.4f}-{a.max():.4f}) "
-            f"| {u.mean():.4f} ± {u.std(ddof=1):.4f} ({u.min():.4f}-{u.max():.4f}) | |"
-        )
-        ok = a.min() >= TARGETS["accuracy"] and u.min() >= TARGETS["roc_auc"]
-        L.append(
-            f"\nTargets (every seed): accuracy >= {TARGETS['accuracy']}, ROC-AUC >= {TARGETS['roc_auc']}: "
-            f"**{'met' if ok else 'not met'}**."
-        )
+    L += target_lines(accs, aucs, len(SEEDS), "seed")
     for k in (2, 3):
         ens = ensemble(plan, cand, SEEDS[:k], "val", tta, where)
         if ens:
@@ -490,6 +587,43 @@ def val_lines(plan: Plan, cand: str, tta: str, where: str) -> list[str]:
                 f"chosen on val): accuracy {_f(ens['accuracy'])}, ROC-AUC {_f(ens['roc_auc'])}."
             )
     return L
+
+
+def ensemble_val_lines(plan: Plan, ens: str, tta: str) -> list[str]:
+    """Step 4 of an ensemble candidate: each ensemble of ENSEMBLE_SEEDS on val, mean and spread, targets."""
+    L = [
+        "Members trained on fit + holdout (a quarter more images than any candidate saw). The pairs were fixed "
+        "before round 3's results; the first pair's val figure had been reported with round 2 (below), the "
+        "other two are new.",
+        "",
+        "| ensemble (seeds) | val accuracy | val ROC-AUC | val AP |",
+        "|---|---|---|---|",
+    ]
+    accs, aucs = [], []
+    for seeds in ENSEMBLE_SEEDS:
+        m = plan.result(plan.evaluate_ensemble(ens, seeds, "val", tta, "all").name)
+        if m:
+            accs.append(m["accuracy"])
+            aucs.append(m["roc_auc"])
+        L.append(
+            f"| {' + '.join(map(str, seeds))} | {_f(m and m['accuracy'])} | {_f(m and m['roc_auc'])} "
+            f"| {_f(m and m['ap'])} |"
+        )
+    return L + target_lines(accs, aucs, len(ENSEMBLE_SEEDS), "ensemble")
+
+
+def target_lines(accs: list[float], aucs: list[float], n: int, unit: str) -> list[str]:
+    """The mean ± sd row and the target check, once all `n` results are in."""
+    if len(accs) < n:
+        return []
+    a, u = np.array(accs), np.array(aucs)
+    ok = a.min() >= TARGETS["accuracy"] and u.min() >= TARGETS["roc_auc"]
+    return [
+        f"| mean ± sd (min-max) | {a.mean():.4f} ± {a.std(ddof=1):.4f} ({a.min():.4f}-{a.max():.4f}) "
+        f"| {u.mean():.4f} ± {u.std(ddof=1):.4f} ({u.min():.4f}-{u.max():.4f}) | |",
+        f"\nTargets (every {unit}): accuracy >= {TARGETS['accuracy']}, ROC-AUC >= {TARGETS['roc_auc']}: "
+        f"**{'met' if ok else 'not met'}**.",
+    ]
 
 
 def lever_lines(plan: Plan) -> list[str]:
@@ -513,6 +647,16 @@ def lever_lines(plan: Plan) -> list[str]:
         ("nearest up-sampling instead of bilinear (levnn vs lev)", acc("levnn", "none"), acc("lev", "none")),
         ("nearest up-sampling, with flip TTA", acc("levnn", "flip"), acc("lev", "flip")),
     ]
+    for ens, (single, seeds, _, _) in ENSEMBLES.items():
+        for tta in TTAS:
+            m = plan.scored(ens, "holdout", tta)
+            rows.append(
+                (
+                    f"ensemble of seeds {' and '.join(map(str, seeds))} ({ens} vs {single} seed 0), TTA {tta}",
+                    None if m is None else m["accuracy"],
+                    acc(single, tta),
+                )
+            )
     out = ["| lever | with | without | difference |", "|---|---|---|---|"]
     for name, a, b in rows:
         d = None if a is None or b is None else a - b
@@ -558,6 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     link_all(plan.view)
     print(f"[view] cifake: {counts['fit']} fit, {counts['holdout']} holdout images", flush=True)
     steps = [s for cand in CANDIDATES for s in candidate_steps(plan, cand, 0)]
+    steps += [s for ens in ENSEMBLES for s in ensemble_steps(plan, ens)]
     if not args.render_only:
         run_all(steps, plan)
     chosen = choose(plan)
@@ -566,7 +711,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.render_only:
             run_all(final, plan)
         steps += final
+    if chosen != ROUND2_FINAL:
+        steps += final_steps(plan, *ROUND2_FINAL)
     steps += round1_steps(plan)
+    steps = list({s.name: s for s in steps}.values())
     if not plan.store.records:  # nothing measured yet: keep the page
         print(
             f"bench/cifake_recipe.py: {rel(args.store)} holds no results; {rel(args.results)} left as it is"

@@ -34,6 +34,13 @@ def _holdout(plan: object, accs: dict[str, float]) -> None:
             plan.store.put(f"evaluate {cand} s0 last on holdout tta {tta}", {"rc": 0, "metrics": m})
 
 
+def _ensembles(plan: object, acc: float) -> None:
+    for ens, (_, seeds, _, _) in recipe.ENSEMBLES.items():
+        for tta in recipe.TTAS:
+            m = {"accuracy": acc, "roc_auc": 0.99, "ap": 0.99, "support": 10}
+            plan.store.put(plan.evaluate_ensemble(ens, seeds, "holdout", tta).name, {"rc": 0, "metrics": m})
+
+
 def test_empty_store_leaves_the_page_and_a_stored_result_writes_it(setup: tuple, tmp_path: Path) -> None:
     argv, page, store = setup
     assert recipe.main([*argv, "--render-only"]) == 0
@@ -53,6 +60,7 @@ def test_the_rule_reads_every_round_from_the_store(tmp_path: Path) -> None:
     accs = {c: 0.95 for c in recipe.CANDIDATES}
     accs["levnn"] = 0.97  # a round-2 candidate wins on holdout
     _holdout(plan, {c: a for c, a in accs.items() if c != "lev16"})
+    _ensembles(plan, 0.95)
     assert recipe.choose(plan) is None  # lev16 not measured yet
     _holdout(plan, {"lev16": 0.96})
     assert recipe.choose(plan) == ("levnn", "flip")
@@ -122,3 +130,60 @@ def test_all_of_train_is_fit_plus_holdout(tmp_path: Path) -> None:
     train = sorted(p.name for p in (tmp_path / "view" / "cifake" / "sd14" / "train").glob("*/*"))
     assert len(train) == counts["fit"] + counts["holdout"] == 20
     assert counts["holdout"] > 0
+
+
+def test_an_ensemble_candidate_is_chosen_on_holdout_and_run_as_one_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = _plan(tmp_path, tmp_path / "store.json")
+    _holdout(plan, {c: 0.95 for c in recipe.CANDIDATES})
+    assert recipe.choose(plan) is None  # the ensemble candidate is not measured yet
+    for tta in recipe.TTAS:
+        step = plan.evaluate_ensemble("lev16x2", (0, 1), "holdout", tta)
+        m = {"accuracy": 0.97 if tta == "flip" else 0.96, "roc_auc": 0.99, "ap": 0.99, "support": 10}
+        plan.store.put(step.name, {"rc": 0, "metrics": m})
+    assert recipe.choose(plan) == ("lev16x2", "flip")
+
+    steps = recipe.final_steps(plan, "lev16x2", "flip")
+    evals = [s for s in steps if s.resume_if is None]
+    assert [s.name for s in evals] == [
+        f"evaluate lev16x2 all s{a}+{b} on val tta flip" for a, b in recipe.ENSEMBLE_SEEDS
+    ]
+    cmd = evals[1].command()
+    assert (
+        "c16_lev16_all_s2/last.ckpt" in cmd and "c16_lev16_all_s3/last.ckpt" in cmd and "--split val" in cmd
+    )
+    assert "--epochs 16" in steps[0].command() and "c16_all.yaml" in steps[0].command()
+
+    ran: list[str] = []
+
+    def fake_execute(step, store, log_dir, threads, resume) -> None:
+        ran.append(step.name)
+        if step.resume_if is None:
+            step.done.parent.mkdir(parents=True, exist_ok=True)
+            step.done.write_text(json.dumps({"accuracy": 0.98, "roc_auc": 0.998, "ap": 0.99, "support": 4}))
+        else:
+            step.resume_if.parent.mkdir(parents=True, exist_ok=True)
+            step.resume_if.write_bytes(b"")
+            step.done.write_text("{}")
+        store.put(step.name, {"rc": 0, "seconds": 1.0})
+
+    monkeypatch.setattr(recipe, "_execute", fake_execute)
+    monkeypatch.setattr(recipe, "write_raw_checkpoint", lambda run: False)
+    recipe.run_all(steps, plan)
+    # each ensemble is evaluated once, after both of its trainings, never before
+    assert ran == [
+        "train lev16 all s0",
+        "train lev16 all s1",
+        evals[0].name,
+        "train lev16 all s2",
+        "train lev16 all s3",
+        evals[1].name,
+        "train lev16 all s4",
+        "train lev16 all s5",
+        evals[2].name,
+    ]
+    page = recipe.render(plan, steps, ("lev16x2", "flip"))
+    assert "| 2 + 3 | 0.9800 | 0.9980 | 0.9900 |" in page
+    assert "Targets (every ensemble): accuracy >= 0.98, ROC-AUC >= 0.997: **met**" in page
+    assert "| lev16x2 | 3 | two seeds of lev16" in page

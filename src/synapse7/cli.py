@@ -129,13 +129,21 @@ def _positive_square(value: str) -> int:
     return n
 
 
-def _add_checkpoint(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+ENSEMBLE_HELP = (
+    "; give it more than once for an ensemble: P(AI) from the mean of the models' logits (they must preprocess "
+    "images alike)"
+)
+
+
+def _add_checkpoint(p: argparse.ArgumentParser, *, required: bool = True, several: bool = False) -> None:
     default = "" if required else " (default: the shipped model, see `synapse7 info`)"
     p.add_argument(
         "--checkpoint",
         required=required,
+        action="append" if several else "store",
         metavar="CKPT",
-        help=f"a Synapse-7 model: a .ckpt, NAME.safetensors or a model folder{default}",
+        help=f"a Synapse-7 model: a .ckpt, NAME.safetensors or a model folder{default}"
+        + (ENSEMBLE_HELP if several else ""),
     )
 
 
@@ -444,10 +452,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from synapse7.evaluate import evaluate
+    from synapse7.predict import Detector
 
-    # The normal reports always; --perturb adds the robustness ones beside them.
-    evaluate(
+    # One detector (or ensemble) for both: the normal reports always; --perturb adds the robustness ones.
+    det = Detector.from_checkpoints(
         args.checkpoint,
+        device=args.device,
+        threshold=args.threshold,
+        precision=args.precision,
+        crops=args.crops,
+        tta=args.tta,
+    )
+    checkpoint = " + ".join(args.checkpoint)
+    evaluate(
+        checkpoint,
         args.data,
         split=args.split,
         out_dir=args.out,
@@ -462,6 +480,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         crops=args.crops,
         tta=args.tta,
         progress=not args.no_progress,
+        detector=det,
     )
     print(f"reports written to {args.out}", file=sys.stderr)
     if args.perturb:
@@ -471,7 +490,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if "none" not in specs:  # the unperturbed reference point every panel of the plot shows
             specs.append("none")
         res = evaluate_robustness(
-            args.checkpoint,
+            checkpoint,
             args.data,
             specs,
             split=args.split,
@@ -483,6 +502,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             device=args.device,
             precision=args.precision,
+            detector=det,  # the same models, crops and TTA as the normal reports
             log=lambda m: print(m, file=sys.stderr),
         )
         write_robustness(res, args.out)
@@ -578,7 +598,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     else:
         engine = "onnx" if args.onnx is not None else args.engine
-        det = Detector.from_checkpoint(
+        det = Detector.from_checkpoints(
             args.checkpoint,
             device=args.device,
             threshold=args.threshold,
@@ -760,9 +780,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="evaluate a checkpoint and write reports")
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint (or an ensemble) and write reports")
     _add_data_args(p)
-    _add_checkpoint(p)
+    _add_checkpoint(p, several=True)
     p.add_argument("--out", required=True, metavar="DIR", help="report folder")
     _add_split(p, "evaluate")
     p.add_argument(
@@ -838,11 +858,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_crossgen)
 
     p = sub.add_parser("predict", help="classify image files or folders")
-    p.add_argument(
-        "--checkpoint",
-        metavar="CKPT",
-        help="a .ckpt or .safetensors model (default: the shipped model, see `synapse7 info`)",
-    )
+    _add_checkpoint(p, required=False, several=True)
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     p.add_argument("--json", action="store_true", help="write JSON lines instead of tab-separated text")
     p.add_argument(

@@ -288,6 +288,21 @@ class Detector:
         )
 
     @classmethod
+    def from_checkpoints(
+        cls, paths: Sequence[str | os.PathLike], *, threshold: float | None = None, **kwargs: Any
+    ) -> Detector:
+        """One checkpoint: `from_checkpoint`. Several: an `EnsembleDetector` of them (each loaded with the same
+        keyword arguments, e.g. tta or precision)."""
+        if len(paths) == 0:
+            raise ValueError("no checkpoint given")
+        if len(paths) == 1:
+            return cls.from_checkpoint(paths[0], threshold=threshold, **kwargs)
+        if kwargs.get("onnx") is not None:
+            raise ValueError("--onnx names the export of one checkpoint; it cannot go with several")
+        members = [cls.from_checkpoint(p, **kwargs) for p in paths]
+        return EnsembleDetector(members, [printable_path(p) for p in paths], threshold=threshold)
+
+    @classmethod
     def default(cls, **kwargs: Any) -> Detector:
         """The shipped default model (synapse7/weights/default.safetensors), after checking its SHA-256.
 
@@ -328,12 +343,14 @@ class Detector:
         """(B, 3, S, S) normalised -> P(AI) as float64 array (B,); (B, K, 3, S, S) crops are combined per image.
 
         With the model's `tta` "flip", the logit is the mean of the image's and its mirror image's."""
+        return torch.sigmoid(self.logit(x)).cpu().numpy().astype(np.float64)
+
+    def logit(self, x: torch.Tensor) -> torch.Tensor:
+        """`predict_batch`'s calibrated logit, log(P / (1 - P)), as a float tensor (B,)."""
         logits = self._logits(x)
         if self.cfg.model.tta == "flip":
             logits = 0.5 * (logits.float() + self._logits(x.flip(-1)).float())
-        return (
-            torch.sigmoid((logits.float() - self.offset) / self.temperature).cpu().numpy().astype(np.float64)
-        )
+        return (logits.float() - self.offset) / self.temperature
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.engine is not None:
@@ -434,6 +451,76 @@ class Detector:
                 if it.error is None
                 else Prediction(printable_path(it.path), "ERROR", float("nan"), it.error)
             )
+
+
+# What a detector does to an image before its network: members of an ensemble must agree on all of it, so that
+# one decoded crop serves them all.
+PREPROCESS_FIELDS = (
+    "image_size",
+    "resize_size",
+    "resize_interpolation",
+    "preprocess",
+    "crops",
+    "mean",
+    "std",
+    "align",
+    "max_pixels",
+    "fast_decode",
+)
+
+
+class EnsembleDetector(Detector):
+    """Several detectors of the same preprocessing (PREPROCESS_FIELDS), e.g. one recipe trained with two seeds.
+
+    P(AI) = sigmoid(mean of the members' calibrated logits), each member with its own test-time augmentation,
+    crop vote and calibration. The threshold is the one given, else the members' own when they all agree.
+    """
+
+    def __init__(
+        self, members: Sequence[Detector], names: Sequence[str], *, threshold: float | None = None
+    ) -> None:
+        if len(members) < 2 or len(names) != len(members):
+            raise ValueError("an ensemble needs two or more detectors, one name each")
+        first = members[0]
+        for name, m in zip(names[1:], members[1:], strict=True):
+            diff = [
+                f"{f} {getattr(first.cfg.data, f)!r} vs {getattr(m.cfg.data, f)!r}"
+                for f in PREPROCESS_FIELDS
+                if getattr(first.cfg.data, f) != getattr(m.cfg.data, f)
+            ]
+            if diff:
+                raise ValueError(
+                    f"cannot ensemble {name} with {names[0]}: they preprocess images differently "
+                    f"({'; '.join(diff)})"
+                )
+        if threshold is None:
+            stored = sorted({m.threshold for m in members})
+            if len(stored) > 1:
+                raise ValueError(
+                    "the checkpoints store different thresholds ("
+                    + ", ".join(f"{n}: {m.threshold:.4g}" for n, m in zip(names, members, strict=True))
+                    + "); give the ensemble's with --threshold"
+                )
+            threshold = stored[0]
+        self.members = list(members)
+        self.names = list(names)
+        self.cfg = first.cfg
+        self.threshold = float(threshold)
+        self.temperature, self.offset = 1.0, 0.0  # the members' logits are calibrated already
+        self.device = first.device
+        self.engine = None
+        self.amp_dtype = first.amp_dtype
+        self.net = self._forward = None
+        self.preset = first.preset
+
+    def logit(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.logit(x).to(self.device) for m in self.members]).mean(dim=0)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - `logit` is overridden
+        raise NotImplementedError
+
+    def _predict_uint8(self, u8: torch.Tensor) -> np.ndarray:
+        return self.predict_batch(self.preset.normalize(u8.to(self.device, non_blocking=True)))
 
 
 def format_prediction(p: Prediction, *, as_json: bool) -> str:
