@@ -558,3 +558,35 @@ def test_cli_serve_without_captum_says_install_the_extra(
     assert main(["serve", "--checkpoint", str(checkpoint)]) == 1
     err = capsys.readouterr().err
     assert "captum is not installed" in err and "synapse7[serve]" in err
+
+
+def test_serve_an_ensemble(
+    checkpoint: Path, detector: Detector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve --checkpoint A --checkpoint B` serves their mean-logit ensemble; /api/info lists the members."""
+    import uvicorn
+
+    from synapse7.cli import main
+
+    ckpt = torch.load(checkpoint, weights_only=False)
+    torch.manual_seed(1)
+    net = build_model(RunConfig().override(**ckpt["hyper_parameters"]["config"]).model, load_weights=False)
+    ckpt["state_dict"] = {f"net.{k}": v for k, v in net.state_dict().items()}
+    other = tmp_path / "other.ckpt"
+    torch.save(ckpt, other)
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app))
+    assert (
+        main(["serve", "--checkpoint", str(checkpoint), "--checkpoint", str(other), "--device", "cpu"]) == 0
+    )
+    files = [("a.png", _image_bytes("PNG", seed=1)), ("b.jpg", _image_bytes("JPEG", seed=2))]
+    with TestClient(served["app"]) as c:
+        info = c.get("/api/info").json()
+        assert [m["backbone"] for m in info["model"]["ensemble"]] == ["resnet18", "resnet18"]
+        body = _post(c, files).json()
+    ens = Detector.from_checkpoints([checkpoint, other], device="cpu")
+    want = ens.predict([data for _, data in files])
+    alone = detector.predict([data for _, data in files])
+    for res, exp, one in zip(body["results"], want, alone, strict=True):
+        assert res["p_ai"] == pytest.approx(exp.p_ai, abs=1e-5)
+        assert abs(res["p_ai"] - one.p_ai) > 1e-4  # not the first model alone

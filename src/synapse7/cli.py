@@ -727,13 +727,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from synapse7.serve import create_app, exposure_warning
     except ImportError as e:
         return _missing_extra("serve", e, "serve")
+    from synapse7.predict import Detector
+
     token = args.token or os.environ.get("SYNAPSE7_TOKEN") or None
     if args.checkpoint is None:  # the shipped default model (hash-checked)
-        from synapse7.predict import Detector
-
         source: dict[str, Any] = {"detector": Detector.default(device=args.device, threshold=args.threshold)}
+    elif len(args.checkpoint) == 1:
+        source = {"checkpoint": args.checkpoint[0]}
     else:
-        source = {"checkpoint": args.checkpoint}
+        source = {
+            "detector": Detector.from_checkpoints(
+                args.checkpoint, device=args.device, threshold=args.threshold
+            )
+        }
     app = create_app(
         **source,
         threshold=args.threshold,
@@ -998,7 +1004,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="web service: upload page at / and a JSON API at /api/predict",
         description="Serve a checkpoint over HTTP (needs the 'serve' extra: fastapi, uvicorn).",
     )
-    _add_checkpoint(p, required=False)
+    _add_checkpoint(p, required=False, several=True)
     p.add_argument(
         "--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)"
     )

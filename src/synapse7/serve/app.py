@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from synapse7 import __version__
 from synapse7.explain import DEFAULT_GRID, explain, preview_png, render_views
 from synapse7.io import BadImageError, open_image
-from synapse7.predict import Detector, Prediction
+from synapse7.predict import Detector, EnsembleDetector, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -185,11 +185,18 @@ class RateLimiter:
 
 
 def _model_summary(det: Detector) -> dict[str, Any]:
-    return {
+    """Backbone, input mode and size; an ensemble's lists each member's (no file paths)."""
+    summary = {
         "backbone": det.cfg.model.backbone,
         "input": det.cfg.model.input,
         "image_size": det.cfg.data.image_size,
     }
+    if isinstance(det, EnsembleDetector):
+        summary["ensemble"] = [
+            {"backbone": m.cfg.model.backbone, "input": m.cfg.model.input, "tta": m.cfg.model.tta}
+            for m in det.members
+        ]
+    return summary
 
 
 def _data_uri(png: bytes) -> str:
