@@ -94,3 +94,34 @@ def test_cli_evaluate_and_predict_take_several_checkpoints(
     other = save_untrained_checkpoint(tmp_path / "big.ckpt", _cfg(image_size=48))
     assert main([*argv, "--checkpoint", str(members[0]), "--checkpoint", str(other)]) == 1
     assert "big.ckpt" in capsys.readouterr().err
+
+
+def test_ensemble_bench_runs(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from conftest import import_bench
+
+    bench = import_bench("ensemble")
+    assert (
+        bench.main(
+            [
+                "--n",
+                "4",
+                "--repeats",
+                "1",
+                "--batch-size",
+                "4",
+                "--num-workers",
+                "0",
+                "--out",
+                str(tmp_path / "e.json"),
+            ]
+        )
+        == 0
+    )
+    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+    assert [r["detector"] for r in rows][:4] == [
+        "one model",
+        "one model, flip TTA",
+        "ensemble of 2",
+        "ensemble of 3",
+    ]
+    assert rows[0]["x_one_model"] == 1.0 and all(r["img_per_s"] > 0 for r in rows)
