@@ -138,3 +138,19 @@ def test_page_splits_uploads_to_fit_the_request_cap(trained_run: Path, tmp_path:
         ]
     assert sorted(verdicts) == sorted(p.label for p in det.predict(list(map(str, paths))))
     assert "ERROR" not in verdicts
+
+
+def test_page_serves_an_ensemble(trained_run: Path, uploads: dict[str, Path]) -> None:
+    """Two checkpoints served as one model: the page says so, and its verdict is the ensemble's."""
+    from selenium.webdriver.common.by import By
+
+    det = Detector.from_checkpoints([trained_run / "run" / "best.ckpt", trained_run / "run" / "last.ckpt"])
+    exp = det.predict([str(uploads["photo"])])[0]
+    with running_server(create_app(det)) as base, headless_chromium() as driver:
+        upload_and_wait(driver, base, [uploads["photo"]])
+        chips = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "#chips .chip")]
+        assert "ensemble 2 models" in chips
+        card = _card(driver, uploads["photo"].name)
+        assert card.find_element(By.CSS_SELECTOR, ".verdict").text == exp.label
+        assert card.find_element(By.CSS_SELECTOR, ".meta .p").text == f"{100 * exp.p_ai:.1f}%"
+        assert card.find_elements(By.CSS_SELECTOR, ".why figure")  # explanations run through the ensemble
