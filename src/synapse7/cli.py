@@ -474,13 +474,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         generators=args.generators,
         on_bad_image=args.on_bad_image,
         align=args.align,
-        threshold=args.threshold,
-        device=args.device,
-        precision=args.precision,
-        crops=args.crops,
-        tta=args.tta,
         progress=not args.no_progress,
-        detector=det,
+        detector=det,  # threshold, device, precision, crops and TTA are set in it
     )
     print(f"reports written to {args.out}", file=sys.stderr)
     if args.perturb:
@@ -499,10 +494,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             num_workers=args.num_workers,
             on_bad_image=args.on_bad_image,
-            threshold=args.threshold,
-            device=args.device,
-            precision=args.precision,
-            detector=det,  # the same models, crops and TTA as the normal reports
+            detector=det,  # the same models, threshold, crops and TTA as the normal reports
             log=lambda m: print(m, file=sys.stderr),
         )
         write_robustness(res, args.out)
@@ -731,19 +723,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     token = args.token or os.environ.get("SYNAPSE7_TOKEN") or None
     if args.checkpoint is None:  # the shipped default model (hash-checked)
-        source: dict[str, Any] = {"detector": Detector.default(device=args.device, threshold=args.threshold)}
-    elif len(args.checkpoint) == 1:
-        source = {"checkpoint": args.checkpoint[0]}
-    else:
-        source = {
-            "detector": Detector.from_checkpoints(
-                args.checkpoint, device=args.device, threshold=args.threshold
-            )
-        }
+        det = Detector.default(device=args.device, threshold=args.threshold)
+    else:  # one checkpoint, or an ensemble of several
+        det = Detector.from_checkpoints(args.checkpoint, device=args.device, threshold=args.threshold)
     app = create_app(
-        **source,
-        threshold=args.threshold,
-        device=args.device,
+        det,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_files=args.max_files,
         max_request_bytes=int(args.max_request_mb * 2**20),

@@ -519,9 +519,6 @@ class EnsembleDetector(Detector):
     def _logits(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - `logit` is overridden
         raise NotImplementedError
 
-    def _predict_uint8(self, u8: torch.Tensor) -> np.ndarray:
-        return self.predict_batch(self.preset.normalize(u8.to(self.device, non_blocking=True)))
-
 
 def format_prediction(p: Prediction, *, as_json: bool) -> str:
     """One output line per input: `path<TAB>AI|REAL<TAB>p_ai`, `path<TAB>ERROR<TAB>nan<TAB>reason`, or a JSON
