@@ -52,6 +52,11 @@ NPR = (
 # fakes) instead of 3 x 100 steps; NPR and SAFE train for far longer than 300 steps (row added 2026-12-02, with
 # the rule that decides the release's budget, before any of its results: see docs/generalization.md).
 NPR_LONG = NPR.replace("--epochs 3 --limit-train-batches 100", "--epochs 10")
+# The long budget with the checkpoint chosen by transfer instead of by fit: train on the four up-sampling chains,
+# validate (best checkpoint, threshold) on the two autoencoder families, which it never trains on; row added on
+# 2026-12-02 after synth_npr_long's result, before any of its own.
+SYNTH_UP = "synth_up_nearest,synth_up_bilinear,synth_up_bicubic,synth_up_tconv"
+NPR_LOMO = f"{NPR_LONG} --train-generators {SYNTH_UP} --test-generators synth_ae_tconv,synth_ae_upconv"
 SAFE = "--aug-rotate-prob 0.5 --aug-jitter-prob 0.5 --aug-mask-prob 0.5"
 # CNNDetection-style post-processing (Wang et al. 2020), stronger than NPR's: test images from the web are
 # usually resized and re-encoded after generation, both classes alike. Replaces NPR's JPEG flags (argparse keeps
@@ -97,6 +102,13 @@ ROWS = [
         NPR_LONG,
         "synth_npr trained ten passes over its images (about 2,100 steps) instead of 300 steps; never sees a "
         "generated image, so genimage-mini and cifake are unseen generators for it",
+    ),
+    Row(
+        "synth_npr_lomo",
+        ("synth",),
+        NPR_LOMO,
+        "synth_npr_long trained on the up-sampling chains only, its checkpoint and threshold chosen on the "
+        "autoencoder fakes (a family of self-made fakes it never trains on); never sees a generated image",
     ),
     Row(
         "mix_lite0_probe",
