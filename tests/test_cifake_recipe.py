@@ -52,7 +52,8 @@ def test_empty_store_leaves_the_page_and_a_stored_result_writes_it(setup: tuple,
     assert text.startswith("# CIFAKE with a margin") and "| base | 1 | the issue-3 recipe" in text
     assert "| 0.9010 | 0.9900 |" in text  # base with flip TTA, from the store
     assert "Not made yet" in text  # the other candidates are unmeasured
-    assert text.endswith(recipe.AFTER_THE_CHOICE)  # the hand-measured section is kept verbatim
+    # the hand-written sections are kept verbatim, in order, at the end
+    assert text.endswith(recipe.AFTER_THE_CHOICE + "\n" + recipe.NO_ROUND4)
 
 
 def test_the_rule_reads_every_round_from_the_store(tmp_path: Path) -> None:
