@@ -295,7 +295,7 @@ RELEASE_ROW = Row(
 )
 
 
-# Written by hand after the 2026-12-02 run; re-read it against the table when the bench is run again.
+# Written by hand after the 2026-12-02 runs, extended on 2026-12-04; re-read it against the table when the bench is run again.
 READING = """\
 - **Nothing reaches the issue's target on `wild/realorai_game`** (ROC-AUC 0.80). The NPR models and the
   genimage-trained EfficientNet are at chance there (0.47-0.53 on 150 images; one standard error is about
@@ -313,8 +313,8 @@ READING = """\
   as a three-seed mean if seeds 1 and 2 stay at or above 0.75, and is weakened if either falls below 0.70).
   With the self-made fakes made again on 2026-12-04, seeds 42 (`synth_npr` rerun), 1 and 2 give 0.837, 0.760
   and 0.781: **0.793 +- 0.040** (mean +- sd); `wild` 0.526 / 0.484 / 0.521 (0.510 +- 0.023), cifake 0.327 /
-  0.399 / 0.440. The rerun of seed 42 is not bit-identical to the first run (0.816 / 0.521 / 0.318): the fakes
-  were regenerated and the run order differs. The mean logit of the three (`synapse7 evaluate --checkpoint
+  0.399 / 0.440. The rerun of seed 42 is not bit-identical to the first run (0.816 / 0.521 / 0.318); its fakes
+  were made again on another machine, and whether they are identical was not checked. The mean logit of the three (`synapse7 evaluate --checkpoint
   .../synth_npr_seed1/best.ckpt --checkpoint .../synth_npr_seed2/best.ckpt --checkpoint
   .../synth_npr_seed42/best.ckpt --threshold 0.5`, same alignment as the table) gives genimage-mini 0.792 and
   `wild` 0.501: ensembling seeds adds nothing here (run by hand on 2026-12-04, 2-core AMD EPYC, 32 s and 42 s).
