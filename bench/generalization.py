@@ -62,7 +62,11 @@ NPR_LOMO = f"{NPR_LONG} --train-generators {SYNTH_UP} --test-generators synth_ae
 # genimage-mini; if either falls below 0.70, 0.816 is reported as the best of three and the claim weakened).
 # seed42 is synth_npr itself, rerun on the same machine and the same regenerated fakes as seeds 1 and 2 (added on
 # 2026-12-04 too, after the self-made fakes were made again on a fresh machine, before any training result).
-NPR_SEEDS = {seed: NPR.replace("--seed 42", f"--seed {seed}") for seed in (1, 2, 42)}
+SEED_NOTES = {
+    1: "synth_npr with --seed 1 instead of 42: the seed spread of the transfer to genimage-mini",
+    2: "synth_npr with --seed 2 instead of 42: the seed spread of the transfer to genimage-mini",
+    42: "synth_npr again (seed 42), on the fakes made again for the seed rows: does the bench reproduce",
+}
 SAFE = "--aug-rotate-prob 0.5 --aug-jitter-prob 0.5 --aug-mask-prob 0.5"
 # CNNDetection-style post-processing (Wang et al. 2020), stronger than NPR's: test images from the web are
 # usually resized and re-encoded after generation, both classes alike. Replaces NPR's JPEG flags (argparse keeps
@@ -110,15 +114,8 @@ ROWS = [
         "generated image, so genimage-mini and cifake are unseen generators for it",
     ),
     *(
-        Row(
-            f"synth_npr_seed{seed}",
-            ("synth",),
-            flags,
-            f"synth_npr with --seed {seed} instead of 42: the seed spread of the transfer to genimage-mini"
-            if seed != 42
-            else "synth_npr again (seed 42), on the fakes made again for the seed rows: does the bench reproduce",
-        )
-        for seed, flags in NPR_SEEDS.items()
+        Row(f"synth_npr_seed{seed}", ("synth",), NPR.replace("--seed 42", f"--seed {seed}"), note)
+        for seed, note in SEED_NOTES.items()
     ),
     Row(
         "synth_npr_lomo",
@@ -295,7 +292,8 @@ RELEASE_ROW = Row(
 )
 
 
-# Written by hand after the 2026-12-02 runs, extended on 2026-12-04; re-read it against the table when the bench is run again.
+# Written by hand after the 2026-12-02 runs, extended on 2026-12-04; re-read it against the table when the bench
+# is run again.
 READING = """\
 - **Nothing reaches the issue's target on `wild/realorai_game`** (ROC-AUC 0.80). The NPR models and the
   genimage-trained EfficientNet are at chance there (0.47-0.53 on 150 images; one standard error is about
@@ -314,11 +312,13 @@ READING = """\
   With the self-made fakes made again on 2026-12-04, seeds 42 (`synth_npr` rerun), 1 and 2 give 0.837, 0.760
   and 0.781: **0.793 +- 0.040** (mean +- sd); `wild` 0.526 / 0.484 / 0.521 (0.510 +- 0.023), cifake 0.327 /
   0.399 / 0.440. The rerun of seed 42 is not bit-identical to the first run (0.816 / 0.521 / 0.318); its fakes
-  were made again on another machine, and whether they are identical was not checked. The mean logit of the three (`synapse7 evaluate --checkpoint
-  .../synth_npr_seed1/best.ckpt --checkpoint .../synth_npr_seed2/best.ckpt --checkpoint
-  .../synth_npr_seed42/best.ckpt --threshold 0.5`, same alignment as the table) gives genimage-mini 0.792 and
-  `wild` 0.501: ensembling seeds adds nothing here (run by hand on 2026-12-04, 2-core AMD EPYC, 32 s and 42 s).
-  Thresholds
+  were made again on another machine, and whether they are identical was not checked. The mean logit of the
+  three gives genimage-mini 0.792 and `wild` 0.501: ensembling seeds adds nothing here. Run by hand on
+  2026-12-04 (2-core AMD EPYC, 32 s and 42 s), not by this bench: `B=/tmp/synapse7_bench_generalization;
+  PYTHONPATH=src .venv/bin/python -m synapse7.cli evaluate --data ../shared/data/genimage-mini --checkpoint
+  $B/synth_npr_seed1/best.ckpt --checkpoint $B/synth_npr_seed2/best.ckpt --checkpoint
+  $B/synth_npr_seed42/best.ckpt --threshold 0.5 --out $B/ens3_eval_gm --align jpeg:96 --num-workers 1`, and
+  the same with `--data ../shared/data/wild/realorai_game --out $B/ens3_eval_wild --align none`. Thresholds
   chosen on self-made fakes do not transfer: `synth_npr` has fake accuracy 0.245 on genimage-mini at 0.962 real
   accuracy, and the rows whose validation split mixed genimage-mini into many more self-made fakes 0.11-0.21.
 - **SAFE's augmentation did not help at this budget** (3 x 100 steps): against `synth_gm_npr` in the same
@@ -344,9 +344,9 @@ READING = """\
   genimage-mini **0.756** (0.538 for `synth_npr_long`, 0.816 for `synth_npr`), `wild` 0.527, cifake 0.418,
   self-made 0.999. Below 0.816, so by the rule it is not taken up; against the seed spread measured since
   (0.760-0.837) it is no different from the 300-step budget, while `synth_npr_long`'s 0.538 is about six
-  standard deviations below it. The held-out family gives no early warning:
-  its validation ROC-AUC rose through all ten passes (0.924 after the first, 0.9985 after the ninth and tenth,
-  as read off the training log during the run), so the checkpoint is a late one, not an early one. The row
+  standard deviations below it. The held-out family gives no early warning: its validation ROC-AUC rose through
+  all ten passes (0.924 after the first, 0.9985 after the ninth and tenth, as read off the training log during
+  the run), so the checkpoint is a late one, not an early one. The row
   changes two things at once (which families it trains on, and where it chooses), and does not say which one
   kept the 0.756.
 - **CIFAKE is inverted for every NPR model** (0.32-0.44): 32 px CIFAR photos and Stable Diffusion thumbnails,
