@@ -578,6 +578,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             precision=args.precision,
             crops=args.crops,
             tta=args.tta,
+            gpu_decode=args.gpu_decode,
         )
     elif args.checkpoint is None:
         det = Detector.from_onnx(
@@ -587,6 +588,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             fast_decode=fast,
             crops=args.crops,
             tta=args.tta,
+            gpu_decode=args.gpu_decode,
         )
     else:
         engine = "onnx" if args.onnx is not None else args.engine
@@ -601,6 +603,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             precision=args.precision,
             crops=args.crops,
             tta=args.tta,
+            gpu_decode=args.gpu_decode,
         )
     if args.resume and not args.output:
         print("synapse7 predict: error: --resume needs --output FILE", file=sys.stderr)
@@ -884,6 +887,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--fast-decode",
         action="store_true",
         help="decode large JPEGs at reduced scale (libjpeg-turbo DCT scaling; docs/performance.md)",
+    )
+    p.add_argument(
+        "--gpu-decode",
+        action="store_true",
+        help="decode JPEGs in batches on the GPU (nvJPEG) and resize/crop there; other files, and every file "
+        "without a CUDA device, are decoded on the CPU as usual (docs/performance.md, GPU)",
     )
     _add_no_progress(p)
     p.set_defaults(func=cmd_predict)

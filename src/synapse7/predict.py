@@ -8,6 +8,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -209,6 +210,7 @@ class Detector:
         compile: bool = False,
         precision: str = "auto",
         scaling: dict[str, float] | None = None,
+        gpu_decode: bool = False,
     ) -> None:
         if net is None and engine is None:
             raise ValueError("a Detector needs a network or an ONNX engine")
@@ -223,10 +225,21 @@ class Detector:
         # autocast dtype of the eager network (None: fp32); the ONNX export runs in fp32.
         self.amp_dtype = resolve_precision(precision, self.device) if engine is None else None
         self.net = None if net is None else net.to(self.device).eval()
-        if self.net is not None and self.device.type == "cpu":
+        if self.net is not None:  # NHWC: the CPU's oneDNN and the GPU's tensor-core convolutions both want it
             self.net = self.net.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda":  # fixed-size crops: let cuDNN pick the fastest kernels once per shape
+            torch.backends.cudnn.benchmark = True
         self._forward = torch.compile(self.net) if compile and self.net is not None else self.net
         self.preset = build_preset(cfg.data, check_size=True)  # tiny images: an ERROR row, not a guess
+        # predict_paths: decode JPEGs in batches on the model's device (synapse7.gpudecode). Only on a GPU: on a
+        # CPU the DataLoader workers decoding in parallel are faster, so the flag falls back to them.
+        self.gpu_decode = bool(gpu_decode) and self.device.type == "cuda"
+        if gpu_decode and not self.gpu_decode:
+            print(
+                f"note: --gpu-decode needs a CUDA device (this detector runs on {self.device}); "
+                "decoding on the CPU in the DataLoader workers",
+                file=sys.stderr,
+            )
 
     @classmethod
     def from_checkpoint(
@@ -242,6 +255,7 @@ class Detector:
         precision: str = "auto",
         crops: int | None = None,
         tta: str | None = None,
+        gpu_decode: bool = False,
     ) -> Detector:
         """Load a Synapse-7 checkpoint (.ckpt) or safetensors model; needs no pretrained weights and no network.
 
@@ -285,6 +299,7 @@ class Detector:
             compile=compile,
             precision=precision,
             scaling=ckpt.get("synapse7", {}).get("scaling"),
+            gpu_decode=gpu_decode,
         )
 
     @classmethod
@@ -325,6 +340,7 @@ class Detector:
         fast_decode: bool | None = None,
         crops: int | None = None,
         tta: str | None = None,
+        gpu_decode: bool = False,
     ) -> Detector:
         """A detector from an ONNX export alone (`synapse7 export`): config and threshold are in its metadata."""
 
@@ -336,6 +352,7 @@ class Detector:
             threshold=thr,
             device=device,
             engine=runner,
+            gpu_decode=gpu_decode,
         )
 
     @torch.inference_mode()
@@ -362,7 +379,7 @@ class Detector:
                 logits = torch.from_numpy(self.engine(x))
         else:
             x = x.to(self.device, non_blocking=True)
-            if self.device.type == "cpu" and x.dim() == 4:
+            if x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(
                 self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
@@ -422,20 +439,65 @@ class Detector:
         return Prediction(name, self._label(p), p)
 
     def predict_paths(
-        self, paths: Sequence[str], *, batch_size: int = 32, num_workers: int = 2
+        self,
+        paths: Sequence[str],
+        *,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        stats: dict[str, float] | None = None,
     ) -> Iterator[Prediction]:
-        """Stream predictions for files, in order, decoding in DataLoader workers while the model runs."""
-        ds = MultiGenDataset.from_paths(
-            paths, self.preset, max_pixels=self.cfg.data.max_pixels, normalize=False
-        )
-        loader = build_loader(ds, batch_size=batch_size, num_workers=num_workers)
-        for batch in loader:
-            bad = dict(batch["bad"])
-            idx = batch["index"].tolist()
-            probs = self._predict_uint8(batch["image"]).tolist() if "image" in batch else []
-            pmap = dict(zip(idx, probs, strict=True))
-            for i in sorted([*idx, *bad]):
-                yield self._prediction(printable_path(paths[i]), pmap.get(i), bad.get(i))
+        """Stream predictions for files, in order, decoding in DataLoader workers while the model runs.
+
+        One batch is in flight: batch n+1 is fetched (and, with `gpu_decode`, decoded) while the device still runs
+        batch n. `stats`, if given, receives "wait_s" (time spent waiting for the loader), "total_s" and "images".
+        """
+        if self.gpu_decode:
+            from synapse7.gpudecode import BatchDecoder, EncodedFileDataset, collate_encoded
+
+            ds: Any = EncodedFileDataset(list(paths), self.preset, max_pixels=self.cfg.data.max_pixels)
+            loader: Any = torch.utils.data.DataLoader(
+                ds,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                collate_fn=collate_encoded,
+                persistent_workers=num_workers > 0,
+            )
+            decoder = BatchDecoder(self.preset, self.device, list(paths), max_pixels=self.cfg.data.max_pixels)
+        else:
+            ds = MultiGenDataset.from_paths(
+                paths, self.preset, max_pixels=self.cfg.data.max_pixels, normalize=False
+            )
+            loader = build_loader(ds, batch_size=batch_size, num_workers=num_workers)
+        timer = _LoopTimer(stats)
+        pending: tuple[Any, list[int], dict[int, str]] | None = None
+        for batch in timer.iterate(loader):
+            if self.gpu_decode:
+                u8, idx, bad = decoder(batch)
+            else:
+                bad, idx = dict(batch["bad"]), batch["index"].tolist()
+                u8 = batch.get("image")
+            launched = self._launch_uint8(u8) if u8 is not None else None
+            if pending is not None:
+                yield from self._emit(paths, *pending)
+            pending = (launched, idx, bad)
+        if pending is not None:
+            yield from self._emit(paths, *pending)
+        timer.finish()
+
+    def _launch_uint8(self, u8: torch.Tensor) -> torch.Tensor:
+        """Start the forward pass of a uint8 batch; the logits may still be computing on the device."""
+        if self.engine is None:
+            u8 = u8.to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            return self.logit(self.preset.normalize(u8))
+
+    def _emit(
+        self, paths: Sequence[str], logits: torch.Tensor | None, idx: list[int], bad: dict[int, str]
+    ) -> Iterator[Prediction]:
+        probs = torch.sigmoid(logits).cpu().double().tolist() if logits is not None else []
+        pmap = dict(zip(idx, probs, strict=True))
+        for i in sorted([*idx, *bad]):
+            yield self._prediction(printable_path(paths[i]), pmap.get(i), bad.get(i))
 
     def predict_items(
         self, items: Sequence[InputItem], *, batch_size: int = 32, num_workers: int = 2
@@ -467,6 +529,32 @@ PREPROCESS_FIELDS = (
     "max_pixels",
     "fast_decode",
 )
+
+
+class _LoopTimer:
+    """Time spent waiting for a loader's next batch, against the whole loop (what `predict_paths` reports)."""
+
+    def __init__(self, stats: dict[str, float] | None) -> None:
+        self.stats = stats
+        self.wait = 0.0
+        self.images = 0
+        self.start = time.perf_counter()
+
+    def iterate(self, loader: Iterable[Any]) -> Iterator[Any]:
+        it = iter(loader)
+        while True:
+            t = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.wait += time.perf_counter() - t
+            self.images += len(batch) if isinstance(batch, list) else len(batch["index"]) + len(batch["bad"])
+            yield batch
+
+    def finish(self) -> None:
+        if self.stats is not None:
+            self.stats.update(wait_s=self.wait, total_s=time.perf_counter() - self.start, images=self.images)
 
 
 class EnsembleDetector(Detector):
@@ -512,6 +600,7 @@ class EnsembleDetector(Detector):
         self.amp_dtype = first.amp_dtype
         self.net = self._forward = None
         self.preset = first.preset
+        self.gpu_decode = first.gpu_decode
 
     def logit(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m.logit(x).to(self.device) for m in self.members]).mean(dim=0)
