@@ -98,12 +98,36 @@ def apply_orientation(t: torch.Tensor, orientation: int) -> torch.Tensor:
     return t
 
 
+# One main thread's batched nvJPEG decode against one DataLoader worker's PIL decode, per image: 2,615 against
+# 3,157 / 14 = 225 img/s for 500x375 JPEGs on the lent H200 machine (docs/performance.md, GPU), so one GPU
+# decoder does the work of about 11.6 workers.
+GPU_DECODER_WORKERS = 11.6
+
+
+def default_gpu_share(num_workers: int) -> float:
+    """The share of JPEGs to decode on the GPU so that the GPU decoder (the main thread) and the CPU workers
+    finish together: all of them without workers, about 45% with 14."""
+    return GPU_DECODER_WORKERS / (GPU_DECODER_WORKERS + max(0, num_workers))
+
+
+def goes_to_gpu(index: int, share: float) -> bool:
+    """A deterministic, evenly spread choice of `share` of the dataset indices (golden-ratio sequence)."""
+    return (index * 0.6180339887498949) % 1.0 < share
+
+
 class EncodedFileDataset(Dataset):
     """Files -> {"index", "jpeg": bytes tensor, "orientation"} for batched decoding, or the CPU path's
-    {"index", "image": uint8 crop} / {"index", "bad": reason}."""
+    {"index", "image": uint8 crop} / {"index", "bad": reason}.
 
-    def __init__(self, paths: list[str], preset: ClassificationPreset, *, max_pixels: int) -> None:
-        self.paths, self.preset, self.max_pixels = list(paths), preset, max_pixels
+    `gpu_share` of the files (chosen by index) are offered to the batched decoder; the workers decode the others
+    on the CPU while the GPU decodes, so that both kinds of decoder are busy (`default_gpu_share`)."""
+
+    def __init__(
+        self, paths: list[str], preset: ClassificationPreset, *, max_pixels: int, gpu_share: float = 1.0
+    ) -> None:
+        if not 0.0 <= gpu_share <= 1.0:
+            raise ValueError(f"gpu_share must be in [0, 1], got {gpu_share}")
+        self.paths, self.preset, self.max_pixels, self.gpu_share = list(paths), preset, max_pixels, gpu_share
         # Presets with PIL ops are defined on the PIL image; "crop" pads small images (the CPU path does that).
         self.device_geometry = not preset.pre_ops
         self.min_side = max(preset.min_side, preset.crop_size if preset.preprocess == "crop" else 0)
@@ -115,7 +139,7 @@ class EncodedFileDataset(Dataset):
         path = self.paths[i]
         probe = (
             probe_jpeg(path, max_pixels=self.max_pixels, min_side=self.min_side)
-            if self.device_geometry
+            if self.device_geometry and goes_to_gpu(i, self.gpu_share)
             else None
         )
         if probe is not None:

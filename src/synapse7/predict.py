@@ -445,16 +445,27 @@ class Detector:
         batch_size: int = 32,
         num_workers: int = 2,
         stats: dict[str, float] | None = None,
+        gpu_share: float | None = None,
     ) -> Iterator[Prediction]:
         """Stream predictions for files, in order, decoding in DataLoader workers while the model runs.
 
         One batch is in flight: batch n+1 is fetched (and, with `gpu_decode`, decoded) while the device still runs
         batch n. `stats`, if given, receives "wait_s" (time spent waiting for the loader), "total_s" and "images".
+        With `gpu_decode`, `gpu_share` of the JPEGs are decoded on the GPU and the workers decode the rest
+        (default: `gpudecode.default_gpu_share(num_workers)`, which keeps both busy).
         """
         if self.gpu_decode:
-            from synapse7.gpudecode import BatchDecoder, EncodedFileDataset, collate_encoded
+            from synapse7.gpudecode import (
+                BatchDecoder,
+                EncodedFileDataset,
+                collate_encoded,
+                default_gpu_share,
+            )
 
-            ds: Any = EncodedFileDataset(list(paths), self.preset, max_pixels=self.cfg.data.max_pixels)
+            share = default_gpu_share(num_workers) if gpu_share is None else gpu_share
+            ds: Any = EncodedFileDataset(
+                list(paths), self.preset, max_pixels=self.cfg.data.max_pixels, gpu_share=share
+            )
             loader: Any = torch.utils.data.DataLoader(
                 ds,
                 batch_size=batch_size,
