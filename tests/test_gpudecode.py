@@ -19,7 +19,15 @@ from PIL import Image
 from conftest import save_untrained_checkpoint
 from synapse7.config import load_config
 from synapse7.demo import load_photos
-from synapse7.gpudecode import BatchDecoder, EncodedFileDataset, apply_orientation, probe_jpeg
+from synapse7.gpudecode import (
+    BatchDecoder,
+    EncodedFileDataset,
+    apply_orientation,
+    collate_encoded,
+    default_gpu_share,
+    goes_to_gpu,
+    probe_jpeg,
+)
 from synapse7.io import DEFAULT_MAX_PIXELS
 from synapse7.predict import Detector
 from synapse7.transforms import ClassificationPreset
@@ -126,7 +134,9 @@ def test_batch_decoder_matches_the_cpu_path(files: dict[str, str], preset: Class
     plain = {"a.jpg", "b.jpg", "wide.jpg", "grey.jpg", "progressive.jpg", "rot6.jpg"}
     # "crop" pads images smaller than the crop: the CPU path does that, so the 6 px JPEG goes there
     assert batched == (plain if preset.preprocess == "crop" else plain | {"tiny.jpg"})
-    crops, order, bad = BatchDecoder(preset, torch.device("cpu"), paths, max_pixels=DEFAULT_MAX_PIXELS)(items)
+    crops, order, bad = BatchDecoder(preset, torch.device("cpu"), paths, max_pixels=DEFAULT_MAX_PIXELS)(
+        collate_encoded(items)
+    )
     for i, p in enumerate(paths):
         name = Path(p).name
         try:
@@ -159,7 +169,9 @@ def test_a_jpeg_the_batched_decoder_refuses_goes_to_the_cpu_path(
     ds = EncodedFileDataset(paths, preset, max_pixels=DEFAULT_MAX_PIXELS)
     items = [ds[i] for i in range(3)]
     assert all("jpeg" in it for it in items)
-    crops, order, bad = BatchDecoder(preset, torch.device("cpu"), paths, max_pixels=DEFAULT_MAX_PIXELS)(items)
+    crops, order, bad = BatchDecoder(preset, torch.device("cpu"), paths, max_pixels=DEFAULT_MAX_PIXELS)(
+        collate_encoded(items)
+    )
     assert order == [0, 2] and list(bad) == [1] and "corrupt" in bad[1]
     assert crops.shape == (2, 3, 32, 32)
 
@@ -231,3 +243,27 @@ def test_cli_accepts_gpu_decode_on_a_cpu_machine(checkpoint: Path, files: dict[s
     assert r.returncode == 0, r.stderr
     assert "--gpu-decode needs a CUDA device" in r.stderr
     assert [line.split("\t")[0] for line in r.stdout.splitlines()] == [files["a.jpg"], files["c.png"]]
+
+
+def test_a_share_of_the_jpegs_goes_to_the_gpu_and_the_rest_to_the_workers(
+    checkpoint: Path, files: dict[str, str]
+) -> None:
+    assert default_gpu_share(0) == 1.0 and 0.4 < default_gpu_share(14) < 0.5
+    assert abs(sum(goes_to_gpu(i, 0.3) for i in range(10_000)) / 10_000 - 0.3) < 0.01
+    preset = ClassificationPreset(crop_size=32, resize_size=40)
+    jpegs = [files[n] for n in ("a.jpg", "b.jpg", "wide.jpg", "grey.jpg", "progressive.jpg", "rot6.jpg")] * 4
+    kinds = {
+        share: [
+            "jpeg" in EncodedFileDataset(jpegs, preset, max_pixels=DEFAULT_MAX_PIXELS, gpu_share=share)[i]
+            for i in range(len(jpegs))
+        ]
+        for share in (0.0, 0.5, 1.0)
+    }
+    assert not any(kinds[0.0]) and all(kinds[1.0]) and 6 <= sum(kinds[0.5]) <= 18
+    with pytest.raises(ValueError, match="gpu_share"):
+        EncodedFileDataset(jpegs, preset, max_pixels=DEFAULT_MAX_PIXELS, gpu_share=1.5)
+    det = Detector.from_checkpoint(checkpoint, device="cpu")
+    want = [p.p_ai for p in det.predict_paths(jpegs, batch_size=5, num_workers=0)]
+    det.gpu_decode = True
+    got = [p.p_ai for p in det.predict_paths(jpegs, batch_size=5, num_workers=0, gpu_share=0.5)]
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-3)

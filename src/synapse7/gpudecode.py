@@ -155,9 +155,16 @@ class EncodedFileDataset(Dataset):
             return {"index": i, "bad": e.reason}
 
 
-def collate_encoded(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep the items as they are: JPEG byte strings differ in length."""
-    return items
+def collate_encoded(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """JPEG items stay a list (their byte strings differ in length); the CPU path's crops are stacked here, in
+    the worker, so that the main process copies them to the device in one (pinned, asynchronous) transfer."""
+    cpu = [it for it in items if "image" in it]
+    return {
+        "items": [it for it in items if "image" not in it],
+        "cpu_index": [it["index"] for it in cpu],
+        "cpu_images": torch.stack([it["image"] for it in cpu]) if cpu else None,
+        "count": len(items),
+    }
 
 
 class BatchDecoder:
@@ -216,13 +223,14 @@ class BatchDecoder:
             return [grid_crops(t, p.crop_size, self.k) for t in images]
         return [F.center_crop(t, [p.crop_size, p.crop_size]) for t in images]
 
-    def __call__(self, items: list[dict[str, Any]]) -> tuple[torch.Tensor | None, list[int], dict[int, str]]:
+    def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor | None, list[int], dict[int, str]]:
+        items = batch["items"]
         jpegs = [it for it in items if "jpeg" in it]
         crops: dict[int, torch.Tensor] = {}
         bad: dict[int, str] = {it["index"]: it["bad"] for it in items if "bad" in it}
-        for it in items:
-            if "image" in it:
-                crops[it["index"]] = it["image"].to(self.device, non_blocking=True)
+        if batch["cpu_images"] is not None:  # one copy: a pageable copy per image would wait for the device
+            on_device = batch["cpu_images"].to(self.device, non_blocking=True)
+            crops.update(zip(batch["cpu_index"], on_device, strict=True))
         if jpegs:
             decoded = self.decode([it["jpeg"] for it in jpegs])
             ok = [(it, t) for it, t in zip(jpegs, decoded, strict=True) if t is not None]

@@ -9,7 +9,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from synapse7.backbones import read_torch_file
 from synapse7.config import RunConfig, check_precision, config_from_dict
@@ -229,7 +230,7 @@ class Detector:
             self.net = self.net.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":  # fixed-size crops: let cuDNN pick the fastest kernels once per shape
             torch.backends.cudnn.benchmark = True
-        self._forward = torch.compile(self.net) if compile and self.net is not None else self.net
+        self._forward = compile_for_inference(self.net) if compile and self.net is not None else self.net
         self.preset = build_preset(cfg.data, check_size=True)  # tiny images: an ERROR row, not a guess
         # predict_paths: decode JPEGs in batches on the model's device (synapse7.gpudecode). Only on a GPU: on a
         # CPU the DataLoader workers decoding in parallel are faster, so the flag falls back to them.
@@ -471,6 +472,7 @@ class Detector:
                 batch_size=batch_size,
                 num_workers=num_workers,
                 collate_fn=collate_encoded,
+                pin_memory=self.device.type == "cuda",  # the CPU path's crops, copied in one transfer
                 persistent_workers=num_workers > 0,
             )
             decoder = BatchDecoder(self.preset, self.device, list(paths), max_pixels=self.cfg.data.max_pixels)
@@ -542,6 +544,21 @@ PREPROCESS_FIELDS = (
 )
 
 
+def compile_for_inference(net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torch.compile with inductor's freezing: the weights become constants, so BatchNorm folds into the
+    convolutions. Inference only (the Detector never changes its weights). On the H200, ResNet-34 bf16 at batch
+    256 ran 36,331 img/s against 33,700 without freezing (docs/performance.md, GPU)."""
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(net)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with inductor_config.patch(freezing=True):
+            return compiled(x)
+
+    return forward
+
+
 class _LoopTimer:
     """Time spent waiting for a loader's next batch, against the whole loop (what `predict_paths` reports)."""
 
@@ -560,7 +577,7 @@ class _LoopTimer:
             except StopIteration:
                 return
             self.wait += time.perf_counter() - t
-            self.images += len(batch) if isinstance(batch, list) else len(batch["index"]) + len(batch["bad"])
+            self.images += batch["count"] if "count" in batch else len(batch["index"]) + len(batch["bad"])
             yield batch
 
     def finish(self) -> None:
