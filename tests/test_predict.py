@@ -74,3 +74,24 @@ def test_16bit_pil_input_is_scaled_not_clipped(checkpoint: Path, tmp_path: Path)
     from_pil, from_file, clipped = det.predict([img, str(tmp_path / "g16.png"), img.convert("RGB")])
     assert from_pil.p_ai == pytest.approx(from_file.p_ai, abs=1e-6)
     assert abs(from_pil.p_ai - clipped.p_ai) > 1e-4  # PIL's own convert clips to 255: a different input
+
+
+def test_compile_for_inference_folds_batchnorm_and_keeps_the_output() -> None:
+    # Detector(compile=True) runs this (inductor freezing); the H200 numbers in docs/performance.md came from it.
+    import torch
+    from torch import nn
+
+    from synapse7.predict import compile_for_inference
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(1)
+    ).eval()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-1, 1)
+        net[1].running_var.uniform_(0.5, 2.0)
+        x = torch.randn(2, 3, 8, 8)
+        want = net(x)
+    with torch.inference_mode():
+        got = compile_for_inference(net)(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
