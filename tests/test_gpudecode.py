@@ -233,6 +233,8 @@ def test_cli_accepts_gpu_decode_on_a_cpu_machine(checkpoint: Path, files: dict[s
             "--device",
             "cpu",
             "--gpu-decode",
+            "--gpu-share",
+            "0.5",
             "--num-workers",
             "0",
         ],
@@ -242,6 +244,22 @@ def test_cli_accepts_gpu_decode_on_a_cpu_machine(checkpoint: Path, files: dict[s
     )
     assert r.returncode == 0, r.stderr
     assert "--gpu-decode needs a CUDA device" in r.stderr
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "synapse7.cli",
+            "predict",
+            files["a.jpg"],
+            "--gpu-decode",
+            "--gpu-share",
+            "1.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "--gpu-share" in bad.stderr and "out of range" in bad.stderr
     assert [line.split("\t")[0] for line in r.stdout.splitlines()] == [files["a.jpg"], files["c.png"]]
 
 

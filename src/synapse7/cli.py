@@ -624,7 +624,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"resuming: {len(done)} input(s) already done, {len(items)} new", file=sys.stderr)
     try:
         with progress_bar(len(items), "predict", enabled=not args.no_progress) as bar:
-            for p in det.predict_items(items, batch_size=args.batch_size, num_workers=args.num_workers):
+            for p in det.predict_items(
+                items, batch_size=args.batch_size, num_workers=args.num_workers, gpu_share=args.gpu_share
+            ):
                 bar.update(1)
                 if p.error is not None:
                     failed += 1
@@ -893,6 +895,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="decode JPEGs in batches on the GPU (nvJPEG) and resize/crop there; other files, and every file "
         "without a CUDA device, are decoded on the CPU as usual (docs/performance.md, GPU)",
+    )
+    p.add_argument(
+        "--gpu-share",
+        type=_bounded(float, 0, 1),
+        metavar="F",
+        help="with --gpu-decode: the share of JPEGs decoded on the GPU while the workers decode the rest "
+        "(default: from measured rates, 11.6 / (11.6 + workers): all of them without workers, 45%% with 14)",
     )
     _add_no_progress(p)
     p.set_defaults(func=cmd_predict)

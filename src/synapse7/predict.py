@@ -513,12 +513,19 @@ class Detector:
             yield self._prediction(printable_path(paths[i]), pmap.get(i), bad.get(i))
 
     def predict_items(
-        self, items: Sequence[InputItem], *, batch_size: int = 32, num_workers: int = 2
+        self,
+        items: Sequence[InputItem],
+        *,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        gpu_share: float | None = None,
     ) -> Iterator[Prediction]:
         """`predict_paths` over `expand_inputs`'s items, in order; failed items give their ERROR row in place."""
         good = [it.path for it in items if it.error is None]
         stream = (
-            self.predict_paths(good, batch_size=batch_size, num_workers=num_workers) if good else iter(())
+            self.predict_paths(good, batch_size=batch_size, num_workers=num_workers, gpu_share=gpu_share)
+            if good
+            else iter(())
         )
         for it in items:
             yield (
