@@ -7,6 +7,7 @@ onto the CPU device in these tests, so every line of it runs in CI. docs/perform
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,13 @@ def test_probe_sends_only_plain_complete_jpegs_to_the_batch(files: dict[str, str
     assert probe_jpeg(files["a.jpg"], max_pixels=320 * 300 - 1) is None  # over the pixel limit
     assert probe_jpeg(files["a.jpg"], max_pixels=DEFAULT_MAX_PIXELS, min_side=301) is None
     assert probe_jpeg("/nonexistent/x.jpg", max_pixels=DEFAULT_MAX_PIXELS) is None
+
+
+@pytest.mark.timeout(30)
+def test_probe_does_not_read_a_fifo(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    assert probe_jpeg(fifo, max_pixels=DEFAULT_MAX_PIXELS) is None  # would block forever if it opened it
 
 
 @pytest.mark.parametrize(

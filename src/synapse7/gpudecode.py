@@ -8,9 +8,9 @@ error. The main process decodes the batch's JPEGs in one `torchvision.io.decode_
 applies the EXIF orientation, and runs the preset's own geometry (aspect limit, antialiased resize, centre crop
 or grid crops) on the device. A JPEG the batched decoder refuses is decoded again alone, then on the CPU path.
 
-The pixels are not bit-identical to the CPU path's: nvJPEG's IDCT and upsampling differ from libjpeg-turbo's by
-a few grey levels, and the resize runs in float instead of torchvision's uint8 CPU kernel
-(tests/test_gpudecode.py bounds the difference on the CPU; docs/performance.md gives what it changes on a GPU).
+The pixels need not be bit-identical to the CPU path's: nvJPEG's IDCT and chroma upsampling are its own, and on
+a GPU the resize runs in float instead of torchvision's uint8 CPU kernel (tests/test_gpudecode.py bounds the
+difference of the same code on the CPU; docs/performance.md gives what it changed in P(AI) on the H200).
 Presets with PIL operations (`--align`, perturbations) are defined on the decoded PIL image and take the CPU
 path for every file.
 """
@@ -18,6 +18,7 @@ path for every file.
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from io import BytesIO
@@ -39,6 +40,7 @@ from synapse7.transforms import (
 )
 
 EXIF_ORIENTATION = 0x0112
+MAX_JPEG_BYTES = 256 * 2**20  # larger files take the CPU path (which reads the header before the pixels)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ def probe_jpeg(
     path then decodes the file or gives its usual error.
     """
     try:
+        st = os.stat(path)
+        # a FIFO or device would block or never end; an oversized file is the CPU path's to refuse
+        if not stat.S_ISREG(st.st_mode) or not 0 < st.st_size <= MAX_JPEG_BYTES:
+            return None
         with open(path, "rb") as f:
             data = f.read()
         if len(data) < 4 or data[:3] != b"\xff\xd8\xff" or not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
