@@ -285,8 +285,17 @@ def predict_e2e(run: Run, dev: torch.device, ckpt: str, paths: list[str], a: Any
                 "batch": a.batch,
                 "images": len(paths),
                 "max_abs_dp_vs_cpu_decode": float(f"{dp:.3g}"),
+                **flop_fraction(run, "resnet34", len(paths) / best["seconds"]),
             },
         )
+
+
+def flop_fraction(run: Run, backbone: str, img_s: float) -> dict[str, float]:
+    """{"frac_bf16_peak": img/s x counted GFLOP over the datasheet peak}; empty without a known peak."""
+    peak = run.data.get("peak_bf16_tflops")
+    if not peak:
+        return {}
+    return {"frac_bf16_peak": round(img_s * run.data["gflop_per_image"][backbone] / 1e3 / peak, 4)}
 
 
 def baseline_e2e(run: Run, dev: torch.device, ckpt: str, paths: list[str]) -> float:
@@ -322,6 +331,7 @@ def baseline_e2e(run: Run, dev: torch.device, ckpt: str, paths: list[str]) -> fl
             "pipeline": "reference-style (bench/baseline.py): PIL + numpy FFT, 2 workers, batch 32, fp32",
             "img_s": round(rate, 1),
             "images": n,
+            **flop_fraction(run, "resnet34", rate),
         },
     )
     return rate
