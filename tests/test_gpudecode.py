@@ -293,3 +293,19 @@ def test_a_share_of_the_jpegs_goes_to_the_gpu_and_the_rest_to_the_workers(
     det.gpu_decode = True
     got = [p.p_ai for p in det.predict_paths(jpegs, batch_size=5, num_workers=0, gpu_share=0.5)]
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-3)
+
+
+@pytest.mark.shared
+def test_shipped_model_gives_the_same_verdicts_through_the_batched_path_on_real_photos() -> None:
+    from conftest import SHARED_DATA
+
+    paths = sorted(str(p) for p in (SHARED_DATA / "genimage-mini").glob("*/val/nature/*"))[:48]
+    assert len(paths) >= 40
+    det = Detector.default(device="cpu")
+    want = list(det.predict_paths(paths, batch_size=16, num_workers=0))
+    det.gpu_decode = True  # ImageNet JPEGs through the batched decoder (libjpeg-turbo here, nvJPEG on a GPU)
+    got = list(det.predict_paths(paths, batch_size=16, num_workers=0))
+    assert sum(p.error is None for p in want) >= 40
+    assert [p.label for p in got] == [p.label for p in want]
+    # on the CPU both decoders are libjpeg-turbo: identical pixels on this machine (2026-12-04), so P(AI) too
+    np.testing.assert_allclose([p.p_ai for p in got], [p.p_ai for p in want], rtol=0, atol=1e-3)
