@@ -84,6 +84,9 @@ class Row:
     data: tuple[str, ...]  # keys of the training sets
     flags: str
     note: str
+    # An ensemble row trains nothing: it evaluates the mean logit of these rows' best.ckpt (`evaluate` with one
+    # --checkpoint each) at threshold 0.5, since the members' own thresholds differ.
+    members: tuple[str, ...] = ()
 
 
 ROWS = [
@@ -116,6 +119,15 @@ ROWS = [
     *(
         Row(f"synth_npr_seed{seed}", ("synth",), NPR.replace("--seed 42", f"--seed {seed}"), note)
         for seed, note in SEED_NOTES.items()
+    ),
+    Row(
+        "synth_npr_ens3",
+        ("synth",),
+        "",
+        "the mean logit of synth_npr_seed1, synth_npr_seed2 and synth_npr_seed42 at threshold 0.5 (row added on "
+        "2026-12-04 after its hand-run result on genimage-mini and wild, to make that figure a bench step; no "
+        "decision rests on it)",
+        members=tuple(f"synth_npr_seed{seed}" for seed in (1, 2, 42)),
     ),
     Row(
         "synth_npr_lomo",
@@ -185,27 +197,34 @@ def build_steps(data: Path, out: Path, rows: list[Row], args: argparse.Namespace
         datas = [a for key in row.data for a in ("--data", rel(roots[key]))]
         align = ["--align", "jpeg:96"] if "gm" in row.data else []
         needs = ["synthesize"] if "synth" in row.data else []
-        steps.append(
-            Step(
-                f"train {row.name}",
-                row.name,
-                [
-                    "train",
-                    *datas,
-                    "--out",
-                    rel(run),
-                    *shlex.split(row.flags),
-                    *align,
-                    "--calibrate",
-                    "accuracy",
-                    *workers,
-                    "--no-progress",
-                ],
-                run / "train_done.json",
-                resume_if=run / "last.ckpt",
-                needs=needs,
+        if row.members:
+            models = [a for m in row.members for a in ("--checkpoint", rel(out / m / "best.ckpt"))]
+            models += ["--threshold", "0.5"]
+            trained = [f"train {m}" for m in row.members]
+        else:
+            models, trained = ["--checkpoint", rel(run / "best.ckpt")], [f"train {row.name}"]
+        if not row.members:
+            steps.append(
+                Step(
+                    f"train {row.name}",
+                    row.name,
+                    [
+                        "train",
+                        *datas,
+                        "--out",
+                        rel(run),
+                        *shlex.split(row.flags),
+                        *align,
+                        "--calibrate",
+                        "accuracy",
+                        *workers,
+                        "--no-progress",
+                    ],
+                    run / "train_done.json",
+                    resume_if=run / "last.ckpt",
+                    needs=needs,
+                )
             )
-        )
         for col in COLUMNS:
             # genimage-mini is evaluated aligned whatever the row trained on: its raw format is a shortcut.
             col_align = ["--align", "jpeg:96"] if col == "gm" else ["--align", "none"]
@@ -218,15 +237,14 @@ def build_steps(data: Path, out: Path, rows: list[Row], args: argparse.Namespace
                         "evaluate",
                         "--data",
                         rel(roots[col]),
-                        "--checkpoint",
-                        rel(run / "best.ckpt"),
+                        *models,
                         "--out",
                         rel(dest),
                         *col_align,
                         *workers,
                     ],
                     dest / "metrics.json",
-                    needs=[f"train {row.name}"] + (["synthesize"] if col == "synth" else []),
+                    needs=trained + (["synthesize"] if col == "synth" else []),
                 )
             )
     return steps

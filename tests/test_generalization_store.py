@@ -54,3 +54,20 @@ def test_partial_rerun_replaces_its_rows_and_keeps_the_others(gen, tmp_path: Pat
     stored["rows"][rows[1].name].update(machine="elsewhere", date="2026-02-02")
     again = gen.update_store(json.loads(json.dumps(stored)), out, rows, steps, ledger, None)
     assert again == stored
+
+
+def test_an_ensemble_row_trains_nothing_and_evaluates_its_members_together(gen, tmp_path: Path) -> None:  # noqa: ANN001
+    (row,) = [r for r in gen.ROWS if r.members]
+    assert all(m in {r.name for r in gen.ROWS} for m in row.members)
+    steps = gen.build_steps(
+        tmp_path / "data", tmp_path / "out", gen.ROWS, type("A", (), {"num_workers": 0})()
+    )
+    mine = [s for s in steps if s.protocol == row.name]
+    assert [s.name for s in mine] == [f"evaluate {row.name} on {c}" for c in gen.COLUMNS]
+    names = [s.name for s in steps]
+    for s in mine:
+        ckpts = [s.argv[i + 1] for i, a in enumerate(s.argv) if a == "--checkpoint"]
+        assert [Path(c).parent.name for c in ckpts] == list(row.members)
+        assert s.argv[s.argv.index("--threshold") + 1] == "0.5"
+        assert set(s.needs) >= {f"train {m}" for m in row.members}
+        assert all(names.index(n) < names.index(s.name) for n in s.needs)  # members are trained first
