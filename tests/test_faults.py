@@ -92,13 +92,17 @@ KILL_PREDICT = """
     import os, signal, sys
     from synapse7 import predict as P
     n = int(os.environ.get("KILL_AFTER_BATCHES", "1000000"))
-    orig, count = P.Detector.predict_batch, [0]
-    def wrapped(self, x):
-        count[0] += 1
-        if count[0] > n:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return orig(self, x)
-    P.Detector.predict_batch = wrapped
+    count = [0]
+    def killing(orig):
+        def wrapped(self, *args):
+            count[0] += 1
+            if count[0] > n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return orig(self, *args)
+        return wrapped
+    # a batch's results: `evaluate` calls predict_batch, `predict_paths` hands them out through _emit
+    P.Detector.predict_batch = killing(P.Detector.predict_batch)
+    P.Detector._emit = killing(P.Detector._emit)
     from synapse7.cli import main
     sys.exit(main(sys.argv[1:]))
 """
@@ -131,7 +135,7 @@ def test_predict_killed_then_resumed_loses_nothing(trained_run: Path, tmp_path: 
     monkeypatch.delenv("KILL_AFTER_BATCHES")
     res = _run_script(tmp_path, KILL_PREDICT, *args, "--resume")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "24 of 96 image(s) already done" in res.stderr
+    assert "resuming: 24 input(s) already done, 72 new" in res.stderr
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     all_images = sorted(str(p) for p in folder.rglob("*.png"))
     assert sorted(r["path"] for r in rows) == all_images  # each image exactly once
