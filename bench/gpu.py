@@ -1,7 +1,8 @@
 """GPU: inference, end-to-end prediction, training and the feature cache, in one run (issue 15).
 
     PYTHONPATH=src python bench/gpu.py --out DIR              # on a CUDA machine (the lent H200)
-    PYTHONPATH=src python bench/gpu.py --out DIR --smoke      # CPU, tiny sizes: checks the script (CI does)
+    PYTHONPATH=src python bench/gpu.py --out DIR --smoke      # CPU, tiny sizes: checks the script
+                                                              # (tests/test_bench_gpu.py, a slow test)
 
 Everything runs the project's own network (`build_model`, input "fft": the reference design's global
 log-magnitude spectrum, untrained weights: speed does not depend on their values) at 224 px:
@@ -17,7 +18,10 @@ log-magnitude spectrum, untrained weights: speed does not depend on their values
 3. training steps (forward, backward, AdamW) of frozen-early and full fine-tuning, fp32 against bf16 autocast
    (what Lightning's "bf16-mixed" does), eager and compiled;
 4. the frozen-trunk feature cache: a frozen-early step on cached features against the full forward;
-5. DDP: run only with several GPUs.
+5. DDP: not run by this script (one GPU was lent); it records how many GPUs there were.
+
+`--only` runs some groups (model, compile-modes, e2e, train, cache, compiled-rest); compile-modes adds inductor
+freezing and CUDA graphs for the bf16 ResNet-34 row. docs/performance.md ("6. GPU") has the three runs made.
 
 Sections run in that order of importance under a time budget; whatever is left when it runs out is listed as
 skipped. The JSON (gpu.json) is rewritten after every measurement, so a run stopped at its limit keeps what
