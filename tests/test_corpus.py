@@ -5,6 +5,7 @@ nothing may crash, hang or go missing."""
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 import os
@@ -168,6 +169,9 @@ def test_no_file_handle_outlives_open_image(corpus: list[Case]) -> None:
     if not Path("/proc/self/fd").is_dir():
         pytest.skip("needs /proc")
     keep = []
+    # Objects left by earlier tests (DataLoader workers' pipes...) may be collected, and their descriptors
+    # closed, in the middle of the loop: collect them first, and read a fall in the count as no leak.
+    gc.collect()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
         before = n_fds()
@@ -175,7 +179,7 @@ def test_no_file_handle_outlives_open_image(corpus: list[Case]) -> None:
             for c in corpus:
                 keep.append(_open(c)[1])  # results held: their files must already be closed
         after = n_fds()
-    assert after == before
+    assert after <= before, f"{after - before} file descriptor(s) more after opening {3 * len(corpus)} images"
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
 
 
