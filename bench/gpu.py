@@ -215,14 +215,11 @@ def decode_only_cpu(run: Run, paths: list[str], preset: Any, workers: int, batch
 def decode_only_gpu(
     run: Run, dev: torch.device, paths: list[str], preset: Any, workers: int, batch: int
 ) -> float:
-    from torch.utils.data import DataLoader
-
+    from synapse7.data import build_loader
     from synapse7.gpudecode import BatchDecoder, EncodedFileDataset, collate_encoded
 
     ds = EncodedFileDataset(paths, preset, max_pixels=10**9)
-    loader = DataLoader(
-        ds, batch_size=batch, num_workers=workers, collate_fn=collate_encoded, persistent_workers=workers > 0
-    )
+    loader = build_loader(ds, batch_size=batch, num_workers=workers, collate_fn=collate_encoded)
     dec = BatchDecoder(preset, dev, paths, max_pixels=10**9)
     for i, b in enumerate(loader):  # warm-up pass (nvJPEG handles, worker start)
         dec(b)
@@ -345,8 +342,34 @@ def baseline_e2e(run: Run, dev: torch.device, ckpt: str, paths: list[str]) -> fl
 # 3. and 4. Training
 
 
-def train_steps(run: Run, dev: torch.device, strategy: str, precision: str, compiled: bool, a: Any) -> dict:
+def training_batch(dev: torch.device, a: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random batch (channels_last images, 0/1 labels) of the training sections' size."""
+    g = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(a.train_batch, 3, a.size, a.size, device=dev, generator=g)
+    y = (torch.rand(a.train_batch, device=dev, generator=g) > 0.5).float()
+    return x.contiguous(memory_format=torch.channels_last), y
+
+
+def training_step(
+    net: Any, forward: Any, inputs: torch.Tensor, y: torch.Tensor, dev: torch.device, precision: str
+) -> Any:
+    """One training step as a closure: `forward(inputs)` -> BCE -> backward -> AdamW on `net`'s trainable
+    parameters, under bf16 autocast for precision "bf16" (Lightning's bf16-mixed)."""
     import torch.nn.functional as F
+
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> None:
+        with autocast(dev, precision):
+            loss = F.binary_cross_entropy_with_logits(forward(inputs).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def train_steps(run: Run, dev: torch.device, strategy: str, precision: str, compiled: bool, a: Any) -> dict:
 
     from synapse7.model import frozen_modules
 
@@ -358,20 +381,8 @@ def train_steps(run: Run, dev: torch.device, strategy: str, precision: str, comp
     for m in frozen_modules(net):
         m.eval()
     fwd = torch.compile(net) if compiled else net
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
-    g = torch.Generator(device=dev).manual_seed(0)
-    x = torch.randn(a.train_batch, 3, a.size, a.size, device=dev, generator=g).contiguous(
-        memory_format=torch.channels_last
-    )
-    y = (torch.rand(a.train_batch, device=dev, generator=g) > 0.5).float()
-
-    def step() -> None:
-        with autocast(dev, precision):
-            loss = F.binary_cross_entropy_with_logits(fwd(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    x, y = training_batch(dev, a)
+    step = training_step(net, fwd, x, y, dev, precision)
     res = timed_rate(step, a.train_batch, dev, warmup=3, iters=a.train_iters, repeats=2)
     row = {
         "strategy": strategy,
@@ -387,7 +398,6 @@ def train_steps(run: Run, dev: torch.device, strategy: str, precision: str, comp
 
 def cache_steps(run: Run, dev: torch.device, precision: str, a: Any) -> None:
     """Frozen-early: a step on cached trunk features (the cache's training) against the full forward."""
-    import torch.nn.functional as F
 
     from synapse7.cache import FrozenTrunk, TrainableTail, plan_split
     from synapse7.model import frozen_modules
@@ -401,25 +411,14 @@ def cache_steps(run: Run, dev: torch.device, precision: str, a: Any) -> None:
     net.train()
     for m in frozen_modules(net):
         m.eval()
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
-    x = torch.randn(a.train_batch, 3, a.size, a.size, device=dev).contiguous(
-        memory_format=torch.channels_last
-    )
-    y = (torch.rand(a.train_batch, device=dev) > 0.5).float()
+    x, y = training_batch(dev, a)
 
     def build() -> torch.Tensor:
         with torch.no_grad(), autocast(dev, precision):
             return trunk(x)
 
     feats = build().detach()
-
-    def step() -> None:
-        with autocast(dev, precision):
-            loss = F.binary_cross_entropy_with_logits(tail(feats).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    step = training_step(net, tail, feats, y, dev, precision)
     res = timed_rate(step, a.train_batch, dev, warmup=3, iters=a.train_iters, repeats=2)
     trunk_rate = timed_rate(build, a.train_batch, dev, warmup=1, iters=a.train_iters, repeats=2)
     run.add(

@@ -134,3 +134,15 @@ def save_untrained_checkpoint(path: Path, cfg, *, threshold: float = 0.5, seed: 
         path,
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def resize32_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained resnet18 (rgb+fft) checkpoint with preprocess "resize" at 32 px, for prediction tests."""
+    from synapse7.config import load_config
+
+    cfg = load_config(
+        data={"image_size": 32, "preprocess": "resize"},
+        model={"backbone": "resnet18", "weights": "none", "input": "rgb+fft"},
+    )
+    return save_untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.ckpt", cfg)

@@ -17,8 +17,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import save_untrained_checkpoint
-from synapse7.config import load_config
 from synapse7.demo import load_photos
 from synapse7.gpudecode import (
     BatchDecoder,
@@ -84,12 +82,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = load_config(
-        data={"image_size": 32, "preprocess": "resize"},
-        model={"backbone": "resnet18", "weights": "none", "input": "rgb+fft"},
-    )
-    return save_untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.ckpt", cfg)
+def checkpoint(resize32_checkpoint: Path) -> Path:
+    return resize32_checkpoint
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

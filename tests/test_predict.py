@@ -8,20 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import save_untrained_checkpoint
-from synapse7.config import load_config
 from synapse7.demo import load_photos
 from synapse7.predict import Detector
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def checkpoint(resize32_checkpoint: Path) -> Path:
     # preprocess=resize so that fast_decode (JPEG DCT scaling) applies: 32 px crop, resize 37, draft >= 74 px.
-    cfg = load_config(
-        data={"image_size": 32, "preprocess": "resize"},
-        model={"backbone": "resnet18", "weights": "none", "input": "rgb+fft"},
-    )
-    return save_untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.ckpt", cfg)
+    return resize32_checkpoint
 
 
 @pytest.fixture(scope="module")

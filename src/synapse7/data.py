@@ -304,11 +304,13 @@ def build_loader(
     shuffle: bool = False,
     drop_last: bool = False,
     seed: int | None = None,
+    collate_fn: Any = collate_skip_bad,
 ) -> DataLoader:
-    """A DataLoader that drops bad images from batches. shuffle with a seed gives a resumable loader."""
+    """A DataLoader that drops bad images from batches (`collate_fn`). shuffle with a seed gives a resumable
+    loader."""
     kwargs: dict[str, Any] = dict(
         num_workers=num_workers,
-        collate_fn=collate_skip_bad,
+        collate_fn=collate_fn,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
         drop_last=drop_last,

@@ -169,7 +169,6 @@ def collate_encoded(items: list[dict[str, Any]]) -> dict[str, Any]:
         "items": [it for it in items if "image" not in it],
         "cpu_index": [it["index"] for it in cpu],
         "cpu_images": torch.stack([it["image"] for it in cpu]) if cpu else None,
-        "count": len(items),
     }
 
 

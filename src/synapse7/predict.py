@@ -21,7 +21,7 @@ from torch import nn
 
 from synapse7.backbones import read_torch_file
 from synapse7.config import RunConfig, check_precision, config_from_dict
-from synapse7.data import MultiGenDataset, build_loader
+from synapse7.data import MultiGenDataset, build_loader, collate_skip_bad
 from synapse7.export import OnnxEngine, export_onnx
 from synapse7.io import BadImageError, ensure_writable_dir, extensions_text, printable_path, walk_images
 from synapse7.model import TTA_MODES, Synapse7Net, build_model, net_state_dict
@@ -390,9 +390,7 @@ class Detector:
 
     def _predict_uint8(self, u8: torch.Tensor) -> np.ndarray:
         """(B, 3, S, S) uint8 crops -> P(AI); normalised on the model's device (a GPU copies a quarter the bytes)."""
-        if self.engine is None:
-            u8 = u8.to(self.device, non_blocking=True)
-        return self.predict_batch(self.preset.normalize(u8))
+        return torch.sigmoid(self._launch_uint8(u8)).cpu().numpy().astype(np.float64)
 
     @property
     def raw_threshold(self) -> float:
@@ -467,21 +465,15 @@ class Detector:
             ds: Any = EncodedFileDataset(
                 list(paths), self.preset, max_pixels=self.cfg.data.max_pixels, gpu_share=share
             )
-            loader: Any = torch.utils.data.DataLoader(
-                ds,
-                batch_size=batch_size,
-                num_workers=num_workers,
-                collate_fn=collate_encoded,
-                pin_memory=self.device.type == "cuda",  # the CPU path's crops, copied in one transfer
-                persistent_workers=num_workers > 0,
-            )
+            collate: Any = collate_encoded
             decoder = BatchDecoder(self.preset, self.device, list(paths), max_pixels=self.cfg.data.max_pixels)
         else:
             ds = MultiGenDataset.from_paths(
                 paths, self.preset, max_pixels=self.cfg.data.max_pixels, normalize=False
             )
-            loader = build_loader(ds, batch_size=batch_size, num_workers=num_workers)
-        timer = _LoopTimer(stats)
+            collate = collate_skip_bad
+        loader = build_loader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+        timer = _LoopTimer(stats, len(paths))
         pending: tuple[Any, list[int], dict[int, str]] | None = None
         for batch in timer.iterate(loader):
             if self.gpu_decode:
@@ -569,10 +561,10 @@ def compile_for_inference(net: nn.Module) -> Callable[[torch.Tensor], torch.Tens
 class _LoopTimer:
     """Time spent waiting for a loader's next batch, against the whole loop (what `predict_paths` reports)."""
 
-    def __init__(self, stats: dict[str, float] | None) -> None:
+    def __init__(self, stats: dict[str, float] | None, images: int) -> None:
         self.stats = stats
         self.wait = 0.0
-        self.images = 0
+        self.images = images
         self.start = time.perf_counter()
 
     def iterate(self, loader: Iterable[Any]) -> Iterator[Any]:
@@ -584,7 +576,6 @@ class _LoopTimer:
             except StopIteration:
                 return
             self.wait += time.perf_counter() - t
-            self.images += batch["count"] if "count" in batch else len(batch["index"]) + len(batch["bad"])
             yield batch
 
     def finish(self) -> None:
