@@ -197,13 +197,12 @@ class BatchDecoder:
             warnings.simplefilter("ignore")  # torchvision >= 0.29 deprecates its decoders for TorchCodec
             try:
                 out = decode_jpeg(datas, mode=ImageReadMode.RGB, device=self.device)
-                return [t if t.shape[0] == 3 else None for t in out]
+                return list(out)  # ImageReadMode.RGB: always 3 channels, greyscale expanded
             except RuntimeError:  # one bad stream fails the whole call: find it
                 single: list[torch.Tensor | None] = []
                 for d in datas:
                     try:
-                        t = decode_jpeg([d], mode=ImageReadMode.RGB, device=self.device)[0]
-                        single.append(t if t.shape[0] == 3 else None)
+                        single.append(decode_jpeg([d], mode=ImageReadMode.RGB, device=self.device)[0])
                     except RuntimeError:
                         single.append(None)
                 return single
