@@ -462,11 +462,12 @@ class Detector:
             )
 
             share = default_gpu_share(num_workers) if gpu_share is None else gpu_share
+            files = list(paths)
             ds: Any = EncodedFileDataset(
-                list(paths), self.preset, max_pixels=self.cfg.data.max_pixels, gpu_share=share
+                files, self.preset, max_pixels=self.cfg.data.max_pixels, gpu_share=share
             )
             collate: Any = collate_encoded
-            decoder = BatchDecoder(self.preset, self.device, list(paths), max_pixels=self.cfg.data.max_pixels)
+            decoder = BatchDecoder(self.preset, self.device, files, max_pixels=self.cfg.data.max_pixels)
         else:
             ds = MultiGenDataset.from_paths(
                 paths, self.preset, max_pixels=self.cfg.data.max_pixels, normalize=False
