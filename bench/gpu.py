@@ -18,9 +18,13 @@ log-magnitude spectrum, untrained weights: speed does not depend on their values
 3. training steps (forward, backward, AdamW) of frozen-early and full fine-tuning, fp32 against bf16 autocast
    (what Lightning's "bf16-mixed" does), eager and compiled;
 4. the frozen-trunk feature cache: a frozen-early step on cached features against the full forward;
-5. DDP: not run by this script (one GPU was lent); it records how many GPUs there were.
+5. DDP: not run by this script (one GPU was lent); it records how many GPUs there were;
+0. (first, group `cli`) the user's own flow on the device through the CLI: `synapse7 train` (Lightning, precision
+   "auto", i.e. bf16-mixed on a GPU) on the demo stand-in data, `evaluate`, `predict` with that checkpoint and
+   with the shipped model: each step's exit status, seconds and headline figures, and its traceback if it
+   raised. The test suite never sees a GPU (tests/conftest.py hides it), so this is the check of those paths.
 
-`--only` runs some groups (model, compile-modes, e2e, train, cache, compiled-rest); compile-modes adds inductor
+`--only` runs some groups (cli, model, compile-modes, e2e, train, cache, compiled-rest); compile-modes adds inductor
 freezing and CUDA graphs for the bf16 ResNet-34 row. docs/performance.md ("6. GPU") has the three runs made.
 
 Sections run in that order of importance under a time budget; whatever is left when it runs out is listed as
@@ -151,7 +155,7 @@ def autocast(dev: torch.device, precision: str) -> Any:
 # 1. Model-only inference
 
 
-GROUPS = ("model", "compile-modes", "e2e", "train", "cache", "compiled-rest")
+GROUPS = ("cli", "model", "compile-modes", "e2e", "train", "cache", "compiled-rest")
 COMPILE_MODES = {  # name -> (torch.compile mode, inductor config patches)
     "default": (None, {}),
     "freezing": (None, {"freezing": True}),  # weights as constants: conv+BatchNorm folded (inference only)
@@ -436,6 +440,58 @@ def cache_steps(run: Run, dev: torch.device, precision: str, a: Any) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def cli_flow(run: Run, dev: torch.device, work: Path) -> None:
+    """train -> evaluate -> predict through synapse7.cli.main on this machine's default device (a GPU if any)."""
+    import contextlib
+    import io
+    import shutil
+
+    from synapse7.cli import main as cli
+    from synapse7.demo import make_demo_dataset
+
+    root = work / "cli"
+    shutil.rmtree(root, ignore_errors=True)
+    data = make_demo_dataset(
+        root / "data", n_train=64 if not run.smoke else 8, n_val=16 if not run.smoke else 4
+    )
+    ckpt = root / "run" / "best.ckpt"
+    images = [str(p) for p in sorted(data.glob("*/val/*/*.png"))]
+    common = ["--num-workers", "2" if not run.smoke else "0"]
+    steps = {
+        "train": [
+            "train", "--data", str(data), "--out", str(root / "run"), "--backbone", "resnet18",
+            "--weights", "none", "--image-size", "64", "--batch-size", "32", "--epochs", "2",
+            "--no-progress", *common,
+        ],
+        "evaluate": [
+            "evaluate", "--data", str(data), "--checkpoint", str(ckpt), "--out", str(root / "eval"), *common,
+        ],
+        "predict": ["predict", *images, "--checkpoint", str(ckpt), "--json", *common],
+        "predict_default_model": ["predict", *images, "--json", *common],
+    }  # fmt: skip
+    for name, argv in steps.items():
+        out, err = io.StringIO(), io.StringIO()
+        t = time.perf_counter()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                rc = cli(argv)
+            error = None
+        except BaseException as e:  # noqa: BLE001 - SystemExit included: every step is reported
+            rc, error = getattr(e, "code", 1), traceback.format_exc()[-3000:]
+        row: dict[str, Any] = {"step": name, "rc": rc, "s": round(time.perf_counter() - t, 1)}
+        if error or rc != 0:
+            row["stderr_tail"] = (error or err.getvalue())[-3000:]
+        if name == "evaluate" and (root / "eval" / "metrics.json").is_file():
+            m = json.loads((root / "eval" / "metrics.json").read_text())
+            row.update({k: m.get(k) for k in ("accuracy", "roc_auc", "n_real", "n_fake")})
+        if name.startswith("predict") and rc == 0:
+            lines = [ln for ln in out.getvalue().splitlines() if ln.startswith("{")]
+            row["rows"] = len(lines)
+        run.add("cli", row)
+        if rc != 0 and name == "train":
+            break  # the rest needs its checkpoint
+
+
 def random_jpegs(folder: Path, n: int) -> list[str]:
     """n smooth random 500x375 JPEGs (q90), for a machine without scikit-image's photographs."""
     import numpy as np
@@ -558,6 +614,9 @@ def main() -> None:
     preset = build_preset(cfg.data)
 
     compiled = [False] if smoke else [False, True]
+    # 0. the CLI's train -> evaluate -> predict on this device (a correctness check, about a minute)
+    if "cli" in only:
+        run.guarded("cli flow", 60, cli_flow, run, dev, work)
     # 1. model-only, eager first (seconds), then the compiled bf16 ResNet-34 (the target's row)
     for b in ("resnet34", "efficientnet_lite0") if "model" in only else ():
         for prec in ("fp32", "tf32", "bf16"):
@@ -628,7 +687,7 @@ def render(data: dict[str, Any]) -> str:
     for name, rows in data["sections"].items():
         cols: list[str] = []
         for r in rows:
-            cols += [k for k in r if k not in cols]
+            cols += [k for k in r if k not in cols and k != "stderr_tail"]  # tracebacks: in gpu.json only
         lines += [f"\n### {name}\n", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     lines += ["", *targets(data)]

@@ -40,7 +40,11 @@ def train_tiny(base: Path, *, n: int, input: str, **train: object) -> Path:  # n
     return base / "run"
 
 
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests never touch a GPU
+# Tests never touch a GPU, also where the environment names one (GPU machines often set CUDA_VISIBLE_DEVICES):
+# their tolerances and same-seed checks are the CPU's. bench/gpu.py (group `cli`) checks the GPU paths.
+# SYNAPSE7_TESTS_SEE_GPU=1 leaves the variable alone.
+if os.environ.get("SYNAPSE7_TESTS_SEE_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

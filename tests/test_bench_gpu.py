@@ -33,10 +33,22 @@ def test_gpu_bench_smoke_run_writes_every_section(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     data = json.loads((tmp_path / "out" / "gpu.json").read_text())
     assert data["errors"] == [] and data["skipped"] == []
-    assert set(data["sections"]) == {"model_only", "decode_only", "end_to_end", "training", "feature_cache"}
+    assert set(data["sections"]) == {
+        "cli",
+        "model_only",
+        "decode_only",
+        "end_to_end",
+        "training",
+        "feature_cache",
+    }
+    cli = {row["step"]: row for row in data["sections"]["cli"]}
+    assert list(cli) == ["train", "evaluate", "predict", "predict_default_model"]
+    assert all(row["rc"] == 0 and "stderr_tail" not in row for row in cli.values()), cli
+    assert cli["evaluate"]["n_real"] == cli["evaluate"]["n_fake"] == 12  # 3 stand-in generators x 4 val pairs
+    assert cli["predict"]["rows"] == cli["predict_default_model"]["rows"] == 24
     e2e = data["sections"]["end_to_end"]
     assert all(row["errors"] == 0 for row in e2e if "errors" in row)
-    assert (tmp_path / "out" / "gpu.md").read_text().count("###") == 5
+    assert (tmp_path / "out" / "gpu.md").read_text().count("###") == 6
 
 
 def test_gpu_bench_refuses_unknown_groups_and_a_cpu_without_smoke(tmp_path: Path) -> None:
