@@ -343,6 +343,13 @@ READING = """\
   a training-free perturbation score (RIGID) gets 0.598. The `wild` images are recent photorealistic renders
   that the site resized and re-encoded exactly like its photos; neither the decoder traces that the NPR models
   learn nor content-level ImageNet features separate them.
+- **Fine-tuning those ImageNet features does not help either** (rows `mix_lite0_frozen_pp` and
+  `mix_lite0_full_pp`, added with their rule on 2026-12-04 before any result): EfficientNet-Lite0 with its last
+  stage (frozen-early) or every layer (full, lr 1e-4) trained on all three training sets, whole images resized to
+  160, both classes randomly down-scaled and JPEG-compressed. `wild` **0.529** and **0.562**, within about one
+  standard error of chance and below the frozen probe's 0.623, while both fit the sets they saw (cifake 0.984 /
+  0.967, self-made 0.929 / 0.893, genimage-mini 0.771 / 0.751). By the rule fixed before the results they are
+  negative results, and no further seeds were run. Each trained in 8.5-9.6 minutes on the 2-core AMD EPYC.
 - **Self-made fakes alone do transfer to older generators**: `synth_npr` never saw a generated image, yet
   separates the six 2022 genimage-mini generators at ROC-AUC 0.816 (both classes re-encoded as JPEG q96),
   close to the EfficientNet-Lite0 model trained on those very generators (0.859, *seen*). Adding genimage-mini's
