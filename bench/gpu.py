@@ -18,11 +18,13 @@ log-magnitude spectrum, untrained weights: speed does not depend on their values
 3. training steps (forward, backward, AdamW) of frozen-early and full fine-tuning, fp32 against bf16 autocast
    (what Lightning's "bf16-mixed" does), eager and compiled;
 4. the frozen-trunk feature cache: a frozen-early step on cached features against the full forward;
-5. DDP: not run by this script (one GPU was lent); it records how many GPUs there were;
-0. (first, group `cli`) the user's own flow on the device through the CLI: `synapse7 train` (Lightning, precision
-   "auto", i.e. bf16-mixed on a GPU) on the demo stand-in data, `evaluate`, `predict` with that checkpoint and
-   with the shipped model: each step's exit status, seconds and headline figures, and its traceback if it
-   raised. The test suite never sees a GPU (tests/conftest.py hides it), so this is the check of those paths.
+5. DDP: not run by this script (one GPU was lent); it records how many GPUs there were.
+
+Before all of these (group `cli`), the user's own flow on the device through the CLI: `synapse7 train`
+(Lightning, precision "auto", i.e. bf16-mixed on a GPU) on the demo stand-in data, `evaluate`, `predict` with
+that checkpoint and with the shipped model: each step's exit status, seconds and headline figures, and its
+traceback if it raised. The test suite never sees a GPU (tests/conftest.py hides it), so this is the check of
+those paths.
 
 `--only` runs some groups (cli, model, compile-modes, e2e, train, cache, compiled-rest); compile-modes adds inductor
 freezing and CUDA graphs for the bf16 ResNet-34 row. docs/performance.md ("6. GPU") has the three runs made.
@@ -440,8 +442,8 @@ def cache_steps(run: Run, dev: torch.device, precision: str, a: Any) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def cli_flow(run: Run, dev: torch.device, work: Path) -> None:
-    """train -> evaluate -> predict through synapse7.cli.main on this machine's default device (a GPU if any)."""
+def cli_flow(run: Run, work: Path) -> None:
+    """train -> evaluate -> predict through synapse7.cli.main on the CLI's default device (a GPU if any)."""
     import contextlib
     import io
     import shutil
@@ -457,6 +459,7 @@ def cli_flow(run: Run, dev: torch.device, work: Path) -> None:
     ckpt = root / "run" / "best.ckpt"
     images = [str(p) for p in sorted(data.glob("*/val/*/*.png"))]
     common = ["--num-workers", "2" if not run.smoke else "0"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # what the CLI picks by default
     steps = {
         "train": [
             "train", "--data", str(data), "--out", str(root / "run"), "--backbone", "resnet18",
@@ -478,7 +481,12 @@ def cli_flow(run: Run, dev: torch.device, work: Path) -> None:
             error = None
         except BaseException as e:  # noqa: BLE001 - SystemExit included: every step is reported
             rc, error = getattr(e, "code", 1), traceback.format_exc()[-3000:]
-        row: dict[str, Any] = {"step": name, "rc": rc, "s": round(time.perf_counter() - t, 1)}
+        row: dict[str, Any] = {
+            "step": name,
+            "rc": rc,
+            "s": round(time.perf_counter() - t, 1),
+            "device": device,
+        }
         if error or rc != 0:
             row["stderr_tail"] = (error or err.getvalue())[-3000:]
         if name == "evaluate" and (root / "eval" / "metrics.json").is_file():
@@ -616,7 +624,7 @@ def main() -> None:
     compiled = [False] if smoke else [False, True]
     # 0. the CLI's train -> evaluate -> predict on this device (a correctness check, about a minute)
     if "cli" in only:
-        run.guarded("cli flow", 60, cli_flow, run, dev, work)
+        run.guarded("cli flow", 60, cli_flow, run, work)
     # 1. model-only, eager first (seconds), then the compiled bf16 ResNet-34 (the target's row)
     for b in ("resnet34", "efficientnet_lite0") if "model" in only else ():
         for prec in ("fp32", "tf32", "bf16"):
