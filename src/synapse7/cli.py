@@ -763,7 +763,8 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="synapse7", description="Synapse-7: detect AI-generated images from their spectra."
+        prog="synapse7",
+        description="Synapse-7: detect AI-generated images from how they were built (pixel residuals, spectra).",
     )
     parser.add_argument("--version", action="version", version=f"synapse7 {__version__}")
     parser.add_argument(
