@@ -350,6 +350,12 @@ READING = """\
   standard error of chance and below the frozen probe's 0.623, while both fit the sets they saw (cifake 0.984 /
   0.967, self-made 0.929 / 0.893, genimage-mini 0.771 / 0.751). By the rule fixed before the results they are
   negative results, and no further seeds were run. Each trained in 8.5-9.6 minutes on the 2-core AMD EPYC.
+- **A larger ImageNet network moves `wild` by about one standard error**
+  ([feature_probe_lite2.md](feature_probe_lite2.md), `bench/feature_probe.py --variant 2`, its rule fixed before
+  the run: a gain only at 0.64 or more). The same 18 frozen-feature probes on EfficientNet-Lite2 at 260 px: the
+  one chosen by leave-one-dataset-out scores 0.576 on `wild` (Lite0: 0.548), all 18 lie in 0.556-0.606 (Lite0:
+  0.494-0.564). Its features transfer better between the training sets (mean LODO 0.699 against 0.652; with
+  genimage-mini held out 0.862 against 0.752), not to `wild`. Not a gain by the rule.
 - **Self-made fakes alone do transfer to older generators**: `synth_npr` never saw a generated image, yet
   separates the six 2022 genimage-mini generators at ROC-AUC 0.816 (both classes re-encoded as JPEG q96),
   close to the EfficientNet-Lite0 model trained on those very generators (0.859, *seen*). Adding genimage-mini's
