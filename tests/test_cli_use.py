@@ -233,6 +233,35 @@ def test_tiny_image_is_an_error_row_not_a_guess(
     assert p.label == "ERROR" and "too small" in (p.error or "")
 
 
+def test_heic_avif_and_jpeg_xl_are_named_in_the_error(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    avif = tmp_path / "phone.avif"
+    try:
+        Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(avif)  # a real AVIF where Pillow writes them
+    except (KeyError, OSError):
+        avif.write_bytes(b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + bytes(64))
+    heic = tmp_path / "IMG_0001.HEIC"
+    heic.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
+    jxl = tmp_path / "x.jxl"
+    jxl.write_bytes(b"\xff\x0a" + bytes(64))
+    other = tmp_path / "box.mp4"
+    other.write_bytes(b"\x00\x00\x00\x18ftypisom\x00\x00\x00\x00isomiso2" + bytes(64))
+    assert _predict(ckpt, str(avif), str(heic), str(jxl), str(other)) == 1
+    rows = [r.split("\t") for r in capsys.readouterr().out.strip().splitlines()]
+    reasons = {Path(r[0]).name: r[3] for r in rows}
+    assert "an AVIF image, which Synapse-7 does not read" in reasons["phone.avif"]
+    assert "a HEIC/HEIF image" in reasons["IMG_0001.HEIC"] and "convert it" in reasons["IMG_0001.HEIC"]
+    assert "a JPEG XL image" in reasons["x.jxl"]
+    assert reasons["box.mp4"] == "not a recognised image (unknown format or wrong magic bytes)"
+    from synapse7.io import BadImageError, open_image
+
+    with pytest.raises(BadImageError, match="HEIC/HEIF") as e, heic.open("rb") as f:
+        f.seek(5)  # a file object part-read: the sniff reads from its start and puts the position back
+        open_image(f, name="upload.heic")
+    assert e.value.path == "upload.heic"
+
+
 def test_python_api_refuses_urls_like_the_cli(ckpt: Path) -> None:
     from synapse7.predict import Detector
 

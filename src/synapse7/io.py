@@ -187,6 +187,14 @@ def open_image(
     except Image.UnidentifiedImageError as e:
         if not is_path and _is_empty(source):
             raise BadImageError(label, "empty input (zero bytes)") from e
+        kind = _unsupported_kind(source)
+        if kind:
+            raise BadImageError(
+                label,
+                f"{'an' if kind[0] in 'AEIOU' else 'a'} {kind} image, which Synapse-7 does not read (it reads JPEG, PNG, WebP, BMP, GIF and "
+                f"TIFF): convert it first, e.g. to PNG, which keeps the decoded pixels; the model has never "
+                f"seen {kind}'s codec, so read its score on such a photo with care",
+            ) from e
         raise BadImageError(label, "not a recognised image (unknown format or wrong magic bytes)") from e
     except MemoryError as e:
         raise BadImageError(label, "image too large: out of memory while decoding") from e
@@ -267,6 +275,33 @@ def _jpeg_scans(fp: IO[bytes], limit: int) -> int:
             scans += marker == 0xDA
             i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
     return scans
+
+
+# ISO-BMFF brands (bytes 8-12, after the "ftyp" box type) of the phone and web formats people try most often.
+_BMFF_KINDS = {
+    **dict.fromkeys((b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"), "HEIC/HEIF"),
+    **dict.fromkeys((b"avif", b"avis"), "AVIF"),
+}
+
+
+def _unsupported_kind(source: str | os.PathLike | bytes | IO[bytes]) -> str | None:
+    """'HEIC/HEIF', 'AVIF' or 'JPEG XL' when `source` starts like one of them (never raises)."""
+    try:
+        if isinstance(source, (str, bytes, os.PathLike)):
+            with open(source, "rb") as f:
+                head = f.read(12)
+        else:
+            pos = source.tell()
+            source.seek(0)
+            head = source.read(12)
+            source.seek(pos)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if head[4:8] == b"ftyp":
+        return _BMFF_KINDS.get(head[8:12])
+    if head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")):
+        return "JPEG XL"
+    return None
 
 
 def _is_empty(fp: IO[bytes]) -> bool:
