@@ -221,6 +221,14 @@ def test_predict_paths_reports_loader_wait(checkpoint: Path, files: dict[str, st
     assert stats["images"] == 2 and 0 < stats["wait_s"] <= stats["total_s"]
 
 
+def test_an_ensemble_on_a_cpu_prints_the_gpu_decode_note_once(
+    checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ens = Detector.from_checkpoints([checkpoint, checkpoint], device="cpu", gpu_decode=True)
+    assert not ens.gpu_decode
+    assert capsys.readouterr().err.count("--gpu-decode needs a CUDA device") == 1
+
+
 def test_cli_accepts_gpu_decode_on_a_cpu_machine(checkpoint: Path, files: dict[str, str]) -> None:
     r = subprocess.run(
         [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -315,7 +317,17 @@ class Detector:
             return cls.from_checkpoint(paths[0], threshold=threshold, **kwargs)
         if kwargs.get("onnx") is not None:
             raise ValueError("--onnx names the export of one checkpoint; it cannot go with several")
-        members = [cls.from_checkpoint(p, **kwargs) for p in paths]
+        members, printed = [], set()
+        for p in paths:  # a note every member prints alike (e.g. --gpu-decode on a CPU) is printed once
+            buf = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(buf):
+                    members.append(cls.from_checkpoint(p, **kwargs))
+            finally:
+                for line in buf.getvalue().splitlines(keepends=True):
+                    if line not in printed:
+                        sys.stderr.write(line)
+                        printed.add(line)
         return EnsembleDetector(members, [printable_path(p) for p in paths], threshold=threshold)
 
     @classmethod
