@@ -115,6 +115,12 @@ SMOKE_OVERRIDES = "--epochs 1 --limit-train-batches 2 --batch-size 8 --image-siz
 SMOKE_PERTURB = "jpeg:65,none"
 
 
+def recipe_for(args: argparse.Namespace) -> str:
+    """RECIPE with --seed's training seed (the calib split keeps SEED), plus the smoke run's overrides."""
+    recipe = RECIPE.replace("--seed 42", f"--seed {args.seed}")
+    return recipe + (" " + SMOKE_OVERRIDES if args.smoke else "")
+
+
 def data_root(key: str, data: Path, out: Path) -> Path:
     folder = DATASETS[key].folder
     return out / "synth" if folder is None else data / folder
@@ -123,7 +129,7 @@ def data_root(key: str, data: Path, out: Path) -> Path:
 def build_steps(data: Path, out: Path, args: argparse.Namespace) -> list[Step]:
     workers = ["--num-workers", str(args.num_workers)]
     synth_flags = SMOKE_SYNTH_FLAGS if args.smoke else SYNTH_FLAGS
-    recipe = RECIPE + (" " + SMOKE_OVERRIDES if args.smoke else "")
+    recipe = recipe_for(args)
     run, export = out / "model", out / "export" / "default.safetensors"
     steps = [
         Step(
@@ -514,7 +520,19 @@ def main(argv: list[str] | None = None) -> int:
         "--weights-dir", type=Path, help="where the model is installed (default src/synapse7/weights)"
     )
     ap.add_argument("--card-dir", type=Path, help="where model_card.md/.json go (default docs/)")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="training seed (default 42, the shipped model's); any other trains the same recipe for the seed "
+        "spread, in /tmp/synapse7_release_seedN unless --out is given, and installs nothing into the repository",
+    )
     args = ap.parse_args(argv)
+    if args.seed != 42:
+        if args.out == Path("/tmp/synapse7_release"):
+            args.out = Path(f"/tmp/synapse7_release_seed{args.seed}")
+        args.weights_dir = args.weights_dir or args.out / "installed"
+        args.card_dir = args.card_dir or args.out / "installed"
     out = args.out.resolve()
     data = make_smoke_data(out / "smoke_data") if args.smoke else args.data.resolve()
     weights_dir = args.weights_dir or (
@@ -551,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     card = collect(out)
-    recipe = RECIPE + (" " + SMOKE_OVERRIDES if args.smoke else "")
+    recipe = recipe_for(args)
     weights = install(out, card, weights_dir, card_dir, recipe)
     card["sha256"] = json.loads(weights.with_suffix(".json").read_text())["sha256"]
     card_dir.mkdir(parents=True, exist_ok=True)

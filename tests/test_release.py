@@ -94,3 +94,15 @@ def test_release_smoke_end_to_end(tmp_path: Path) -> None:
     env[DEFAULT_DIR_ENV] = str(installed)
     info = subprocess.run([sys.executable, "-m", "synapse7", "info"], env=env, capture_output=True, text=True)
     assert info.returncode == 0 and "model_card.md" in info.stdout and "never trained on" in info.stdout
+
+
+def test_a_seed_run_changes_only_the_training_seed(release, tmp_path: Path) -> None:  # noqa: ANN001
+    import argparse
+
+    assert release.RECIPE.count("--seed 42") == 1
+    one = release.recipe_for(argparse.Namespace(seed=1, smoke=False))
+    assert one == release.RECIPE.replace("--seed 42", "--seed 1") and "--seed 42" not in one
+    assert release.recipe_for(argparse.Namespace(seed=42, smoke=False)) == release.RECIPE
+    # --seed parses; with no reals under --data it stops before any step
+    rc = release.main(["--seed", "3", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
+    assert rc == 1 and not (tmp_path / "o").exists()
