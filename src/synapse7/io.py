@@ -189,10 +189,11 @@ def open_image(
             raise BadImageError(label, "empty input (zero bytes)") from e
         kind = _unsupported_kind(source)
         if kind:
+            article = "an" if kind[0] in "AEIOU" else "a"
             raise BadImageError(
                 label,
-                f"{'an' if kind[0] in 'AEIOU' else 'a'} {kind} image, which Synapse-7 does not read (it reads JPEG, PNG, WebP, BMP, GIF and "
-                f"TIFF): convert it first, e.g. to PNG, which keeps the decoded pixels; the model has never "
+                f"{article} {kind} image, which Synapse-7 does not read (it reads JPEG, PNG, WebP, BMP, GIF "
+                f"and TIFF): convert it first, e.g. to PNG, which keeps the decoded pixels; the model has never "
                 f"seen {kind}'s codec, so read its score on such a photo with care",
             ) from e
         raise BadImageError(label, "not a recognised image (unknown format or wrong magic bytes)") from e
