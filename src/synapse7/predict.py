@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -317,17 +315,12 @@ class Detector:
             return cls.from_checkpoint(paths[0], threshold=threshold, **kwargs)
         if kwargs.get("onnx") is not None:
             raise ValueError("--onnx names the export of one checkpoint; it cannot go with several")
-        members, printed = [], set()
-        for p in paths:  # a note every member prints alike (e.g. --gpu-decode on a CPU) is printed once
-            buf = io.StringIO()
-            try:
-                with contextlib.redirect_stderr(buf):
-                    members.append(cls.from_checkpoint(p, **kwargs))
-            finally:
-                for line in buf.getvalue().splitlines(keepends=True):
-                    if line not in printed:
-                        sys.stderr.write(line)
-                        printed.add(line)
+        # The ensemble decodes as its first member does (EnsembleDetector takes its gpu_decode), so only that
+        # member is asked for --gpu-decode, and its note (no CUDA device) is printed once.
+        rest = {**kwargs, "gpu_decode": False}
+        members = [cls.from_checkpoint(paths[0], **kwargs)] + [
+            cls.from_checkpoint(p, **rest) for p in paths[1:]
+        ]
         return EnsembleDetector(members, [printable_path(p) for p in paths], threshold=threshold)
 
     @classmethod
