@@ -558,6 +558,8 @@ def compile_for_inference(net: nn.Module) -> Callable[[torch.Tensor], torch.Tens
     compiled = torch.compile(net)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
+        # Patched around every call, since any call may (re)compile: `torch.compile(options={"freezing": True})`
+        # does not freeze (torch 2.14 on the CPU: no conv/BatchNorm folding in inductor's counters).
         with inductor_config.patch(freezing=True):
             return compiled(x)
 
