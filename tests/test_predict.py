@@ -86,6 +86,13 @@ def test_compile_for_inference_gives_the_eager_output() -> None:
         net[1].running_var.uniform_(0.5, 2.0)
         x = torch.randn(2, 3, 8, 8)
         want = net(x)
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
     with torch.inference_mode():
         got = compile_for_inference(net)(x)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    # freezing really ran: inductor folded the BatchNorm into the convolution (it does not without freezing,
+    # e.g. with torch.compile(options={"freezing": True}) on torch 2.14)
+    assert counters["inductor"]["binary_folding"] > 0
