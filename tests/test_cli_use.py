@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import save_untrained_checkpoint
 from synapse7.cli import build_parser, main, subcommands
 from synapse7.config import load_config
 from synapse7.io import IMAGE_EXTENSIONS, walk_images
@@ -21,12 +20,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = load_config(
-        data={"image_size": 32, "preprocess": "resize"},
-        model={"backbone": "resnet18", "weights": "none", "input": "rgb"},
-    )
-    return save_untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "m.ckpt", cfg)
+def ckpt(resize32_checkpoint: Path) -> Path:
+    return resize32_checkpoint
 
 
 def _png(path: Path, size: int = 40, seed: int = 0) -> Path:
