@@ -376,7 +376,6 @@ def training_step(
 
 
 def train_steps(run: Run, dev: torch.device, strategy: str, precision: str, compiled: bool, a: Any) -> dict:
-
     from synapse7.model import frozen_modules
 
     set_precision_flags(precision)
@@ -404,7 +403,6 @@ def train_steps(run: Run, dev: torch.device, strategy: str, precision: str, comp
 
 def cache_steps(run: Run, dev: torch.device, precision: str, a: Any) -> None:
     """Frozen-early: a step on cached trunk features (the cache's training) against the full forward."""
-
     from synapse7.cache import FrozenTrunk, TrainableTail, plan_split
     from synapse7.model import frozen_modules
 
